@@ -1,0 +1,1 @@
+//! flowgate benchmark harness.

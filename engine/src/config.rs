@@ -1,0 +1,313 @@
+//! Engine configuration: every limit the engine enforces lives here, with its unit in its name.
+//!
+//! The shim turns the operator's YAML into an [`EngineConfig`]; tests and benches build one directly.
+//! [`EngineConfig::validate`] refuses impossible values instead of silently defaulting them.
+
+use std::time::Duration;
+
+/// Longest id a workload may have, in bytes. Longer ids are refused (see [`crate::context`]).
+pub const MAX_WORKLOAD_ID_BYTES: usize = 256;
+/// Longest TTL the configuration or a request may ask for.
+pub const MAX_TTL: Duration = Duration::from_secs(3600);
+/// Most shards an engine may run.
+pub const MAX_SHARDS: usize = 256;
+/// Most backends (model servers) one engine may dispatch to.
+pub const MAX_BACKENDS: usize = 4096;
+/// Most in-flight requests one backend may be configured to hold.
+pub const MAX_BACKEND_INFLIGHT: u32 = 1 << 20;
+/// Number of buckets the sliding rate window is split into (the rate's error bound is one bucket).
+pub const RATE_BUCKETS: usize = 12;
+
+/// The scoring rule: `score = w_wait·min(wait/wait_cap, 1) + w_crit·crit/5 − w_rate·min(rate/rate_cap, 1)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScoringConfig {
+    /// Weight of the wait-time term (`w_wait`), ≥ 0.
+    pub wait_weight: f64,
+    /// Weight of the criticality term (`w_crit`), ≥ 0.
+    pub criticality_weight: f64,
+    /// Weight of the request-rate penalty (`w_rate`), ≥ 0.
+    pub rate_weight: f64,
+    /// Wait at which the wait term is full; > 0.
+    pub wait_cap: Duration,
+    /// Request rate (requests/s) at which the rate penalty is full; > 0.
+    pub rate_cap_per_s: f64,
+    /// Length of the sliding window the rate is measured over; ≥ [`RATE_BUCKETS`] ms.
+    pub rate_window: Duration,
+    /// How often each shard refreshes cached keys (rates and the wait cap); > 0.
+    pub rescore_interval: Duration,
+}
+
+impl Default for ScoringConfig {
+    fn default() -> Self {
+        Self {
+            wait_weight: 0.4,
+            criticality_weight: 0.4,
+            rate_weight: 0.2,
+            wait_cap: Duration::from_secs(60),
+            rate_cap_per_s: 100.0,
+            rate_window: Duration::from_secs(60),
+            rescore_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Limits on what may wait in the queue (all shards together).
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueueConfig {
+    /// Most queued (not in-flight) requests; 0 = unlimited.
+    pub max_requests: u64,
+    /// Most request-body bytes held queued; 0 = unlimited.
+    pub max_bytes: u64,
+    /// Default time a request may wait before it is evicted with `EvictedTtl`; ≤ [`MAX_TTL`].
+    pub ttl: Duration,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self { max_requests: 10_000, max_bytes: 1 << 30, ttl: Duration::from_secs(30) }
+    }
+}
+
+/// A trust rule: workloads whose id matches `pattern` cannot claim a criticality above `max_criticality`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CriticalityCap {
+    /// An exact id, or a prefix followed by a single trailing `*`.
+    pub pattern: String,
+    /// Highest criticality (1..=5) such a workload may have.
+    pub max_criticality: u8,
+}
+
+impl CriticalityCap {
+    /// Does `workload_id` fall under this cap?
+    ///
+    /// ```
+    /// use flowgate_engine::config::CriticalityCap;
+    /// let cap = CriticalityCap { pattern: "batch-*".into(), max_criticality: 2 };
+    /// assert!(cap.matches("batch-7"));
+    /// assert!(!cap.matches("chat"));
+    /// ```
+    pub fn matches(&self, workload_id: &str) -> bool {
+        match self.pattern.strip_suffix('*') {
+            Some(prefix) => workload_id.starts_with(prefix),
+            None => workload_id == self.pattern,
+        }
+    }
+}
+
+/// How workloads are tracked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkloadConfig {
+    /// Criticality given to requests without a usable one (1..=5).
+    pub default_criticality: u8,
+    /// A workload with no activity for this long (and nothing active) is forgotten.
+    pub idle_timeout: Duration,
+    /// Most distinct workloads tracked; beyond it new ids share one overflow entry. ≥ 1.
+    pub max_tracked: usize,
+    /// Criticality caps, first match wins.
+    pub caps: Vec<CriticalityCap>,
+}
+
+impl Default for WorkloadConfig {
+    fn default() -> Self {
+        Self {
+            default_criticality: 3,
+            idle_timeout: Duration::from_secs(300),
+            max_tracked: 100_000,
+            caps: Vec::new(),
+        }
+    }
+}
+
+impl WorkloadConfig {
+    /// Clamp `criticality` by the first cap matching `workload_id`; returns the result and
+    /// whether a cap lowered it.
+    ///
+    /// ```
+    /// use flowgate_engine::config::{CriticalityCap, WorkloadConfig};
+    /// let mut w = WorkloadConfig::default();
+    /// w.caps.push(CriticalityCap { pattern: "batch-*".into(), max_criticality: 2 });
+    /// assert_eq!(w.clamp("batch-1", 5), (2, true));
+    /// assert_eq!(w.clamp("chat", 5), (5, false));
+    /// ```
+    pub fn clamp(&self, workload_id: &str, criticality: u8) -> (u8, bool) {
+        match self.caps.iter().find(|c| c.matches(workload_id)) {
+            Some(cap) if criticality > cap.max_criticality => (cap.max_criticality, true),
+            _ => (criticality, false),
+        }
+    }
+}
+
+/// One model server the engine may dispatch to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackendConfig {
+    /// `ip:port` written into `x-gateway-destination-endpoint`.
+    pub address: String,
+    /// Most requests in flight on it at once; ≥ 1.
+    pub max_inflight: u32,
+}
+
+/// Everything the engine needs to run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EngineConfig {
+    /// Shards (pinned executors); 0 = one per available core.
+    pub shards: usize,
+    /// Submission ring capacity per (submitter, shard) pair, in requests; ≥ 1.
+    pub ring_capacity: usize,
+    /// Most submitters (producer threads) registered at once; ≥ 1.
+    pub max_submitters: usize,
+    /// The model servers.
+    pub backends: Vec<BackendConfig>,
+    /// Queue limits.
+    pub queue: QueueConfig,
+    /// Scoring rule.
+    pub scoring: ScoringConfig,
+    /// Workload tracking.
+    pub workloads: WorkloadConfig,
+    /// Per-criticality utilisation ceilings, index 0 = criticality 1: criticality `c` dispatches only
+    /// while in-flight / capacity < `ceilings[c-1]`. 1.0 everywhere = no ceiling.
+    pub ceilings: [f64; 5],
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            shards: 0,
+            ring_capacity: 4096,
+            max_submitters: 1024,
+            backends: vec![BackendConfig { address: "127.0.0.1:8000".into(), max_inflight: 8 }],
+            queue: QueueConfig::default(),
+            scoring: ScoringConfig::default(),
+            workloads: WorkloadConfig::default(),
+            ceilings: [1.0; 5],
+        }
+    }
+}
+
+/// One reason a configuration is refused: the field's path and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted path of the offending field, e.g. `scoring.wait_cap`.
+    pub path: String,
+    /// Why it is refused.
+    pub reason: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl EngineConfig {
+    /// Every problem with this configuration (empty = valid).
+    ///
+    /// ```
+    /// let mut c = flowgate_engine::config::EngineConfig::default();
+    /// assert!(c.validate().is_empty());
+    /// c.scoring.rescore_interval = std::time::Duration::ZERO;
+    /// assert_eq!(c.validate()[0].path, "scoring.rescore_interval");
+    /// ```
+    pub fn validate(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        let mut bad = |path: &str, reason: String| {
+            errors.push(ConfigError { path: path.to_string(), reason })
+        };
+        if self.shards > MAX_SHARDS {
+            bad("shards", format!("{} is above the limit of {MAX_SHARDS}", self.shards));
+        }
+        if self.ring_capacity == 0 || self.ring_capacity > 1 << 20 {
+            bad("ring_capacity", "must be between 1 and 1048576".into());
+        }
+        if self.max_submitters == 0 || self.max_submitters > 65_536 {
+            bad("max_submitters", "must be between 1 and 65536".into());
+        }
+        if self.backends.is_empty() {
+            bad("backends", "at least one backend is needed to dispatch anything".into());
+        }
+        if self.backends.len() > MAX_BACKENDS {
+            bad("backends", format!("more than {MAX_BACKENDS} backends"));
+        }
+        for (i, b) in self.backends.iter().enumerate() {
+            if b.max_inflight == 0 || b.max_inflight > MAX_BACKEND_INFLIGHT {
+                bad(
+                    &format!("backends[{i}].max_inflight"),
+                    format!("must be between 1 and {MAX_BACKEND_INFLIGHT} (0 slots would never dispatch)"),
+                );
+            }
+            if b.address.parse::<std::net::SocketAddr>().is_err() {
+                bad(&format!("backends[{i}].address"), format!("{:?} is not an ip:port", b.address));
+            }
+        }
+        if self.queue.ttl.is_zero() || self.queue.ttl > MAX_TTL {
+            bad("queue.ttl", format!("must be above 0 and at most {}s", MAX_TTL.as_secs()));
+        }
+        let s = &self.scoring;
+        for (path, w) in [
+            ("scoring.wait_weight", s.wait_weight),
+            ("scoring.criticality_weight", s.criticality_weight),
+            ("scoring.rate_weight", s.rate_weight),
+        ] {
+            if !(w.is_finite() && (0.0..=1000.0).contains(&w)) {
+                bad(path, format!("{w} must be a finite number between 0 and 1000"));
+            }
+        }
+        if s.wait_cap.is_zero() || s.wait_cap > Duration::from_secs(86_400) {
+            bad("scoring.wait_cap", "must be above 0 and at most 24h".into());
+        }
+        if !(s.rate_cap_per_s.is_finite() && s.rate_cap_per_s > 0.0) {
+            bad("scoring.rate_cap", format!("{} must be a positive number", s.rate_cap_per_s));
+        }
+        if s.rate_window < Duration::from_millis(RATE_BUCKETS as u64)
+            || s.rate_window > Duration::from_secs(86_400)
+        {
+            bad("scoring.rate_window", format!("must be between {RATE_BUCKETS}ms and 24h"));
+        }
+        if s.rescore_interval.is_zero() || s.rescore_interval > Duration::from_secs(60) {
+            bad("scoring.rescore_interval", "must be above 0 and at most 60s".into());
+        }
+        let w = &self.workloads;
+        if !(1..=5).contains(&w.default_criticality) {
+            bad("workloads.default_criticality", "must be between 1 and 5".into());
+        }
+        if w.idle_timeout.is_zero() {
+            bad("workloads.idle_timeout", "must be above 0".into());
+        }
+        if w.max_tracked == 0 || w.max_tracked > 10_000_000 {
+            bad("workloads.max_tracked", "must be between 1 and 10000000".into());
+        }
+        for (i, cap) in w.caps.iter().enumerate() {
+            let body = cap.pattern.strip_suffix('*').unwrap_or(&cap.pattern);
+            if cap.pattern.is_empty() || body.contains('*') {
+                bad(
+                    &format!("workloads.caps[{i}].workload_id"),
+                    "must be an exact id or a prefix with one trailing '*'".into(),
+                );
+            }
+            if !(1..=5).contains(&cap.max_criticality) {
+                bad(&format!("workloads.caps[{i}].max_criticality"), "must be between 1 and 5".into());
+            }
+        }
+        for (i, c) in self.ceilings.iter().enumerate() {
+            if !(c.is_finite() && *c > 0.0 && *c <= 1.0) {
+                bad(&format!("ceilings[{i}]"), format!("{c} must be in (0, 1]"));
+            }
+        }
+        errors
+    }
+
+    /// Shards to run: `shards`, or one per available core when it is 0.
+    pub fn shard_count(&self) -> usize {
+        if self.shards == 0 {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(MAX_SHARDS)
+        } else {
+            self.shards
+        }
+    }
+
+    /// Total dispatch slots: the sum of every backend's `max_inflight`.
+    pub fn total_slots(&self) -> u64 {
+        self.backends.iter().map(|b| u64::from(b.max_inflight)).sum()
+    }
+}

@@ -1,0 +1,24 @@
+//! # flowgate-engine
+//!
+//! Workload-aware admission and priority queueing for LLM inference gateways: a lock-free,
+//! thread-per-core engine. Each core pins a [`shard`] holding a max-min [`heap`] of queued requests
+//! keyed by cached [`score`]s and a workload table ([`registry`]); requests reach shards over SPSC
+//! rings; a gate hands free model-server slots to the best head in the whole engine.
+//!
+//! The data path reads in one direction:
+//! header → [`context`] → [`registry`] → shard hash → ring → [`shard`] heap → gate → outcome → permit.
+#![deny(missing_docs)]
+#![warn(rust_2018_idioms)]
+
+pub mod config;
+pub mod context;
+pub mod heap;
+pub mod outcome;
+pub mod registry;
+pub mod score;
+pub mod shard;
+pub mod sync;
+
+pub use config::EngineConfig;
+pub use context::{DefaultReason, WorkloadContext};
+pub use outcome::Outcome;

@@ -1,0 +1,29 @@
+//! The `sync` facade: every atomic and cross-thread primitive the engine uses comes from here, so
+//! the protocols built on them can be model-checked with loom (`RUSTFLAGS="--cfg flowgate_loom"`).
+
+#[cfg(not(flowgate_loom))]
+pub use std::sync::{
+    atomic::{fence, AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering},
+    Arc, Mutex,
+};
+
+#[cfg(flowgate_loom)]
+pub use loom::sync::{
+    atomic::{fence, AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering},
+    Arc, Mutex,
+};
+
+/// Thread handle and park/unpark, swapped for loom's under `flowgate_loom`.
+pub mod thread {
+    #[cfg(not(flowgate_loom))]
+    pub use std::thread::{current, park, park_timeout, Thread};
+
+    #[cfg(flowgate_loom)]
+    pub use loom::thread::{current, park, Thread};
+
+    /// Park with a timeout; under loom a plain park (loom has no time).
+    #[cfg(flowgate_loom)]
+    pub fn park_timeout(_dur: std::time::Duration) {
+        loom::thread::park();
+    }
+}

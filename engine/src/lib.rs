@@ -10,11 +10,13 @@
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms)]
 
+pub mod clock;
 pub mod config;
 pub mod context;
 pub mod heap;
 pub mod outcome;
 pub mod registry;
+pub mod runtime;
 pub mod score;
 pub mod shard;
 pub mod sync;

@@ -1,1 +1,375 @@
-//! registry
+//! Workload tables: per-workload atomic counters, owned by the shard the workload hashes to.
+//!
+//! Workloads are hashed to shards by id, so each workload lives in exactly one shard's
+//! [`WorkloadTable`], and only that shard's thread inserts, records arrivals and forgets. The
+//! counters are atomics anyway because two other parties touch them: a dispatched request's permit
+//! releases `active` from whatever thread finishes the request, and metrics readers read them
+//! through a [`RegistryView`]. The hot path (a request of a known workload) takes no lock; the first
+//! request of a new workload, and the idle sweep, take the shard's uncontended directory mutex so
+//! readers can list workloads.
+//!
+//! **Rate.** Arrivals are counted in [`RATE_BUCKETS`] buckets of `rate_window / RATE_BUCKETS` each;
+//! the rate is the sum of the buckets that overlap the last window, divided by the window. It may
+//! count up to one bucket's worth of arrivals older than the window (one twelfth of it: 5 s of
+//! requests with the 60 s default) and never misses a recent one. Reads are O(1) (12 loads).
+//!
+//! **Bounds.** At most `max_tracked` workloads are tracked across all shards (a shared atomic
+//! count); beyond it, new ids share one [`OVERFLOW_WORKLOAD_ID`] entry per shard. Idle workloads
+//! (nothing active, no arrival for `idle_timeout`) are forgotten by [`WorkloadTable::sweep`].
+
+use crate::config::{WorkloadConfig, RATE_BUCKETS};
+use crate::sync::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Mutex, Ordering};
+use std::sync::Arc;
+use hashbrown::HashTable;
+use std::hash::BuildHasher;
+
+/// The id under which workloads beyond `max_tracked` are counted together.
+pub const OVERFLOW_WORKLOAD_ID: &str = "__overflow__";
+
+/// The hasher every party uses for workload ids: producers hash once to pick a shard, the shard
+/// reuses that hash in its table. Fixed seed, so a hash computed anywhere is valid everywhere.
+pub fn hash_workload_id(id: &str) -> u64 {
+    hashbrown::DefaultHashBuilder::default().hash_one(id)
+}
+
+/// One workload's counters. Shared (`Arc`) by its shard's table, its queued requests and the permits
+/// of its dispatched requests.
+#[derive(Debug)]
+pub struct WorkloadEntry {
+    /// The workload id; for the overflow entry, [`OVERFLOW_WORKLOAD_ID`].
+    id: Arc<str>,
+    /// `hash_workload_id(id)`, kept so the table can rehash without hashing strings again.
+    hash: u64,
+    /// Arrivals ever seen. Written by the owning shard only.
+    total: AtomicU64,
+    /// Requests queued or in flight. Incremented by the owning shard at admission; decremented by
+    /// the shard on eviction, or by the permit's drop after dispatch. Never below zero (asserted).
+    active: AtomicU64,
+    /// Time of the last arrival or release, ns since the engine epoch.
+    last_activity_ns: AtomicU64,
+    /// Criticality of the last arrival (1..=5).
+    criticality: AtomicU8,
+    /// Arrivals per bucket; bucket `b` (absolute index) lives at `b % RATE_BUCKETS`. Owning shard
+    /// writes, anyone reads.
+    buckets: [AtomicU32; RATE_BUCKETS],
+    /// Absolute index of the newest bucket written; buckets older than it by ≥ RATE_BUCKETS are stale.
+    head_bucket: AtomicU64,
+}
+
+/// A point-in-time copy of one workload's counters, for the metrics API.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkloadSnapshot {
+    /// Workload id.
+    pub workload_id: Arc<str>,
+    /// Criticality of its most recent request.
+    pub criticality: u8,
+    /// Requests queued or in flight.
+    pub active: u64,
+    /// Requests ever seen.
+    pub total: u64,
+    /// Arrival rate over the sliding window, requests/s.
+    pub rate_per_s: f64,
+    /// Nanoseconds since its last activity.
+    pub idle_ns: u64,
+}
+
+/// Bucket geometry of the sliding rate window.
+#[derive(Clone, Copy, Debug)]
+pub struct RateWindow {
+    /// Width of one bucket, ns (> 0).
+    bucket_ns: u64,
+    /// Whole window, seconds (> 0).
+    window_s: f64,
+}
+
+impl RateWindow {
+    /// The window for `rate_window` split into [`RATE_BUCKETS`] buckets.
+    pub fn new(rate_window: std::time::Duration) -> Self {
+        let window_ns = (rate_window.as_nanos() as u64).max(RATE_BUCKETS as u64);
+        Self { bucket_ns: window_ns / RATE_BUCKETS as u64, window_s: window_ns as f64 / 1e9 }
+    }
+}
+
+impl WorkloadEntry {
+    fn new(id: Arc<str>, hash: u64, now_ns: u64) -> Self {
+        Self {
+            id,
+            hash,
+            total: AtomicU64::new(0),
+            active: AtomicU64::new(0),
+            last_activity_ns: AtomicU64::new(now_ns),
+            criticality: AtomicU8::new(3),
+            buckets: std::array::from_fn(|_| AtomicU32::new(0)),
+            head_bucket: AtomicU64::new(0),
+        }
+    }
+
+    /// The workload id.
+    pub fn id(&self) -> &Arc<str> {
+        &self.id
+    }
+
+    /// Requests queued or in flight.
+    pub fn active(&self) -> u64 {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Requests ever seen.
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Count an arrival at `now_ns` (owning shard only).
+    fn record_arrival(&self, now_ns: u64, criticality: u8, window: RateWindow) {
+        let bucket = now_ns / window.bucket_ns;
+        let head = self.head_bucket.load(Ordering::Relaxed);
+        if bucket > head {
+            // Zero the buckets the window has slid past, at most one full lap.
+            let stale = (bucket - head).min(RATE_BUCKETS as u64);
+            for b in (bucket + 1 - stale)..=bucket {
+                self.buckets[(b % RATE_BUCKETS as u64) as usize].store(0, Ordering::Relaxed);
+            }
+            self.head_bucket.store(bucket, Ordering::Release);
+        }
+        // A late arrival (bucket < head, possible only across shard clock reads) counts in the head.
+        let slot = &self.buckets[(bucket.max(head) % RATE_BUCKETS as u64) as usize];
+        slot.store(slot.load(Ordering::Relaxed).saturating_add(1), Ordering::Relaxed);
+        self.total.store(self.total.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        self.criticality.store(criticality, Ordering::Relaxed);
+        self.last_activity_ns.store(now_ns, Ordering::Relaxed);
+    }
+
+    /// Arrivals per second over the window ending at `now_ns`.
+    pub fn rate_per_s(&self, now_ns: u64, window: RateWindow) -> f64 {
+        let now_bucket = now_ns / window.bucket_ns;
+        let head = self.head_bucket.load(Ordering::Acquire);
+        let mut sum = 0u64;
+        for (i, count) in self.buckets.iter().enumerate() {
+            // Absolute index of what slot i holds: the latest b ≤ head with b % N == i.
+            let lag = (head % RATE_BUCKETS as u64 + RATE_BUCKETS as u64 - i as u64) % RATE_BUCKETS as u64;
+            let Some(abs) = head.checked_sub(lag) else { continue };
+            if abs + (RATE_BUCKETS as u64) > now_bucket {
+                sum += u64::from(count.load(Ordering::Relaxed));
+            }
+        }
+        sum as f64 / window.window_s
+    }
+
+    /// One more request is active (owning shard, at admission).
+    pub(crate) fn acquire(&self) {
+        self.active.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A request stopped being active (shard at eviction, or a permit's drop on any thread).
+    pub fn release(&self, now_ns: u64) {
+        let before = self.active.fetch_sub(1, Ordering::AcqRel);
+        assert!(before > 0, "workload {:?}: active count would go negative", self.id);
+        self.last_activity_ns.fetch_max(now_ns, Ordering::Relaxed);
+    }
+
+    /// A copy of the counters as of `now_ns`.
+    pub fn snapshot(&self, now_ns: u64, window: RateWindow) -> WorkloadSnapshot {
+        WorkloadSnapshot {
+            workload_id: self.id.clone(),
+            criticality: self.criticality.load(Ordering::Relaxed),
+            active: self.active(),
+            total: self.total(),
+            rate_per_s: self.rate_per_s(now_ns, window),
+            idle_ns: now_ns.saturating_sub(self.last_activity_ns.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+/// The list of a shard's workloads that readers may see; guarded by a mutex the shard takes only
+/// when the set of workloads changes.
+pub type Directory = Arc<Mutex<Vec<Arc<WorkloadEntry>>>>;
+
+/// One shard's workload table. Owned by one thread; `!Sync` by construction (no interior locking).
+#[derive(Debug)]
+pub struct WorkloadTable {
+    /// Tracked workloads by id hash. Invariant: the same set as `directory`.
+    map: HashTable<Arc<WorkloadEntry>>,
+    /// Where ids beyond `max_tracked` are counted.
+    overflow: Arc<WorkloadEntry>,
+    /// Whether `overflow` is currently listed in `directory`.
+    overflow_listed: bool,
+    /// Readers' copy of the membership.
+    directory: Directory,
+    /// Workloads tracked by all shards together; ≤ `max_tracked`.
+    tracked: Arc<AtomicUsize>,
+    max_tracked: usize,
+    idle_timeout_ns: u64,
+    window: RateWindow,
+}
+
+impl WorkloadTable {
+    /// A table sharing the engine-wide `tracked` count.
+    ///
+    /// ```
+    /// use flowgate_engine::{config::WorkloadConfig, registry::*};
+    /// use std::sync::{Arc, atomic::AtomicUsize};
+    /// let mut t = WorkloadTable::new(&WorkloadConfig::default(), RateWindow::new(std::time::Duration::from_secs(60)), Arc::new(AtomicUsize::new(0)));
+    /// let e = t.arrive("chat", hash_workload_id("chat"), 3, 1_000);
+    /// assert_eq!(e.total(), 1);
+    /// ```
+    pub fn new(config: &WorkloadConfig, window: RateWindow, tracked: Arc<AtomicUsize>) -> Self {
+        Self {
+            map: HashTable::new(),
+            overflow: Arc::new(WorkloadEntry::new(
+                Arc::from(OVERFLOW_WORKLOAD_ID),
+                hash_workload_id(OVERFLOW_WORKLOAD_ID),
+                0,
+            )),
+            overflow_listed: false,
+            directory: Arc::new(Mutex::new(Vec::new())),
+            tracked,
+            max_tracked: config.max_tracked,
+            idle_timeout_ns: config.idle_timeout.as_nanos().min(u64::MAX as u128) as u64,
+            window,
+        }
+    }
+
+    /// The readers' handle on this table's membership.
+    pub fn directory(&self) -> Directory {
+        self.directory.clone()
+    }
+
+    /// The rate window geometry.
+    pub fn window(&self) -> RateWindow {
+        self.window
+    }
+
+    /// Workloads in this table (the overflow entry not counted).
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether no workload is tracked here.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Record an arrival of `id` (whose [`hash_workload_id`] is `hash`) and return its entry.
+    pub fn arrive(&mut self, id: &str, hash: u64, criticality: u8, now_ns: u64) -> Arc<WorkloadEntry> {
+        debug_assert_eq!(hash, hash_workload_id(id));
+        let entry = match self.map.find(hash, |e| &*e.id == id) {
+            Some(e) => e.clone(),
+            None => self.insert(id, hash, now_ns),
+        };
+        entry.record_arrival(now_ns, criticality, self.window);
+        entry
+    }
+
+    /// Look up a tracked workload without recording anything.
+    pub fn get(&self, id: &str) -> Option<&Arc<WorkloadEntry>> {
+        self.map.find(hash_workload_id(id), |e| &*e.id == id)
+    }
+
+    fn insert(&mut self, id: &str, hash: u64, now_ns: u64) -> Arc<WorkloadEntry> {
+        // Reserve a place in the engine-wide bound, or count under overflow.
+        let reserved = self
+            .tracked
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max_tracked).then_some(n + 1))
+            .is_ok();
+        let mut dir = self.directory.lock().unwrap_or_else(|p| p.into_inner());
+        if !reserved {
+            if !self.overflow_listed {
+                self.overflow_listed = true;
+                dir.push(self.overflow.clone());
+            }
+            return self.overflow.clone();
+        }
+        let entry = Arc::new(WorkloadEntry::new(Arc::from(id), hash, now_ns));
+        self.map.insert_unique(hash, entry.clone(), |e| e.hash);
+        dir.push(entry.clone());
+        entry
+    }
+
+    /// Forget workloads with nothing active and no activity for `idle_timeout`; returns how many.
+    pub fn sweep(&mut self, now_ns: u64) -> usize {
+        let idle_ns = self.idle_timeout_ns;
+        let is_idle = |e: &WorkloadEntry| {
+            e.active() == 0 && now_ns.saturating_sub(e.last_activity_ns.load(Ordering::Relaxed)) >= idle_ns
+        };
+        let before = self.map.len();
+        self.map.retain(|e| !is_idle(e));
+        let forgotten = before - self.map.len();
+        let overflow_idle = self.overflow_listed && is_idle(&self.overflow);
+        if forgotten > 0 || overflow_idle {
+            self.tracked.fetch_sub(forgotten, Ordering::AcqRel);
+            if overflow_idle {
+                self.overflow_listed = false;
+            }
+            let mut dir = self.directory.lock().unwrap_or_else(|p| p.into_inner());
+            dir.retain(|e| !is_idle(e));
+        }
+        forgotten
+    }
+}
+
+/// A read-only, thread-safe view over every shard's table, for metrics and the workload API.
+#[derive(Clone, Debug)]
+pub struct RegistryView {
+    directories: Vec<Directory>,
+    tracked: Arc<AtomicUsize>,
+    window: RateWindow,
+    clock: crate::clock::Clock,
+}
+
+impl RegistryView {
+    /// A view over `directories`.
+    pub fn new(
+        directories: Vec<Directory>,
+        tracked: Arc<AtomicUsize>,
+        window: RateWindow,
+        clock: crate::clock::Clock,
+    ) -> Self {
+        Self { directories, tracked, window, clock }
+    }
+
+    /// Workloads tracked across all shards (the overflow entries not counted).
+    pub fn tracked(&self) -> usize {
+        self.tracked.load(Ordering::Acquire)
+    }
+
+    /// Snapshots of every tracked workload (and of overflow entries in use), sorted by id.
+    pub fn workloads(&self) -> Vec<WorkloadSnapshot> {
+        let now_ns = self.clock.now_ns();
+        let mut all: Vec<WorkloadSnapshot> = Vec::new();
+        for dir in &self.directories {
+            let entries: Vec<Arc<WorkloadEntry>> = dir.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            all.extend(entries.iter().map(|e| e.snapshot(now_ns, self.window)));
+        }
+        all.sort_by(|a, b| a.workload_id.cmp(&b.workload_id));
+        merge_overflow(all)
+    }
+
+    /// One workload's snapshot, or `None` if it is not tracked.
+    pub fn workload(&self, id: &str) -> Option<WorkloadSnapshot> {
+        if id == OVERFLOW_WORKLOAD_ID {
+            return self.workloads().into_iter().find(|w| &*w.workload_id == id);
+        }
+        let now_ns = self.clock.now_ns();
+        self.directories.iter().find_map(|dir| {
+            let dir = dir.lock().unwrap_or_else(|p| p.into_inner());
+            dir.iter().find(|e| &**e.id() == id).map(|e| e.snapshot(now_ns, self.window))
+        })
+    }
+}
+
+/// Overflow entries exist once per shard; readers see them as one.
+fn merge_overflow(all: Vec<WorkloadSnapshot>) -> Vec<WorkloadSnapshot> {
+    let mut out: Vec<WorkloadSnapshot> = Vec::with_capacity(all.len());
+    for w in all {
+        match out.last_mut() {
+            Some(last) if *last.workload_id == *OVERFLOW_WORKLOAD_ID && last.workload_id == w.workload_id => {
+                last.active += w.active;
+                last.total += w.total;
+                last.rate_per_s += w.rate_per_s;
+                last.idle_ns = last.idle_ns.min(w.idle_ns);
+            }
+            _ => out.push(w),
+        }
+    }
+    out
+}

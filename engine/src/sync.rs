@@ -4,13 +4,13 @@
 #[cfg(not(flowgate_loom))]
 pub use std::sync::{
     atomic::{fence, AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering},
-    Arc, Mutex,
+    Mutex,
 };
 
 #[cfg(flowgate_loom)]
 pub use loom::sync::{
     atomic::{fence, AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering},
-    Arc, Mutex,
+    Mutex,
 };
 
 /// Thread handle and park/unpark, swapped for loom's under `flowgate_loom`.

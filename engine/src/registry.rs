@@ -54,6 +54,8 @@ pub struct WorkloadEntry {
     buckets: [AtomicU32; RATE_BUCKETS],
     /// Absolute index of the newest bucket written; buckets older than it by ≥ RATE_BUCKETS are stale.
     head_bucket: AtomicU64,
+    /// The rate (f64 bits) as of the owning shard's last arrival or rescore; what keys are built from.
+    cached_rate: AtomicU64,
 }
 
 /// A point-in-time copy of one workload's counters, for the metrics API.
@@ -101,6 +103,7 @@ impl WorkloadEntry {
             criticality: AtomicU8::new(3),
             buckets: std::array::from_fn(|_| AtomicU32::new(0)),
             head_bucket: AtomicU64::new(0),
+            cached_rate: AtomicU64::new(0f64.to_bits()),
         }
     }
 
@@ -137,6 +140,20 @@ impl WorkloadEntry {
         self.total.store(self.total.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         self.criticality.store(criticality, Ordering::Relaxed);
         self.last_activity_ns.store(now_ns, Ordering::Relaxed);
+        self.refresh_rate(now_ns, window);
+    }
+
+    /// Recompute and cache the rate as of `now_ns` (owning shard only); returns it.
+    fn refresh_rate(&self, now_ns: u64, window: RateWindow) -> f64 {
+        let rate = self.rate_per_s(now_ns, window);
+        self.cached_rate.store(rate.to_bits(), Ordering::Relaxed);
+        rate
+    }
+
+    /// The rate as of the last arrival or [`WorkloadTable::refresh_rates`]: one load, for keys.
+    #[inline]
+    pub fn cached_rate_per_s(&self) -> f64 {
+        f64::from_bits(self.cached_rate.load(Ordering::Relaxed))
     }
 
     /// Arrivals per second over the window ending at `now_ns`.
@@ -283,6 +300,14 @@ impl WorkloadTable {
         self.map.insert_unique(hash, entry.clone(), |e| e.hash);
         dir.push(entry.clone());
         entry
+    }
+
+    /// Refresh every workload's cached rate as of `now_ns` (the rescore pass, before rekeying).
+    pub fn refresh_rates(&self, now_ns: u64) {
+        for e in self.map.iter() {
+            e.refresh_rate(now_ns, self.window);
+        }
+        self.overflow.refresh_rate(now_ns, self.window);
     }
 
     /// Forget workloads with nothing active and no activity for `idle_timeout`; returns how many.

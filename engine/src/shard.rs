@@ -1,1 +1,325 @@
-//! shard
+//! Shard logic: one shard's queue and workload table, driven by an explicit `now`.
+//!
+//! Single-threaded and deterministic, so every rule can be tested exactly; the runtime runs one
+//! [`Shard`] per pinned executor. Every request that reaches [`Shard::enqueue`] leaves through
+//! exactly one [`Done`] passed to the caller's sink (or, for a dispatch, returned):
+//!
+//! | path | outcome |
+//! |---|---|
+//! | TTL already over on arrival | `RejectedOther(ExpiredOnArrival)` |
+//! | queue full, not better than the worst queued | `RejectedCapacity` |
+//! | queue full, better than the worst queued | admitted; the worst gets `EvictedDisplaced` |
+//! | [`Shard::dispatch_next`] | `Dispatched` (the workload stays active until the permit drops) |
+//! | [`Shard::cancel`] | `EvictedCancelled` |
+//! | [`Shard::rescore`] / [`Shard::expire`] past its deadline | `EvictedTtl` |
+//! | [`Shard::drain_on_shutdown`] | `EvictedShutdown` |
+
+use crate::budget::QueueBudget;
+use crate::config::{EngineConfig, MAX_TTL};
+use crate::heap::{Handle, MaxMinHeap};
+use crate::outcome::{OtherReason, Outcome};
+use crate::registry::{RateWindow, WorkloadEntry, WorkloadTable};
+use crate::score::{Key, Scorer};
+use crate::sync::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A request arriving at its shard.
+#[derive(Debug)]
+pub struct Arrival<C> {
+    /// Workload id (already validated by [`crate::context`]).
+    pub workload_id: Arc<str>,
+    /// `hash_workload_id(workload_id)`, computed once by the submitter.
+    pub hash: u64,
+    /// Criticality 1..=5, after caps.
+    pub criticality: u8,
+    /// Per-request TTL; it can only shorten the configured default.
+    pub ttl: Option<Duration>,
+    /// Body bytes held while queued.
+    pub bytes: u64,
+    /// When it was submitted, ns since the engine epoch; its wait counts from here.
+    pub arrived_ns: u64,
+    /// Whoever must hear the outcome.
+    pub completion: C,
+}
+
+/// A queued request, as the heap holds it.
+#[derive(Debug)]
+pub struct Queued<C> {
+    /// Whoever must hear the outcome.
+    pub completion: C,
+    /// Its workload's counters; `active` counts this request while it is queued.
+    pub workload: Arc<WorkloadEntry>,
+    /// Submission time, ns since epoch.
+    pub arrived_ns: u64,
+    /// Eviction time for TTL, ns since epoch.
+    pub deadline_ns: u64,
+    /// Criticality 1..=5.
+    pub criticality: u8,
+}
+
+/// A request leaving the shard, with its one outcome.
+#[derive(Debug)]
+pub struct Done<C> {
+    /// Whoever must hear the outcome.
+    pub completion: C,
+    /// What happened.
+    pub outcome: Outcome,
+    /// Its workload. For `Dispatched`, `active` still counts the request: the caller releases it
+    /// when the request finishes; for every other outcome it was already released.
+    pub workload: Arc<WorkloadEntry>,
+    /// Criticality it was queued with.
+    pub criticality: u8,
+    /// Time from submission to this outcome, ns.
+    pub queued_ns: u64,
+}
+
+/// What [`Shard::enqueue`] did with an arrival (its outcome, if final, went to the sink).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Queued; this handle cancels it.
+    Queued(Handle),
+    /// Refused; the sink got its outcome.
+    Rejected,
+}
+
+/// One shard: a max-min heap of queued requests keyed by cached scores, and a workload table.
+pub struct Shard<C> {
+    /// Queued requests. Invariant: every item holds one unit of `budget` and one `active` count.
+    heap: MaxMinHeap<Key, Queued<C>>,
+    /// The shard's workloads.
+    table: WorkloadTable,
+    /// Engine-wide queue limits.
+    budget: Arc<QueueBudget>,
+    scorer: Scorer,
+    /// Next arrival number; keys tie-break on it, so it must grow (globally unique: see `seq_stride`).
+    next_seq: u64,
+    /// Shards number their arrivals `index, index + stride, …` so sequence numbers never collide.
+    seq_stride: u64,
+    default_ttl_ns: u64,
+    /// A lower bound on the earliest queued deadline (`u64::MAX` when empty).
+    earliest_deadline_ns: u64,
+    /// Last time idle workloads were swept.
+    last_sweep_ns: u64,
+    sweep_interval_ns: u64,
+}
+
+impl<C> Shard<C> {
+    /// Shard `index` of `count`, sharing `budget` and the engine-wide `tracked` workload count.
+    ///
+    /// ```
+    /// use flowgate_engine::{budget::QueueBudget, config::EngineConfig, shard::*};
+    /// use std::sync::{Arc, atomic::AtomicUsize};
+    /// let cfg = EngineConfig::default();
+    /// let mut shard: Shard<u32> = Shard::new(&cfg, 0, 1, Arc::new(QueueBudget::new(10, 0)), Arc::new(AtomicUsize::new(0)));
+    /// let a = Arrival { workload_id: "w".into(), hash: flowgate_engine::registry::hash_workload_id("w"),
+    ///     criticality: 3, ttl: None, bytes: 0, arrived_ns: 0, completion: 7 };
+    /// let mut done = Vec::new();
+    /// assert!(matches!(shard.enqueue(a, 0, &mut |d| done.push(d)), Admission::Queued(_)));
+    /// assert_eq!(shard.dispatch_next(5).unwrap().completion, 7);
+    /// ```
+    pub fn new(
+        config: &EngineConfig,
+        index: usize,
+        count: usize,
+        budget: Arc<QueueBudget>,
+        tracked: Arc<AtomicUsize>,
+    ) -> Self {
+        assert!(index < count, "shard index {index} out of {count}");
+        let window = RateWindow::new(config.scoring.rate_window);
+        let capacity = match config.queue.max_requests {
+            0 => 1024,
+            n => (n as usize / count).clamp(16, 1 << 20),
+        };
+        Self {
+            heap: MaxMinHeap::with_capacity(capacity),
+            table: WorkloadTable::new(&config.workloads, window, tracked),
+            budget,
+            scorer: Scorer::new(&config.scoring),
+            next_seq: index as u64,
+            seq_stride: count as u64,
+            default_ttl_ns: duration_ns(config.queue.ttl.min(MAX_TTL)),
+            earliest_deadline_ns: u64::MAX,
+            last_sweep_ns: 0,
+            sweep_interval_ns: duration_ns(config.workloads.idle_timeout / 4).max(1_000_000),
+        }
+    }
+
+    /// Queued requests in this shard.
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    /// Whether nothing is queued here.
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+
+    /// Body bytes queued in this shard.
+    pub fn bytes(&self) -> u64 {
+        self.heap.bytes()
+    }
+
+    /// The workload table (for readers' directories and tests).
+    pub fn table(&self) -> &WorkloadTable {
+        &self.table
+    }
+
+    /// Key of the best queued request.
+    pub fn head_key(&self) -> Option<Key> {
+        self.heap.peek_head().map(|(_, k, _)| k)
+    }
+
+    /// Key of the worst queued request.
+    pub fn tail_key(&self) -> Option<Key> {
+        self.heap.peek_tail().map(|(_, k, _)| k)
+    }
+
+    /// Criticality of the best queued request.
+    pub fn head_criticality(&self) -> Option<u8> {
+        self.heap.peek_head().map(|(_, _, q)| q.criticality)
+    }
+
+    /// A lower bound on the earliest TTL deadline queued here; `u64::MAX` if none.
+    pub fn next_deadline_ns(&self) -> u64 {
+        self.earliest_deadline_ns
+    }
+
+    /// Admit `arrival` at `now_ns`: queue it, displacing worse requests if the queue is full, or
+    /// refuse it. Outcomes of refused and displaced requests go to `sink`.
+    pub fn enqueue(&mut self, arrival: Arrival<C>, now_ns: u64, sink: &mut impl FnMut(Done<C>)) -> Admission {
+        let Arrival { workload_id, hash, criticality, ttl, bytes, arrived_ns, completion } = arrival;
+        assert!((1..=5).contains(&criticality), "criticality {criticality} reached a shard");
+        // 1. Count the arrival; the key uses the workload's rate including this request.
+        let workload = self.table.arrive(&workload_id, hash, criticality, now_ns);
+        let ttl_ns = ttl.map_or(self.default_ttl_ns, |t| duration_ns(t).min(self.default_ttl_ns));
+        let deadline_ns = arrived_ns.saturating_add(ttl_ns);
+        let reject = |outcome, completion| Done {
+            completion,
+            outcome,
+            workload: workload.clone(),
+            criticality,
+            queued_ns: now_ns.saturating_sub(arrived_ns),
+        };
+        // 2. Too late already: refuse without queueing.
+        if deadline_ns <= now_ns {
+            sink(reject(Outcome::RejectedOther(OtherReason::ExpiredOnArrival), completion));
+            return Admission::Rejected;
+        }
+        let key = self.scorer.key(arrived_ns, now_ns, criticality, workload.cached_rate_per_s(), self.next_seq);
+        self.next_seq += self.seq_stride;
+        // 3. Reserve queue room; when full, displace worse requests from the tail while that helps.
+        if !self.budget.could_fit(bytes) {
+            sink(reject(Outcome::RejectedCapacity, completion));
+            return Admission::Rejected;
+        }
+        while !self.budget.try_reserve(bytes) {
+            match self.heap.peek_tail() {
+                Some((handle, tail_key, _)) if tail_key < key => {
+                    let victim = self.heap.remove(handle).expect("tail handle is live");
+                    sink(self.leave(victim.value, victim.bytes, Outcome::EvictedDisplaced, now_ns));
+                }
+                _ => {
+                    sink(reject(Outcome::RejectedCapacity, completion));
+                    return Admission::Rejected;
+                }
+            }
+        }
+        // 4. Queued: the request is active until its outcome (or its permit) releases it.
+        workload.acquire();
+        self.earliest_deadline_ns = self.earliest_deadline_ns.min(deadline_ns);
+        let queued = Queued { completion, workload, arrived_ns, deadline_ns, criticality };
+        Admission::Queued(self.heap.push(key, bytes, queued))
+    }
+
+    /// Pop the best request as `Dispatched`. The caller must hold a free slot for it.
+    pub fn dispatch_next(&mut self, now_ns: u64) -> Option<Done<C>> {
+        let entry = self.heap.pop_head()?;
+        self.budget.release(entry.bytes);
+        let q = entry.value;
+        Some(Done {
+            completion: q.completion,
+            outcome: Outcome::Dispatched,
+            workload: q.workload,
+            criticality: q.criticality,
+            queued_ns: now_ns.saturating_sub(q.arrived_ns),
+        })
+    }
+
+    /// Cancel a queued request: `Some(EvictedCancelled)`, or `None` if the handle no longer names a
+    /// queued request (it already has its outcome).
+    pub fn cancel(&mut self, handle: Handle, now_ns: u64) -> Option<Done<C>> {
+        let entry = self.heap.remove(handle).ok()?;
+        Some(self.leave(entry.value, entry.bytes, Outcome::EvictedCancelled, now_ns))
+    }
+
+    /// Evict every request whose deadline has passed, if any could have (cheap when none).
+    pub fn expire(&mut self, now_ns: u64, sink: &mut impl FnMut(Done<C>)) {
+        if self.earliest_deadline_ns <= now_ns {
+            self.rescore(now_ns, sink);
+        }
+    }
+
+    /// The periodic pass: refresh rates, rekey every request as of `now_ns` (wait cap and rates),
+    /// evict the expired, rebuild the heap in O(n), and sweep idle workloads now and then.
+    pub fn rescore(&mut self, now_ns: u64, sink: &mut impl FnMut(Done<C>)) {
+        self.table.refresh_rates(now_ns);
+        let scorer = self.scorer;
+        let mut earliest = u64::MAX;
+        let mut expired: Vec<(Queued<C>, u64)> = Vec::new();
+        self.heap.rekey_retain(
+            |q, old| {
+                if q.deadline_ns <= now_ns {
+                    return None;
+                }
+                earliest = earliest.min(q.deadline_ns);
+                let rate = q.workload.cached_rate_per_s();
+                Some(scorer.key(q.arrived_ns, now_ns, q.criticality, rate, old.seq))
+            },
+            |entry| expired.push((entry.value, entry.bytes)),
+        );
+        self.earliest_deadline_ns = earliest;
+        for (q, bytes) in expired {
+            sink(self.leave(q, bytes, Outcome::EvictedTtl, now_ns));
+        }
+        if now_ns.saturating_sub(self.last_sweep_ns) >= self.sweep_interval_ns {
+            self.last_sweep_ns = now_ns;
+            self.table.sweep(now_ns);
+        }
+    }
+
+    /// Forget idle workloads now (normally done by [`rescore`](Self::rescore) every quarter
+    /// `idle_timeout`); returns how many.
+    pub fn sweep_idle(&mut self, now_ns: u64) -> usize {
+        self.last_sweep_ns = now_ns;
+        self.table.sweep(now_ns)
+    }
+
+    /// Answer every queued request with `EvictedShutdown`.
+    pub fn drain_on_shutdown(&mut self, now_ns: u64, sink: &mut impl FnMut(Done<C>)) {
+        let mut drained: Vec<(Queued<C>, u64)> = Vec::with_capacity(self.heap.len());
+        self.heap.drain(|entry| drained.push((entry.value, entry.bytes)));
+        for (q, bytes) in drained {
+            sink(self.leave(q, bytes, Outcome::EvictedShutdown, now_ns));
+        }
+        self.earliest_deadline_ns = u64::MAX;
+    }
+
+    /// A queued request leaves without dispatch: give back its budget and its active count.
+    fn leave(&self, q: Queued<C>, bytes: u64, outcome: Outcome, now_ns: u64) -> Done<C> {
+        debug_assert_ne!(outcome, Outcome::Dispatched);
+        self.budget.release(bytes);
+        q.workload.release(now_ns);
+        Done {
+            completion: q.completion,
+            outcome,
+            workload: q.workload,
+            criticality: q.criticality,
+            queued_ns: now_ns.saturating_sub(q.arrived_ns),
+        }
+    }
+}
+
+fn duration_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,131 @@
+//! The queue budget: how many requests and body bytes may wait, across all shards together.
+//!
+//! Shards reserve from one shared [`QueueBudget`] at admission and give back when a request
+//! leaves the queue (dispatch, eviction). Limits follow the upstream capacity table: a reservation
+//! that lands exactly at the limit is admitted, one over is refused, and a limit of 0 is unlimited.
+
+use crate::sync::{AtomicU64, Ordering};
+use crossbeam_utils::CachePadded;
+
+/// Shared, lock-free counters of queued requests and bytes against their limits.
+///
+/// ```
+/// use flowgate_engine::budget::QueueBudget;
+/// let b = QueueBudget::new(2, 0);
+/// assert!(b.try_reserve(10));
+/// assert!(b.try_reserve(10)); // exactly at the limit: admitted
+/// assert!(!b.try_reserve(10)); // one over: refused
+/// b.release(10);
+/// assert!(b.try_reserve(10));
+/// ```
+#[derive(Debug)]
+pub struct QueueBudget {
+    /// Requests currently reserved. Invariant: ≤ `max_requests` when that is non-zero.
+    requests: CachePadded<AtomicU64>,
+    /// Bytes currently reserved. Invariant: ≤ `max_bytes` when that is non-zero.
+    bytes: CachePadded<AtomicU64>,
+    /// Request limit; 0 = unlimited.
+    max_requests: u64,
+    /// Byte limit; 0 = unlimited.
+    max_bytes: u64,
+}
+
+impl QueueBudget {
+    /// A budget of `max_requests` requests and `max_bytes` bytes (0 = unlimited).
+    pub fn new(max_requests: u64, max_bytes: u64) -> Self {
+        Self {
+            requests: CachePadded::new(AtomicU64::new(0)),
+            bytes: CachePadded::new(AtomicU64::new(0)),
+            max_requests,
+            max_bytes,
+        }
+    }
+
+    /// Whether a request of `bytes` could ever fit (is not larger than the byte limit on its own).
+    pub fn could_fit(&self, bytes: u64) -> bool {
+        self.max_bytes == 0 || bytes <= self.max_bytes
+    }
+
+    /// Reserve room for one request of `bytes`; `false` (and nothing reserved) if over a limit.
+    pub fn try_reserve(&self, bytes: u64) -> bool {
+        if !reserve(&self.requests, 1, self.max_requests) {
+            return false;
+        }
+        if !reserve(&self.bytes, bytes, self.max_bytes) {
+            // Undo the count reservation: the request does not fit by bytes.
+            self.requests.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// Give back what one [`try_reserve`](Self::try_reserve)`(bytes)` took.
+    pub fn release(&self, bytes: u64) {
+        let r = self.requests.fetch_sub(1, Ordering::AcqRel);
+        assert!(r >= 1, "queue budget: released more requests than reserved");
+        let b = self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+        assert!(b >= bytes, "queue budget: released more bytes than reserved");
+    }
+
+    /// Requests currently queued (reserved).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Acquire)
+    }
+
+    /// Bytes currently queued (reserved).
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Acquire)
+    }
+}
+
+/// Add `amount` to `counter` unless that would pass `limit` (0 = unlimited).
+fn reserve(counter: &AtomicU64, amount: u64, limit: u64) -> bool {
+    if limit == 0 {
+        counter.fetch_add(amount, Ordering::AcqRel);
+        return true;
+    }
+    counter
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            n.checked_add(amount).filter(|&m| m <= limit)
+        })
+        .is_ok()
+}
+
+#[cfg(all(test, not(flowgate_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_means_unlimited() {
+        let b = QueueBudget::new(0, 0);
+        for _ in 0..1000 {
+            assert!(b.try_reserve(u64::MAX / 2000));
+        }
+        assert_eq!(b.requests(), 1000);
+    }
+
+    #[test]
+    fn bytes_exact_at_limit_admitted_one_over_refused() {
+        let b = QueueBudget::new(0, 100);
+        assert!(b.try_reserve(60));
+        assert!(!b.try_reserve(41));
+        assert_eq!((b.requests(), b.bytes()), (1, 60), "a refused reservation changes nothing");
+        assert!(b.try_reserve(40));
+        assert_eq!(b.bytes(), 100);
+        assert!(!b.could_fit(101));
+    }
+
+    #[test]
+    fn count_limit_holds_under_concurrency() {
+        let b = std::sync::Arc::new(QueueBudget::new(1000, 0));
+        let granted: u64 = (0..4)
+            .map(|_| {
+                let b = b.clone();
+                std::thread::spawn(move || (0..1000).filter(|_| b.try_reserve(1)).count() as u64)
+            })
+            .map(|h| h.join().unwrap())
+            .sum();
+        assert_eq!(granted, 1000);
+        assert_eq!(b.requests(), 1000);
+    }
+}

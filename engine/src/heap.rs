@@ -1,41 +1,706 @@
-//! PLACEHOLDER — being written by the heap helper. API contract below.
-#![allow(missing_docs, unused_variables, dead_code)]
+//! A max-min heap with stable handles: O(1) access to both the greatest key (the *head*, dispatched
+//! next) and the least key (the *tail*, shed first under pressure), O(log n) push, pop at either end
+//! and removal of any item by [`Handle`].
+//!
+//! # Layout
+//!
+//! The heap array holds `(K, u32)` entries: the key next to the index of the item's slot in a slab,
+//! so every comparison touches only the contiguous array. Level 0 (the root) and every even level
+//! are *max* levels: a node there is `>=` every key below it. Odd levels are *min* levels: a node
+//! there is `<=` every key below it. Hence the head is the root and the tail is the least of the
+//! root and its (at most two) children.
+//!
+//! The slab holds the value, its byte size, the item's current position in the heap array (updated
+//! on every move) and a generation. A [`Handle`] names a slot and the generation it was issued
+//! with; freeing a slot bumps its generation, so a handle to a removed item is refused. Handles also
+//! carry the id of the heap that issued them, so a handle from another heap is refused too.
+//!
+//! Equal keys are allowed; which of several equal keys is the head or tail is unspecified, so
+//! callers that need a deterministic order break ties inside `K` (as [`crate::score::Key`] does with
+//! its arrival sequence).
+//!
+//! ```
+//! use flowgate_engine::heap::MaxMinHeap;
+//! let mut heap = MaxMinHeap::with_capacity(8);
+//! let low = heap.push(1, 100, "low");
+//! heap.push(9, 10, "high");
+//! heap.push(5, 1, "mid");
+//! assert_eq!(heap.peek_head().map(|(_, k, v)| (k, *v)), Some((9, "high")));
+//! assert_eq!(heap.peek_tail().map(|(_, k, v)| (k, *v)), Some((1, "low")));
+//! assert_eq!(heap.bytes(), 111);
+//! assert_eq!(heap.remove(low).unwrap().value, "low");
+//! assert!(heap.remove(low).is_err()); // stale now
+//! assert_eq!(heap.pop_tail().unwrap().key, 5);
+//! assert_eq!(heap.pop_head().unwrap().key, 9);
+//! assert!(heap.is_empty());
+//! ```
 
+// Not the `sync` facade: this is an id allocator, not a protocol worth model-checking, and loom's
+// atomics cannot live in a `static`.
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Source of [`MaxMinHeap`] ids; every heap takes the next one.
+static NEXT_HEAP_ID: AtomicU32 = AtomicU32::new(1);
+
+/// The "no slot" link: ends the free list. Also marks a heap entry deleted inside `rekey_retain`.
+const NIL: u32 = u32::MAX;
+
+/// Names one item of one [`MaxMinHeap`], stable while the item moves inside the heap.
+///
+/// A handle is refused (treated as absent) once its item has been removed, or by any other heap.
+/// Generations are 32-bit, so a handle kept across 2³² reuses of its slot could alias a newer item.
+///
+/// ```
+/// use flowgate_engine::heap::MaxMinHeap;
+/// let (mut a, mut b) = (MaxMinHeap::with_capacity(2), MaxMinHeap::with_capacity(2));
+/// let h = a.push(1u32, 0, ());
+/// b.push(1u32, 0, ());
+/// assert!(a.contains(h));
+/// assert!(!b.contains(h)); // foreign: issued by `a`
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Handle {
+    /// Index of the item's slot in the issuing heap's slab.
     index: u32,
+    /// The slot's generation when the item was pushed; the slot's moves past it when it is freed.
     generation: u32,
+    /// The id of the issuing heap.
     heap_id: u32,
 }
 
+/// The error of [`MaxMinHeap::remove`]: the handle's item is gone or belongs to another heap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StaleHandle;
 
+impl std::fmt::Display for StaleHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stale or foreign heap handle")
+    }
+}
+
+impl std::error::Error for StaleHandle {}
+
+/// An item taken out of a [`MaxMinHeap`]; its `handle` is stale from then on.
+///
+/// ```
+/// use flowgate_engine::heap::MaxMinHeap;
+/// let mut heap = MaxMinHeap::with_capacity(1);
+/// let h = heap.push(7u8, 64, 'x');
+/// let e = heap.pop_head().unwrap();
+/// assert_eq!((e.handle, e.key, e.bytes, e.value), (h, 7, 64, 'x'));
+/// ```
 #[derive(Debug)]
 pub struct Entry<K, T> {
+    /// The handle the item was pushed under (now refused by the heap).
     pub handle: Handle,
+    /// The item's key when it was removed.
     pub key: K,
+    /// The byte size given at push; no longer counted in [`MaxMinHeap::bytes`].
     pub bytes: u64,
+    /// The item.
     pub value: T,
 }
 
+/// One slab slot: an item's storage, or a link in the free list.
+struct Slot<T> {
+    /// `Some` iff the slot is occupied, i.e. exactly one heap entry names this slot.
+    value: Option<T>,
+    /// The item's byte size while occupied (counted in the heap's `bytes`); stale when vacant.
+    bytes: u64,
+    /// Occupied: the item's position in the heap array (`heap[link].1` is this slot).
+    /// Vacant: the next vacant slot, or `NIL` at the end of the free list.
+    link: u32,
+    /// Incremented (wrapping) each time the slot is freed; handles match it only while occupied.
+    generation: u32,
+}
+
+/// A max-min heap of values `T` ordered by keys `K`, with O(1) head (greatest) and tail (least),
+/// O(log n) removal at either end or by [`Handle`], a running byte total, and an O(n) bulk rekey.
+///
+/// See the [module docs](self) for the layout.
+///
+/// ```
+/// use flowgate_engine::heap::MaxMinHeap;
+/// let mut heap = MaxMinHeap::with_capacity(16);
+/// for k in [4, 8, 1, 6, 3] {
+///     heap.push(k, 1, k * 10);
+/// }
+/// // Both ends in O(1).
+/// assert_eq!(heap.peek_head().map(|(_, k, _)| k), Some(8));
+/// assert_eq!(heap.peek_tail().map(|(_, k, _)| k), Some(1));
+/// let mut order = Vec::new();
+/// while let Some(e) = heap.pop_head() {
+///     order.push(e.key);
+/// }
+/// assert_eq!(order, [8, 6, 4, 3, 1]);
+/// ```
 pub struct MaxMinHeap<K, T> {
-    _p: std::marker::PhantomData<(K, T)>,
+    /// The max-min-ordered array: entry `i` is `(key, slot)` with `slab[slot].link == i`; an entry
+    /// on an even level is `>=` all its descendants, one on an odd level `<=` all its descendants.
+    heap: Vec<(K, u32)>,
+    /// Item storage; exactly `heap.len()` slots are occupied, the rest form the free list.
+    slab: Vec<Slot<T>>,
+    /// First vacant slot of the free list (LIFO), or `NIL` if every slot is occupied.
+    free_head: u32,
+    /// Sum of `bytes` over the occupied slots.
+    bytes: u64,
+    /// This heap's process-unique id, stamped into its handles.
+    id: u32,
+}
+
+/// Whether heap position `i` is on a min (odd) level. Level = ⌊log2(i + 1)⌋.
+#[inline(always)]
+fn is_min_level(i: usize) -> bool {
+    (usize::BITS - (i + 1).leading_zeros()) & 1 == 0
+}
+
+/// `a` belongs above `b` on a min level (`MIN`) or on a max level (`!MIN`).
+#[inline(always)]
+fn above<K: Ord, const MIN: bool>(a: &K, b: &K) -> bool {
+    if MIN {
+        a < b
+    } else {
+        a > b
+    }
 }
 
 impl<K: Ord + Copy, T> MaxMinHeap<K, T> {
-    pub fn with_capacity(capacity: usize) -> Self { todo!() }
-    pub fn len(&self) -> usize { todo!() }
-    pub fn is_empty(&self) -> bool { todo!() }
-    pub fn bytes(&self) -> u64 { todo!() }
-    pub fn push(&mut self, key: K, bytes: u64, value: T) -> Handle { todo!() }
-    pub fn peek_head(&self) -> Option<(Handle, K, &T)> { todo!() }
-    pub fn peek_tail(&self) -> Option<(Handle, K, &T)> { todo!() }
-    pub fn pop_head(&mut self) -> Option<Entry<K, T>> { todo!() }
-    pub fn pop_tail(&mut self) -> Option<Entry<K, T>> { todo!() }
-    pub fn remove(&mut self, handle: Handle) -> Result<Entry<K, T>, StaleHandle> { todo!() }
-    pub fn get(&self, handle: Handle) -> Option<(K, &T)> { todo!() }
-    pub fn contains(&self, handle: Handle) -> bool { todo!() }
-    pub fn rekey_retain(&mut self, f: impl FnMut(&T, K) -> Option<K>, removed: impl FnMut(Entry<K, T>)) { todo!() }
-    pub fn drain(&mut self, f: impl FnMut(Entry<K, T>)) { todo!() }
+    /// An empty heap that can hold `capacity` items without allocating.
+    ///
+    /// ```
+    /// use flowgate_engine::heap::MaxMinHeap;
+    /// let heap: MaxMinHeap<u64, ()> = MaxMinHeap::with_capacity(100);
+    /// assert!(heap.capacity() >= 100 && heap.is_empty());
+    /// ```
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            heap: Vec::with_capacity(capacity),
+            slab: Vec::with_capacity(capacity),
+            free_head: NIL,
+            bytes: 0,
+            id: NEXT_HEAP_ID.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// How many items the heap holds without allocating.
+    pub fn capacity(&self) -> usize {
+        self.heap.capacity().min(self.slab.capacity())
+    }
+
+    /// Number of items.
+    ///
+    /// ```
+    /// use flowgate_engine::heap::MaxMinHeap;
+    /// let mut heap = MaxMinHeap::with_capacity(2);
+    /// heap.push(1, 5, ());
+    /// heap.push(2, 7, ());
+    /// assert_eq!((heap.len(), heap.bytes(), heap.is_empty()), (2, 12, false));
+    /// ```
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    /// Whether the heap holds no items.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+
+    /// Sum of the `bytes` of the items present.
+    #[inline]
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Adds `value` under `key`, counting `bytes`, and returns its handle. O(log n); allocates only
+    /// beyond [`capacity`](Self::capacity).
+    ///
+    /// # Panics
+    ///
+    /// If the heap would hold 2³² − 1 items.
+    pub fn push(&mut self, key: K, bytes: u64, value: T) -> Handle {
+        let pos = self.heap.len();
+        let link = u32::try_from(pos)
+            .ok()
+            .filter(|&p| p != NIL)
+            .expect("heap full");
+        // Take a vacant slot from the free list, or grow the slab.
+        let index = if self.free_head != NIL {
+            let index = self.free_head;
+            let slot = &mut self.slab[index as usize];
+            debug_assert!(slot.value.is_none());
+            self.free_head = slot.link;
+            *slot = Slot {
+                value: Some(value),
+                bytes,
+                link,
+                generation: slot.generation,
+            };
+            index
+        } else {
+            let index = self.slab.len() as u32; // < NIL: the slab has no more slots than items.
+            self.slab.push(Slot {
+                value: Some(value),
+                bytes,
+                link,
+                generation: 0,
+            });
+            index
+        };
+        self.bytes += bytes;
+        // Append as the last leaf and let it rise to its level.
+        self.heap.push((key, index));
+        self.fix(pos);
+        Handle {
+            index,
+            generation: self.slab[index as usize].generation,
+            heap_id: self.id,
+        }
+    }
+
+    /// The greatest key (the next to dispatch) with its handle and value. O(1).
+    ///
+    /// ```
+    /// use flowgate_engine::heap::MaxMinHeap;
+    /// let mut heap = MaxMinHeap::with_capacity(4);
+    /// assert!(heap.peek_head().is_none() && heap.peek_tail().is_none());
+    /// let h = heap.push(3, 0, "a");
+    /// heap.push(1, 0, "b");
+    /// assert_eq!(heap.peek_head(), Some((h, 3, &"a")));
+    /// assert_eq!(heap.peek_tail().map(|(_, k, v)| (k, *v)), Some((1, "b")));
+    /// ```
+    #[inline]
+    pub fn peek_head(&self) -> Option<(Handle, K, &T)> {
+        self.peek_at(0)
+    }
+
+    /// The least key (the first to shed) with its handle and value. O(1).
+    #[inline]
+    pub fn peek_tail(&self) -> Option<(Handle, K, &T)> {
+        self.peek_at(self.tail_pos()?)
+    }
+
+    /// Removes and returns the item with the greatest key. O(log n).
+    ///
+    /// ```
+    /// use flowgate_engine::heap::MaxMinHeap;
+    /// let mut heap = MaxMinHeap::with_capacity(4);
+    /// for k in [2, 7, 5] {
+    ///     heap.push(k, 1, ());
+    /// }
+    /// assert_eq!(heap.pop_head().map(|e| e.key), Some(7));
+    /// assert_eq!(heap.pop_tail().map(|e| e.key), Some(2));
+    /// assert_eq!(heap.pop_tail().map(|e| e.key), Some(5));
+    /// assert!(heap.pop_head().is_none() && heap.pop_tail().is_none());
+    /// ```
+    pub fn pop_head(&mut self) -> Option<Entry<K, T>> {
+        if self.heap.is_empty() {
+            return None;
+        }
+        Some(self.remove_at(0))
+    }
+
+    /// Removes and returns the item with the least key. O(log n).
+    pub fn pop_tail(&mut self) -> Option<Entry<K, T>> {
+        let pos = self.tail_pos()?;
+        Some(self.remove_at(pos))
+    }
+
+    /// Removes the item `handle` names, wherever it is. O(log n). A stale or foreign handle is
+    /// refused and changes nothing.
+    ///
+    /// ```
+    /// use flowgate_engine::heap::{MaxMinHeap, StaleHandle};
+    /// let mut heap = MaxMinHeap::with_capacity(4);
+    /// let a = heap.push(1, 10, "a");
+    /// heap.push(2, 20, "b");
+    /// assert_eq!(heap.get(a), Some((1, &"a")));
+    /// assert_eq!(heap.remove(a).map(|e| e.value), Ok("a"));
+    /// assert!(!heap.contains(a) && heap.get(a).is_none());
+    /// assert_eq!(heap.remove(a).map(|e| e.value), Err(StaleHandle));
+    /// assert_eq!((heap.len(), heap.bytes()), (1, 20));
+    /// ```
+    pub fn remove(&mut self, handle: Handle) -> Result<Entry<K, T>, StaleHandle> {
+        let pos = self.position(handle).ok_or(StaleHandle)?;
+        Ok(self.remove_at(pos))
+    }
+
+    /// The key and value of the item `handle` names, or `None` if the handle is stale or foreign.
+    #[inline]
+    pub fn get(&self, handle: Handle) -> Option<(K, &T)> {
+        let pos = self.position(handle)?;
+        let slot = &self.slab[handle.index as usize];
+        Some((self.heap[pos].0, slot.value.as_ref()?))
+    }
+
+    /// Whether `handle` names an item of this heap.
+    #[inline]
+    pub fn contains(&self, handle: Handle) -> bool {
+        self.position(handle).is_some()
+    }
+
+    /// The items in unspecified order, with their handles and keys.
+    ///
+    /// ```
+    /// use flowgate_engine::heap::MaxMinHeap;
+    /// let mut heap = MaxMinHeap::with_capacity(3);
+    /// for k in [3, 1, 2] {
+    ///     heap.push(k, 0, k);
+    /// }
+    /// let mut keys: Vec<_> = heap.iter().map(|(h, k, v)| { assert_eq!(k, *v); k }).collect();
+    /// keys.sort();
+    /// assert_eq!(keys, [1, 2, 3]);
+    /// ```
+    pub fn iter(&self) -> impl Iterator<Item = (Handle, K, &T)> + '_ {
+        (0..self.heap.len()).filter_map(move |pos| self.peek_at(pos))
+    }
+
+    /// Re-keys every item in O(n): `f(&value, old_key)` returns `Some(new_key)` to keep the item
+    /// under that key, or `None` to remove it, in which case it is passed to `removed` (in no
+    /// particular order). Handles of kept items stay valid. The heap is then rebuilt bottom-up.
+    ///
+    /// If `f` or `removed` panics, the heap stays consistent: items not yet visited keep their old
+    /// keys.
+    ///
+    /// ```
+    /// use flowgate_engine::heap::MaxMinHeap;
+    /// let mut heap = MaxMinHeap::with_capacity(8);
+    /// let handles: Vec<_> = (0..6).map(|k| heap.push(k, 1, k)).collect();
+    /// let mut gone = Vec::new();
+    /// // Reverse the order and drop the odd values.
+    /// heap.rekey_retain(|&v, k| (v % 2 == 0).then(|| 10 - k), |e| gone.push(e.value));
+    /// gone.sort();
+    /// assert_eq!(gone, [1, 3, 5]);
+    /// assert_eq!((heap.len(), heap.bytes()), (3, 3));
+    /// assert_eq!(heap.get(handles[4]), Some((6, &4)));
+    /// assert_eq!(heap.peek_head().map(|(_, k, v)| (k, *v)), Some((10, 0)));
+    /// ```
+    pub fn rekey_retain(
+        &mut self,
+        mut f: impl FnMut(&T, K) -> Option<K>,
+        mut removed: impl FnMut(Entry<K, T>),
+    ) {
+        // The guard compacts and rebuilds on the way out, including during unwinding.
+        let guard = Rebuild(self);
+        let heap = &mut *guard.0;
+        // Pass 1, over the slab in memory order: new keys go into the array in place; deleted items
+        // leave a `NIL` tombstone and their slot is freed.
+        for index in 0..heap.slab.len() {
+            let slot = &heap.slab[index];
+            let Some(value) = slot.value.as_ref() else {
+                continue;
+            };
+            let pos = slot.link as usize;
+            match f(value, heap.heap[pos].0) {
+                Some(key) => heap.heap[pos].0 = key,
+                None => {
+                    let key = heap.heap[pos].0;
+                    heap.heap[pos].1 = NIL;
+                    let entry = heap.release(index as u32, key);
+                    removed(entry);
+                }
+            }
+        }
+        // Pass 2 (compaction) and pass 3 (rebuild) run when `guard` drops.
+    }
+
+    /// Removes every item, in no particular order, passing each to `f`. Their handles go stale.
+    /// The heap keeps its capacity.
+    ///
+    /// ```
+    /// use flowgate_engine::heap::MaxMinHeap;
+    /// let mut heap = MaxMinHeap::with_capacity(4);
+    /// let h = heap.push(1, 8, 'a');
+    /// heap.push(2, 8, 'b');
+    /// let mut out = Vec::new();
+    /// heap.drain(|e| out.push(e.value));
+    /// out.sort();
+    /// assert_eq!(out, ['a', 'b']);
+    /// assert!(heap.is_empty() && heap.bytes() == 0 && !heap.contains(h));
+    /// ```
+    pub fn drain(&mut self, mut f: impl FnMut(Entry<K, T>)) {
+        // Popping the last array entry removes a leaf, so the heap is valid after every step
+        // (even if `f` panics).
+        while let Some((key, index)) = self.heap.pop() {
+            let entry = self.release(index, key);
+            f(entry);
+        }
+    }
+
+    /// Verifies every structural invariant, panicking on the first violation. O(n); for tests.
+    #[doc(hidden)]
+    pub fn check_invariants(&self) {
+        let n = self.heap.len();
+        for (pos, &(key, index)) in self.heap.iter().enumerate() {
+            let slot = &self.slab[index as usize];
+            assert!(
+                slot.value.is_some(),
+                "heap[{pos}] names vacant slot {index}"
+            );
+            assert_eq!(slot.link as usize, pos, "slot {index} back-link");
+            // Checking each node against its parent and grandparent implies the level property.
+            if pos > 0 {
+                let parent = &self.heap[(pos - 1) / 2].0;
+                let min = is_min_level(pos);
+                assert!(
+                    if min { key <= *parent } else { key >= *parent },
+                    "heap[{pos}] vs parent"
+                );
+                if pos >= 3 {
+                    let grand = &self.heap[(pos - 3) / 4].0;
+                    assert!(
+                        if min { key >= *grand } else { key <= *grand },
+                        "heap[{pos}] vs grandparent"
+                    );
+                }
+            }
+        }
+        let occupied = self.slab.iter().filter(|s| s.value.is_some()).count();
+        assert_eq!(occupied, n, "occupied slots vs heap length");
+        let bytes: u64 = self
+            .slab
+            .iter()
+            .filter(|s| s.value.is_some())
+            .map(|s| s.bytes)
+            .sum();
+        assert_eq!(bytes, self.bytes, "byte total");
+        // The free list visits exactly the vacant slots.
+        let (mut free, mut at) = (0, self.free_head);
+        while at != NIL {
+            let slot = &self.slab[at as usize];
+            assert!(slot.value.is_none(), "free list holds occupied slot {at}");
+            free += 1;
+            assert!(free <= self.slab.len(), "free list cycles");
+            at = slot.link;
+        }
+        assert_eq!(free + n, self.slab.len(), "free list length");
+    }
+
+    // ----- internals -----
+
+    /// The heap position of the item `handle` names, if it is live and ours.
+    #[inline]
+    fn position(&self, handle: Handle) -> Option<usize> {
+        if handle.heap_id != self.id {
+            return None;
+        }
+        let slot = self.slab.get(handle.index as usize)?;
+        (slot.generation == handle.generation && slot.value.is_some()).then_some(slot.link as usize)
+    }
+
+    /// Position of the least key: the root or the lesser of its children.
+    #[inline]
+    fn tail_pos(&self) -> Option<usize> {
+        match self.heap.len() {
+            0 => None,
+            1 => Some(0),
+            2 => Some(1),
+            _ => Some(if self.heap[2].0 < self.heap[1].0 {
+                2
+            } else {
+                1
+            }),
+        }
+    }
+
+    #[inline]
+    fn peek_at(&self, pos: usize) -> Option<(Handle, K, &T)> {
+        let (key, index) = *self.heap.get(pos)?;
+        let slot = &self.slab[index as usize];
+        let handle = Handle {
+            index,
+            generation: slot.generation,
+            heap_id: self.id,
+        };
+        Some((handle, key, slot.value.as_ref()?))
+    }
+
+    /// Frees slot `index` (its heap entry must already be gone) and hands out its item.
+    fn release(&mut self, index: u32, key: K) -> Entry<K, T> {
+        let slot = &mut self.slab[index as usize];
+        let value = slot.value.take().expect("released a vacant slot");
+        let generation = slot.generation;
+        // Bump the generation so outstanding handles go stale; push onto the free list.
+        slot.generation = generation.wrapping_add(1);
+        slot.link = self.free_head;
+        self.free_head = index;
+        self.bytes -= slot.bytes;
+        Entry {
+            handle: Handle {
+                index,
+                generation,
+                heap_id: self.id,
+            },
+            key,
+            bytes: slot.bytes,
+            value,
+        }
+    }
+
+    /// Removes the entry at `pos`: the last entry fills the hole and is sifted up or down.
+    fn remove_at(&mut self, pos: usize) -> Entry<K, T> {
+        let last = self.heap.pop().expect("remove_at on an empty heap");
+        let (key, index) = if pos < self.heap.len() {
+            let gone = std::mem::replace(&mut self.heap[pos], last);
+            self.slab[last.1 as usize].link = pos as u32;
+            self.fix(pos);
+            gone
+        } else {
+            last
+        };
+        self.release(index, key)
+    }
+
+    /// Restores the heap order around `pos`, whose entry may be out of place in either direction
+    /// while everything else is in order (after a push, or a hole filled by the last entry).
+    fn fix(&mut self, pos: usize) {
+        if pos == 0 {
+            return self.sift_down::<false>(0);
+        }
+        let parent = (pos - 1) / 2;
+        if is_min_level(pos) {
+            if self.heap[pos].0 > self.heap[parent].0 {
+                // Too big for a min level: swap with the (max-level) parent, then the entry rises
+                // along the max levels, and the old parent, now at `pos`, may have to sink.
+                self.swap(pos, parent);
+                self.sift_up::<false>(parent);
+                self.sift_down::<true>(pos);
+            } else if !self.sift_up::<true>(pos) {
+                self.sift_down::<true>(pos);
+            }
+        } else if self.heap[pos].0 < self.heap[parent].0 {
+            // Mirror image: too small for a max level.
+            self.swap(pos, parent);
+            self.sift_up::<true>(parent);
+            self.sift_down::<false>(pos);
+        } else if !self.sift_up::<false>(pos) {
+            self.sift_down::<false>(pos);
+        }
+    }
+
+    #[inline]
+    fn swap(&mut self, a: usize, b: usize) {
+        self.heap.swap(a, b);
+        self.slab[self.heap[a].1 as usize].link = a as u32;
+        self.slab[self.heap[b].1 as usize].link = b as u32;
+    }
+
+    /// Moves the entry at `pos` up through its grandparents (all on its own kind of level, `MIN`)
+    /// while it belongs above them. Returns whether it moved. Each grandparent passed over moves
+    /// down into the hole, which is sound because it bounds its whole subtree.
+    #[inline]
+    fn sift_up<const MIN: bool>(&mut self, mut pos: usize) -> bool {
+        let (key, index) = self.heap[pos];
+        let start = pos;
+        while pos >= 3 {
+            let grand = (pos - 3) / 4;
+            let g = self.heap[grand];
+            if !above::<K, MIN>(&key, &g.0) {
+                break;
+            }
+            self.heap[pos] = g;
+            self.slab[g.1 as usize].link = pos as u32;
+            pos = grand;
+        }
+        if pos == start {
+            return false;
+        }
+        self.heap[pos] = (key, index);
+        self.slab[index as usize].link = pos as u32;
+        true
+    }
+
+    /// Moves the entry at `pos` (on a `MIN` or max level) down until it bounds its subtree
+    /// (Atkinson et al.'s trickle-down, with a hole instead of swaps).
+    fn sift_down<const MIN: bool>(&mut self, mut pos: usize) {
+        let n = self.heap.len();
+        let (mut key, mut index) = self.heap[pos];
+        loop {
+            // The best (greatest on a max level, least on a min level) child or grandchild.
+            let child = 2 * pos + 1;
+            if child >= n {
+                break;
+            }
+            let mut best = child;
+            if child + 1 < n && above::<K, MIN>(&self.heap[child + 1].0, &self.heap[best].0) {
+                best = child + 1;
+            }
+            let grand = 2 * child + 1;
+            for g in grand..n.min(grand + 4) {
+                if above::<K, MIN>(&self.heap[g].0, &self.heap[best].0) {
+                    best = g;
+                }
+            }
+            let b = self.heap[best];
+            if !above::<K, MIN>(&b.0, &key) {
+                break; // The entry bounds its subtree already.
+            }
+            // Promote the best into the hole.
+            self.heap[pos] = b;
+            self.slab[b.1 as usize].link = pos as u32;
+            pos = best;
+            if best < grand {
+                // A child: it has no children beyond ties with it, so the entry settles here.
+                break;
+            }
+            // A grandchild: the entry must still fit under the grandchild's parent (an opposite
+            // level); if not, they trade places and the parent's entry carries on sinking.
+            let parent = (best - 1) / 2;
+            if above::<K, MIN>(&self.heap[parent].0, &key) {
+                let p = std::mem::replace(&mut self.heap[parent], (key, index));
+                self.slab[index as usize].link = parent as u32;
+                (key, index) = p;
+            }
+        }
+        self.heap[pos] = (key, index);
+        self.slab[index as usize].link = pos as u32;
+    }
+}
+
+/// Finishes [`MaxMinHeap::rekey_retain`] when dropped: drops tombstones, then rebuilds the order.
+struct Rebuild<'a, K: Ord + Copy, T>(&'a mut MaxMinHeap<K, T>);
+
+impl<K: Ord + Copy, T> Drop for Rebuild<'_, K, T> {
+    fn drop(&mut self) {
+        let heap = &mut *self.0;
+        // Pass 2: compact the array over the tombstones, fixing the back-links of entries that move.
+        let mut write = 0;
+        for read in 0..heap.heap.len() {
+            let entry = heap.heap[read];
+            if entry.1 == NIL {
+                continue;
+            }
+            if write != read {
+                heap.heap[write] = entry;
+                heap.slab[entry.1 as usize].link = write as u32;
+            }
+            write += 1;
+        }
+        heap.heap.truncate(write);
+        // Pass 3 (Floyd): sink every internal node, bottom-up; each subtree is then a max-min heap
+        // whose root is on the right kind of level. O(n) in total.
+        for pos in (0..write / 2).rev() {
+            if is_min_level(pos) {
+                heap.sift_down::<true>(pos);
+            } else {
+                heap.sift_down::<false>(pos);
+            }
+        }
+        debug_assert_eq!(
+            heap.heap.len(),
+            heap.slab.iter().filter(|s| s.value.is_some()).count()
+        );
+    }
+}
+
+impl<K: Ord + Copy + std::fmt::Debug, T: std::fmt::Debug> std::fmt::Debug for MaxMinHeap<K, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MaxMinHeap")
+            .field("len", &self.len())
+            .field("bytes", &self.bytes)
+            .field("head", &self.peek_head().map(|(_, k, _)| k))
+            .field("tail", &self.peek_tail().map(|(_, k, _)| k))
+            .finish()
+    }
 }

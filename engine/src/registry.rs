@@ -9,9 +9,10 @@
 //! readers can list workloads.
 //!
 //! **Rate.** Arrivals are counted in [`RATE_BUCKETS`] buckets of `rate_window / RATE_BUCKETS` each;
-//! the rate is the sum of the buckets that overlap the last window, divided by the window. It may
-//! count up to one bucket's worth of arrivals older than the window (one twelfth of it: 5 s of
-//! requests with the 60 s default) and never misses a recent one. Reads are O(1) (12 loads).
+//! the rate is the sum of the last [`RATE_BUCKETS`] buckets (the current, partial one included),
+//! divided by the window. So it covers between `window − bucket` and `window` of history: it may
+//! miss up to one bucket's worth of the oldest arrivals (a twelfth of the window: 5 s with the 60 s
+//! default) and never counts one older than the window. Reads are O(1) (12 loads).
 //!
 //! **Bounds.** At most `max_tracked` workloads are tracked across all shards (a shared atomic
 //! count); beyond it, new ids share one [`OVERFLOW_WORKLOAD_ID`] entry per shard. Idle workloads
@@ -27,9 +28,11 @@ use std::hash::BuildHasher;
 pub const OVERFLOW_WORKLOAD_ID: &str = "__overflow__";
 
 /// The hasher every party uses for workload ids: producers hash once to pick a shard, the shard
-/// reuses that hash in its table. Fixed seed, so a hash computed anywhere is valid everywhere.
+/// reuses that hash in its table. Seeded randomly once per process (so clients cannot aim
+/// collisions at a table), then fixed, so a hash computed anywhere is valid everywhere.
 pub fn hash_workload_id(id: &str) -> u64 {
-    hashbrown::DefaultHashBuilder::default().hash_one(id)
+    static HASHER: std::sync::OnceLock<hashbrown::DefaultHashBuilder> = std::sync::OnceLock::new();
+    HASHER.get_or_init(Default::default).hash_one(id)
 }
 
 /// One workload's counters. Shared (`Arc`) by its shard's table, its queued requests and the permits

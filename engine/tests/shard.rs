@@ -124,7 +124,8 @@ fn rate_penalty_busy_workload_yields_to_quiet_one() {
     let (quiet, _) = h.submit("quiet", 4, now);
     assert_eq!(h.dispatch_all(now), vec![quiet, busy]);
     let rate = h.shard.table().get("busy").unwrap().rate_per_s(now, h.shard.table().window());
-    assert!((95.0..=110.0).contains(&rate), "busy rate {rate}");
+    // The window holds between 55 s and 60 s of history (one 5 s bucket of slack).
+    assert!((91.0..=101.0).contains(&rate), "busy rate {rate}");
 }
 
 #[test]
@@ -271,10 +272,10 @@ fn idle_workloads_are_forgotten_active_ones_never() {
     let mut h = Harness::new(&c);
     h.submit("idle", 3, 0);
     h.dispatch_all(0);
-    h.submit("busy", 3, 0); // stays queued: active
     assert_eq!(h.shard.sweep_idle(9 * S), 0);
     h.submit("idle", 3, 9 * S); // activity resets the idle timer
     h.dispatch_all(9 * S);
+    h.submit("busy", 3, 9 * S); // stays queued: active
     assert_eq!(h.shard.sweep_idle(18 * S), 0);
     assert_eq!(h.shard.sweep_idle(19 * S), 1);
     assert!(h.shard.table().get("idle").is_none());

@@ -14,14 +14,24 @@ pub mod budget;
 pub mod clock;
 pub mod config;
 pub mod context;
+pub mod doorbell;
+pub mod gate;
 pub mod heap;
 pub mod outcome;
 pub mod registry;
+#[cfg(not(flowgate_loom))]
+pub mod ring;
+#[cfg(not(flowgate_loom))]
 pub mod runtime;
 pub mod score;
 pub mod shard;
 pub mod sync;
+pub mod ticket;
+#[cfg(not(flowgate_loom))]
+mod worker;
 
 pub use config::EngineConfig;
 pub use context::{DefaultReason, WorkloadContext};
 pub use outcome::Outcome;
+#[cfg(not(flowgate_loom))]
+pub use runtime::{Decision, Engine, Permit, Request, SubmitError, Submitter, Ticket};

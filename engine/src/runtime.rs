@@ -1,75 +1,306 @@
-//! PLACEHOLDER — the running engine's API (being written). Signatures are the contract.
-#![allow(missing_docs, unused_variables, dead_code)]
-use crate::config::{BackendConfig, ConfigError, EngineConfig};
-use crate::context::WorkloadContext;
+//! The running engine: pinned shard executors, submission, capacity, shutdown.
+//!
+//! [`Engine::start`] launches one glommio executor per shard, pinned to a CPU (`shard i` on CPU
+//! `i mod cores`), each running one [`crate::worker`] task that owns its shard's heap and workload
+//! table. Producers submit through per-thread [`Submitter`]s (or [`Engine::submit`], which keeps
+//! one per thread); tickets resolve to a [`Decision`]; a dispatched decision carries a [`Permit`]
+//! whose drop frees the backend slot.
+
+use crate::budget::QueueBudget;
+use crate::clock::Clock;
+use crate::config::{ConfigError, EngineConfig};
+use crate::gate::Gate;
 use crate::outcome::Outcome;
-use crate::registry::RegistryView;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use crate::registry::{Directory, RateWindow, RegistryView};
+use crate::ring::Inbox;
+use crate::shard::Shard;
+use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use crate::ticket::Slot;
+use crate::worker::Worker;
+use crossbeam_queue::ArrayQueue;
+use std::cell::RefCell;
+use std::sync::{Arc, Mutex};
 
-/// A request to admit.
-#[derive(Clone, Debug)]
-pub struct Request {
-    pub context: WorkloadContext,
-    /// Body bytes held while queued (0 when bodies are not buffered).
-    pub bytes: u64,
+pub use crate::gate::Permit;
+pub use crate::ring::{Request, SubmitError, Submitter};
+pub use crate::ticket::Ticket;
+
+/// The decision a [`Ticket`] resolves to.
+pub type Decision = crate::ticket::Decision<Permit>;
+
+/// Most cancellations waiting for one shard; past it, a cancelled request is dropped lazily (at
+/// its dispatch, expiry or the next rescore pass), still with exactly one outcome.
+pub const CANCEL_QUEUE_CAPACITY: usize = 65_536;
+
+/// io_uring memory each shard executor locks (glommio's floor is 512 KiB; the default 10 MiB would
+/// exceed an 8 MiB `RLIMIT_MEMLOCK`). Shards do no file I/O.
+pub const SHARD_IO_MEMORY_BYTES: usize = 512 << 10;
+
+/// Why an engine did not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// The configuration is invalid; every problem is listed.
+    Config(Vec<ConfigError>),
+    /// A shard executor could not be created (e.g. io_uring unavailable).
+    Executor(String),
 }
 
-#[derive(Debug)]
-pub enum StartError { Config(Vec<ConfigError>), Executor(String) }
-
-#[derive(Debug)]
-pub enum SubmitError { ShuttingDown(Request), Backpressure(Request) }
-
-pub struct Engine;
-pub struct Ticket;
-pub struct Permit;
-
-#[derive(Debug)]
-pub struct Decision {
-    pub outcome: Outcome,
-    /// Some exactly when outcome == Dispatched.
-    pub permit: Option<Permit>,
-    /// Time spent queued, ns.
-    pub queued_ns: u64,
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Config(errors) => {
+                f.write_str("invalid configuration:")?;
+                errors.iter().try_for_each(|e| write!(f, " {e};"))
+            }
+            StartError::Executor(e) => write!(f, "shard executor failed to start: {e}"),
+        }
+    }
 }
 
-#[derive(Clone, Copy, Debug, Default)]
-pub struct EngineStats { pub queued: u64, pub queued_bytes: u64, pub inflight: u64, pub capacity: u64 }
+impl std::error::Error for StartError {}
+
+/// A point-in-time view of the engine's load.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Requests queued in all shards.
+    pub queued: u64,
+    /// Body bytes queued.
+    pub queued_bytes: u64,
+    /// Requests holding a backend slot.
+    pub inflight: u64,
+    /// Total backend slots.
+    pub capacity: u64,
+}
+
+/// Outcome counters of one shard, written by that shard only.
+#[derive(Debug, Default)]
+pub(crate) struct OutcomeCounters([AtomicU64; Outcome::ALL.len()]);
+
+impl OutcomeCounters {
+    pub(crate) fn count(&self, outcome: Outcome) {
+        let i = Outcome::ALL.iter().position(|o| *o == outcome).expect("every outcome is listed");
+        self.0[i].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Everything the shards, submitters, tickets and the engine handle share.
+pub struct Shared {
+    /// Unique per engine in this process (keys the per-thread submitters).
+    pub(crate) id: u64,
+    pub(crate) config: EngineConfig,
+    pub(crate) clock: Clock,
+    pub(crate) gate: Arc<Gate>,
+    pub(crate) budget: Arc<QueueBudget>,
+    /// New submitters' ring ends, per shard; bounded by `max_submitters`.
+    pub(crate) registrations: Box<[ArrayQueue<Inbox>]>,
+    /// Cancelled requests to drop, per shard.
+    pub(crate) cancels: Box<[ArrayQueue<Arc<Slot<Permit>>>]>,
+    /// Set once by [`Engine::shutdown`].
+    pub(crate) shutting_down: AtomicBool,
+    /// Registered submitters; ≤ `max_submitters`.
+    pub(crate) submitters: AtomicUsize,
+    pub(crate) outcomes: Box<[OutcomeCounters]>,
+}
+
+impl Shared {
+    /// Number of shards.
+    pub(crate) fn shards(&self) -> usize {
+        self.registrations.len()
+    }
+
+    /// A ticket was cancelled while pending: tell its shard to drop the request now.
+    pub(crate) fn request_cancel(&self, shard: usize, slot: Arc<Slot<Permit>>) {
+        // When the queue is full the request is still marked cancelled and leaves lazily.
+        if self.cancels[shard].push(slot).is_ok() {
+            self.gate.shard(shard).doorbell.ring();
+        }
+    }
+}
+
+/// A running engine. Dropping it shuts it down.
+pub struct Engine {
+    shared: Arc<Shared>,
+    registry: RegistryView,
+    executors: Mutex<Vec<glommio::ExecutorJoinHandle<()>>>,
+}
+
+static NEXT_ENGINE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+thread_local! {
+    /// This thread's submitters, one per engine it has submitted to.
+    static SUBMITTERS: RefCell<Vec<Submitter>> = const { RefCell::new(Vec::new()) };
+}
 
 impl Engine {
-    pub fn start(config: EngineConfig) -> Result<Engine, StartError> { todo!() }
-    /// Submit from any thread (a per-thread submitter is registered on first use).
-    pub fn submit(&self, request: Request) -> Result<Ticket, SubmitError> { todo!() }
-    pub fn registry(&self) -> RegistryView { todo!() }
-    pub fn stats(&self) -> EngineStats { todo!() }
-    pub fn backends(&self) -> &[BackendConfig] { todo!() }
-    /// In-flight requests per backend, same order as `backends()`.
-    pub fn inflight_per_backend(&self) -> Vec<u32> { todo!() }
-    /// Stop intake, answer everything queued with its shutdown outcome, join the shards. Idempotent.
-    pub fn shutdown(&self) { todo!() }
+    /// Validate `config` and start its shards.
+    ///
+    /// ```
+    /// use flowgate_engine::{runtime::{Engine, Request}, EngineConfig, Outcome, WorkloadContext};
+    /// let mut config = EngineConfig::default();
+    /// config.shards = 1;
+    /// let engine = Engine::start(config).unwrap();
+    /// let ticket = engine.submit(Request { context: WorkloadContext::default_workload(3), bytes: 0 }).unwrap();
+    /// let decision = ticket.wait();
+    /// assert_eq!(decision.outcome, Outcome::Dispatched);
+    /// assert_eq!(decision.permit.as_ref().unwrap().address(), "127.0.0.1:8000");
+    /// engine.shutdown();
+    /// ```
+    pub fn start(config: EngineConfig) -> Result<Engine, StartError> {
+        let errors = config.validate();
+        if !errors.is_empty() {
+            return Err(StartError::Config(errors));
+        }
+        let shards = config.shard_count();
+        let clock = Clock::new();
+        let gate = Arc::new(Gate::new(&config, shards, clock));
+        let budget = Arc::new(QueueBudget::new(config.queue.max_requests, config.queue.max_bytes));
+        let tracked = Arc::new(AtomicUsize::new(0));
+        let shared = Arc::new(Shared {
+            id: NEXT_ENGINE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            config: config.clone(),
+            clock,
+            gate,
+            budget: budget.clone(),
+            registrations: (0..shards).map(|_| ArrayQueue::new(config.max_submitters)).collect(),
+            cancels: (0..shards).map(|_| ArrayQueue::new(CANCEL_QUEUE_CAPACITY)).collect(),
+            shutting_down: AtomicBool::new(false),
+            submitters: AtomicUsize::new(0),
+            outcomes: (0..shards).map(|_| OutcomeCounters::default()).collect(),
+        });
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let mut directories: Vec<Directory> = Vec::with_capacity(shards);
+        let mut executors = Vec::with_capacity(shards);
+        for index in 0..shards {
+            let shard = Shard::new(&config, index, shards, budget.clone(), tracked.clone());
+            directories.push(shard.table().directory());
+            let worker = Worker::new(index, shard, shared.clone());
+            let spawned = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(index % cores))
+                .name(&format!("flowgate-shard-{index}"))
+                .io_memory(SHARD_IO_MEMORY_BYTES)
+                .spawn(move || worker.run());
+            match spawned {
+                Ok(handle) => executors.push(handle),
+                Err(e) => {
+                    let engine = Engine { shared: shared.clone(), registry: empty_view(clock), executors: Mutex::new(executors) };
+                    engine.shutdown();
+                    return Err(StartError::Executor(e.to_string()));
+                }
+            }
+        }
+        let registry = RegistryView::new(directories, tracked, RateWindow::new(config.scoring.rate_window), clock);
+        Ok(Engine { shared, registry, executors: Mutex::new(executors) })
+    }
+
+    /// A new submitter for a producer thread (one ring per shard).
+    pub fn submitter(&self) -> Result<Submitter, SubmitError> {
+        Submitter::register(self.shared.clone()).map_err(|_| {
+            SubmitError::Backpressure(Request {
+                context: crate::WorkloadContext::default_workload(self.shared.config.workloads.default_criticality),
+                bytes: 0,
+            })
+        })
+    }
+
+    /// Submit from any thread, through this thread's own submitter (registered on first use).
+    pub fn submit(&self, request: Request) -> Result<Ticket, SubmitError> {
+        SUBMITTERS.with(|cell| {
+            let mut subs = cell.borrow_mut();
+            // Forget submitters of engines that have shut down.
+            subs.retain(|s| !s.shared().shutting_down.load(Ordering::Relaxed));
+            if let Some(s) = subs.iter_mut().find(|s| s.shared().id == self.shared.id) {
+                return s.submit(request);
+            }
+            match Submitter::register(self.shared.clone()) {
+                Ok(mut s) => {
+                    let ticket = s.submit(request);
+                    subs.push(s);
+                    ticket
+                }
+                Err(()) => Err(SubmitError::Backpressure(request)),
+            }
+        })
+    }
+
+    /// Read-only view of every shard's workloads.
+    pub fn registry(&self) -> RegistryView {
+        self.registry.clone()
+    }
+
+    /// Current load.
+    pub fn stats(&self) -> EngineStats {
+        let gate = &self.shared.gate;
+        EngineStats {
+            queued: self.shared.budget.requests(),
+            queued_bytes: self.shared.budget.bytes(),
+            inflight: gate.capacity() - gate.free().min(gate.capacity()),
+            capacity: gate.capacity(),
+        }
+    }
+
+    /// How many requests ended with each outcome so far.
+    pub fn outcome_counts(&self) -> Vec<(Outcome, u64)> {
+        Outcome::ALL
+            .iter()
+            .enumerate()
+            .map(|(i, o)| (*o, self.shared.outcomes.iter().map(|c| c.0[i].load(Ordering::Relaxed)).sum()))
+            .collect()
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.shared.config
+    }
+
+    /// Backend `ip:port`s, in configuration order.
+    pub fn backend_addresses(&self) -> Vec<String> {
+        self.shared.gate.addresses().map(str::to_string).collect()
+    }
+
+    /// In-flight requests per backend, in configuration order.
+    pub fn inflight_per_backend(&self) -> Vec<u32> {
+        self.shared.gate.inflight_per_backend()
+    }
+
+    /// Number of shards running.
+    pub fn shards(&self) -> usize {
+        self.shared.shards()
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Stop intake, answer every queued and in-ring request with its shutdown outcome, and join
+    /// the shards. Idempotent; permits already granted stay valid until dropped.
+    pub fn shutdown(&self) {
+        self.shared.shutting_down.store(true, Ordering::SeqCst);
+        for i in 0..self.shared.shards() {
+            self.shared.gate.shard(i).doorbell.ring();
+        }
+        let executors: Vec<_> = std::mem::take(&mut *self.executors.lock().unwrap_or_else(|p| p.into_inner()));
+        for handle in executors {
+            // A worker that panicked has already answered nothing more; surface it loudly.
+            if let Err(e) = handle.join() {
+                panic!("shard executor failed: {e}");
+            }
+        }
+        self.shared.gate.close();
+    }
 }
 
-impl Ticket {
-    /// Cancel now (EvictedCancelled if still queued). Dropping the ticket does the same.
-    pub fn cancel(self) { todo!() }
-    /// Block the calling thread until the decision (for non-async callers).
-    pub fn wait(self) -> Decision { todo!() }
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
 }
 
-impl Future for Ticket {
-    type Output = Decision;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Decision> { todo!() }
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("shards", &self.shards()).field("stats", &self.stats()).finish()
+    }
 }
 
-impl Permit {
-    /// Index into `Engine::backends()`.
-    pub fn backend_index(&self) -> usize { todo!() }
-    /// The chosen backend's `ip:port`.
-    pub fn address(&self) -> &str { todo!() }
-}
-
-impl std::fmt::Debug for Permit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str("Permit") }
+fn empty_view(clock: Clock) -> RegistryView {
+    RegistryView::new(Vec::new(), Arc::new(AtomicUsize::new(0)), RateWindow::new(std::time::Duration::from_secs(60)), clock)
 }

@@ -27,3 +27,28 @@ pub mod thread {
         loom::thread::park();
     }
 }
+
+/// A float published across threads (shard head scores).
+#[cfg(not(flowgate_loom))]
+pub use atomic_float::AtomicF64;
+
+/// Loom stand-in for `atomic_float::AtomicF64`: the bits in a model-checked `AtomicU64`.
+#[cfg(flowgate_loom)]
+#[derive(Debug)]
+pub struct AtomicF64(AtomicU64);
+
+#[cfg(flowgate_loom)]
+impl AtomicF64 {
+    /// A new cell holding `v`.
+    pub fn new(v: f64) -> Self {
+        Self(AtomicU64::new(v.to_bits()))
+    }
+    /// Load the value.
+    pub fn load(&self, order: Ordering) -> f64 {
+        f64::from_bits(self.0.load(order))
+    }
+    /// Store `v`.
+    pub fn store(&self, v: f64, order: Ordering) {
+        self.0.store(v.to_bits(), order)
+    }
+}

@@ -1,0 +1,284 @@
+//! The dispatch gate: global capacity, permits, and the published head scores that keep priority
+//! global across shards.
+//!
+//! Capacity is the sum of every backend's slots. A shard that wants to dispatch its head first
+//! asks [`Gate::may_dispatch`]: its head must be the best published head of any shard, unless there
+//! are more free slots than requests queued in all other shards together (then nobody better can be
+//! refused by this dispatch). It then reserves a slot with [`Gate::try_acquire`] (one CAS on the free
+//! count, honouring per-criticality ceilings), picks the least-loaded backend, and wraps it in a
+//! [`Permit`] whose drop gives the slot back and wakes the shard with the best head.
+//!
+//! No lost wake-up: a shard publishes its head and queue length, then (sleeping or not) reads the
+//! free count; a releaser bumps the free count, then reads the heads. A SeqCst fence on each side
+//! means at least one of them sees the other (`loom-tests` checks this).
+
+use crate::clock::Clock;
+use crate::config::EngineConfig;
+use crate::doorbell::Doorbell;
+use crate::registry::WorkloadEntry;
+use crate::sync::{fence, AtomicBool, AtomicF64, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use crossbeam_utils::CachePadded;
+use std::sync::Arc;
+
+/// Published head score of a shard with nothing dispatchable.
+pub const NO_HEAD: f64 = f64::NEG_INFINITY;
+
+/// One backend's slots.
+#[derive(Debug)]
+pub struct BackendSlots {
+    /// `ip:port`.
+    pub address: String,
+    /// Its `max_inflight`; ≥ 1.
+    max: u32,
+    /// Requests in flight on it. Invariant: ≤ `max`.
+    inflight: CachePadded<AtomicU32>,
+}
+
+/// What one shard publishes for the others.
+#[derive(Debug)]
+pub struct ShardSignal {
+    /// Score of its best queued request ([`NO_HEAD`] when empty).
+    head: AtomicF64,
+    /// Requests queued in it.
+    queued: AtomicU64,
+    /// Its head waits on a criticality ceiling (published as [`NO_HEAD`] so others can go);
+    /// every release rings it too.
+    blocked: AtomicBool,
+    /// Wakes it.
+    pub doorbell: Doorbell,
+}
+
+/// Global capacity and the shards' published heads.
+#[derive(Debug)]
+pub struct Gate {
+    /// The model servers.
+    backends: Box<[BackendSlots]>,
+    /// Free slots in all backends. Invariant: `free + Σ inflight == capacity`, outside a CAS pair.
+    free: CachePadded<AtomicI64>,
+    /// Σ backend `max_inflight`.
+    capacity: i64,
+    /// Criticality `c` dispatches only while in-flight < `ceiling_slots[c - 1]`.
+    ceiling_slots: [i64; 5],
+    /// One per shard.
+    shards: Box<[CachePadded<ShardSignal>]>,
+    /// Set once at shutdown; no waking afterwards.
+    closed: AtomicBool,
+    clock: Clock,
+}
+
+impl Gate {
+    /// A gate for `config`'s backends and `shards` shards.
+    pub fn new(config: &EngineConfig, shards: usize, clock: Clock) -> Self {
+        let capacity = config.total_slots() as i64;
+        let ceiling_slots = config.ceilings.map(|c| ((c * capacity as f64).ceil() as i64).clamp(1, capacity));
+        Self {
+            backends: config
+                .backends
+                .iter()
+                .map(|b| BackendSlots {
+                    address: b.address.clone(),
+                    max: b.max_inflight,
+                    inflight: CachePadded::new(AtomicU32::new(0)),
+                })
+                .collect(),
+            free: CachePadded::new(AtomicI64::new(capacity)),
+            capacity,
+            ceiling_slots,
+            shards: (0..shards)
+                .map(|_| {
+                    CachePadded::new(ShardSignal {
+                        head: AtomicF64::new(NO_HEAD),
+                        queued: AtomicU64::new(0),
+                        blocked: AtomicBool::new(false),
+                        doorbell: Doorbell::new(),
+                    })
+                })
+                .collect(),
+            closed: AtomicBool::new(false),
+            clock,
+        }
+    }
+
+    /// Shard `i`'s signal.
+    pub fn shard(&self, i: usize) -> &ShardSignal {
+        &self.shards[i]
+    }
+
+    /// Number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Total slots.
+    pub fn capacity(&self) -> u64 {
+        self.capacity as u64
+    }
+
+    /// Free slots now.
+    pub fn free(&self) -> u64 {
+        self.free.load(Ordering::Acquire).max(0) as u64
+    }
+
+    /// Backend addresses and in-flight counts.
+    pub fn inflight_per_backend(&self) -> Vec<u32> {
+        self.backends.iter().map(|b| b.inflight.load(Ordering::Relaxed)).collect()
+    }
+
+    /// Backend addresses, in configuration order.
+    pub fn addresses(&self) -> impl Iterator<Item = &str> {
+        self.backends.iter().map(|b| b.address.as_str())
+    }
+
+    /// Shard side: publish the head score and queue length, then report whether a slot is free
+    /// (the fence orders this against [`release`](Self::release)).
+    pub fn publish(&self, shard: usize, head: f64, queued: u64, blocked: bool) -> bool {
+        let s = &self.shards[shard];
+        s.blocked.store(blocked, Ordering::Relaxed);
+        s.head.store(if blocked { NO_HEAD } else { head }, Ordering::Relaxed);
+        s.queued.store(queued, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        self.free.load(Ordering::Relaxed) > 0
+    }
+
+    /// May `shard`, whose head scores `head`, dispatch it now without jumping a better request
+    /// queued elsewhere? Ties go to the lower shard index.
+    pub fn may_dispatch(&self, shard: usize, head: f64) -> bool {
+        let mut others_queued = 0u64;
+        let mut best_elsewhere = true;
+        for (i, s) in self.shards.iter().enumerate() {
+            if i == shard {
+                continue;
+            }
+            others_queued += s.queued.load(Ordering::Relaxed);
+            let h = s.head.load(Ordering::Relaxed);
+            if h > head || (h == head && h != NO_HEAD && i < shard) {
+                best_elsewhere = false;
+            }
+        }
+        best_elsewhere || self.free.load(Ordering::Relaxed) > others_queued as i64
+    }
+
+    /// The shard (other than `except`) whose published head is best, if any has one.
+    pub fn best_shard(&self, except: Option<usize>) -> Option<usize> {
+        let mut best: Option<(usize, f64)> = None;
+        for (i, s) in self.shards.iter().enumerate() {
+            let h = s.head.load(Ordering::Relaxed);
+            if Some(i) == except || h == NO_HEAD {
+                continue;
+            }
+            if best.is_none_or(|(_, b)| h > b) {
+                best = Some((i, h));
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
+    /// Would [`try_acquire`](Self::try_acquire)`(criticality)` find a slot now?
+    pub fn has_slot_for(&self, criticality: u8) -> bool {
+        let ceiling = self.ceiling_slots[usize::from(criticality.clamp(1, 5)) - 1];
+        self.free.load(Ordering::Acquire) > self.capacity - ceiling
+    }
+
+    /// Reserve a slot for a request of `criticality` and pick its backend (least in flight with
+    /// room). `None` if no slot is free or the criticality's ceiling is reached.
+    pub fn try_acquire(&self, criticality: u8) -> Option<u32> {
+        let ceiling = self.ceiling_slots[usize::from(criticality.clamp(1, 5)) - 1];
+        let limit_free = self.capacity - ceiling; // free must stay above this after we take one
+        self.free
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |f| (f > limit_free).then(|| f - 1))
+            .ok()?;
+        // A reservation guarantees some backend has room: Σ inflight < capacity. Take the least
+        // loaded one; a lost CAS means another reserver took that place, so look again.
+        loop {
+            let mut pick: Option<(usize, u32)> = None;
+            for (i, b) in self.backends.iter().enumerate() {
+                let n = b.inflight.load(Ordering::Relaxed);
+                if n < b.max && pick.is_none_or(|(_, m)| n < m) {
+                    pick = Some((i, n));
+                }
+            }
+            let (i, n) = pick.expect("a reserved slot exists in some backend");
+            if self.backends[i].inflight.compare_exchange(n, n + 1, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                return Some(i as u32);
+            }
+        }
+    }
+
+    /// Give a backend slot back and wake the shard whose head is best.
+    pub fn release(&self, backend: u32) {
+        let before = self.backends[backend as usize].inflight.fetch_sub(1, Ordering::AcqRel);
+        assert!(before > 0, "backend {backend}: released a slot that was not held");
+        self.free.fetch_add(1, Ordering::AcqRel);
+        fence(Ordering::SeqCst);
+        self.wake_best(None);
+    }
+
+    /// Ring the doorbell of the shard with the best head (other than `except`).
+    pub fn wake_best(&self, except: Option<usize>) {
+        if self.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Some(i) = self.best_shard(except) {
+            self.shards[i].doorbell.ring();
+        }
+        for (i, s) in self.shards.iter().enumerate() {
+            if Some(i) != except && s.blocked.load(Ordering::Relaxed) {
+                s.doorbell.ring();
+            }
+        }
+    }
+
+    /// Stop waking shards (they are gone).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+
+    /// The engine's clock.
+    pub fn clock(&self) -> Clock {
+        self.clock
+    }
+}
+
+/// A held backend slot. Dropping it frees the slot, releases the workload's active count and wakes
+/// the best waiting shard. Not `Clone`: one permit, one slot.
+pub struct Permit {
+    gate: Arc<Gate>,
+    /// Index of the backend whose slot this is.
+    backend: u32,
+    workload: Arc<WorkloadEntry>,
+}
+
+impl Permit {
+    /// Wrap a slot reserved by [`Gate::try_acquire`] for a request of `workload`.
+    pub fn new(gate: Arc<Gate>, backend: u32, workload: Arc<WorkloadEntry>) -> Self {
+        Self { gate, backend, workload }
+    }
+
+    /// Index of the chosen backend in the configuration.
+    pub fn backend_index(&self) -> usize {
+        self.backend as usize
+    }
+
+    /// `ip:port` of the chosen backend.
+    pub fn address(&self) -> &str {
+        &self.gate.backends[self.backend as usize].address
+    }
+
+    /// The workload it was dispatched for.
+    pub fn workload_id(&self) -> &str {
+        self.workload.id()
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.workload.release(self.gate.clock.now_ns());
+        self.gate.release(self.backend);
+    }
+}
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit").field("backend", &self.address()).finish()
+    }
+}

@@ -1,0 +1,283 @@
+//! The shard worker: the task each pinned executor runs.
+//!
+//! One loop, event-driven and batched: take new submitters, apply cancellations, drain the rings
+//! into the heap, run the rescore/expiry timers, dispatch while slots are free and this shard's
+//! head is the best in the engine, publish the head. When a pass finds nothing to do, the worker
+//! sleeps on its [`Doorbell`](crate::doorbell::Doorbell) or its next timer, never spinning.
+
+use crate::gate::{Permit, NO_HEAD};
+use crate::outcome::{OtherReason, Outcome};
+use crate::ring::Inbox;
+use crate::runtime::Shared;
+use crate::shard::{Admission, Done, Shard};
+use crate::sync::Ordering;
+use crate::ticket::{Decision, Slot};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// Most submissions taken from one ring per pass (fairness between submitters, bounded latency).
+pub const RING_BATCH: usize = 256;
+/// Most dispatches per pass.
+pub const DISPATCH_BATCH: usize = 256;
+/// Shortest sleep before an expiry scan (a TTL resolution of 1 ms at most).
+const MIN_TIMER_NS: u64 = 1_000_000;
+
+type Completion = Arc<Slot<Permit>>;
+
+/// One shard's task state. Lives on its executor's thread.
+pub(crate) struct Worker {
+    index: usize,
+    shard: Shard<Completion>,
+    shared: Arc<Shared>,
+    /// Registered submitters' ring ends.
+    inboxes: Vec<Inbox>,
+    /// When the next rescore pass is due, ns since the epoch.
+    next_rescore_ns: u64,
+    rescore_ns: u64,
+}
+
+impl Worker {
+    pub(crate) fn new(index: usize, shard: Shard<Completion>, shared: Arc<Shared>) -> Self {
+        let rescore_ns = shared.config.scoring.rescore_interval.as_nanos() as u64;
+        Self { index, shard, shared, inboxes: Vec::new(), next_rescore_ns: rescore_ns, rescore_ns }
+    }
+
+    /// The worker's life: passes until shutdown, then the final drain.
+    pub(crate) async fn run(mut self) {
+        loop {
+            if self.shared.shutting_down.load(Ordering::SeqCst) {
+                self.shut_down();
+                return;
+            }
+            if self.pass() {
+                glommio::yield_if_needed().await;
+                continue;
+            }
+            self.sleep().await;
+        }
+    }
+
+    /// One pass over every source of work; `true` if it did anything.
+    fn pass(&mut self) -> bool {
+        let now = self.shared.clock.now_ns();
+        let mut worked = false;
+        // 1. New submitters.
+        while let Some(inbox) = self.shared.registrations[self.index].pop() {
+            self.inboxes.push(inbox);
+            worked = true;
+        }
+        // 2. Cancellations: drop the request from the heap at once.
+        while let Some(slot) = self.shared.cancels[self.index].pop() {
+            worked = true;
+            // SAFETY: this is the shard thread the request was handed to.
+            if let Some(handle) = unsafe { slot.position() } {
+                if let Some(done) = self.shard.cancel(handle, now) {
+                    self.finish(done);
+                }
+            }
+        }
+        // 3. Arrivals, a bounded batch per ring.
+        let mut inboxes = std::mem::take(&mut self.inboxes);
+        inboxes.retain_mut(|inbox| {
+            let n = inbox.consumer.slots().min(RING_BATCH);
+            if n == 0 {
+                // Keep it unless the submitter is gone and its ring is empty.
+                return !inbox.consumer.is_abandoned();
+            }
+            worked = true;
+            let chunk = inbox.consumer.read_chunk(n).expect("slots() were available");
+            for arrival in chunk {
+                self.admit(arrival, now);
+            }
+            true
+        });
+        debug_assert!(self.inboxes.is_empty());
+        self.inboxes = inboxes;
+        // 4. Timers: the periodic rescore (which also expires), else expiry when a deadline passed.
+        if now >= self.next_rescore_ns {
+            self.next_rescore_ns = now + self.rescore_ns;
+            if !self.shard.is_empty() {
+                worked = true;
+            }
+            let mut done = Vec::new();
+            self.shard.rescore(now, &mut |d| done.push(d));
+            done.into_iter().for_each(|d| self.finish(d));
+        } else if self.shard.next_deadline_ns() <= now {
+            let mut done = Vec::new();
+            self.shard.expire(now, &mut |d| done.push(d));
+            done.into_iter().for_each(|d| self.finish(d));
+        }
+        // 5. Dispatch.
+        worked |= self.dispatch(now);
+        worked
+    }
+
+    /// Queue one arrival (or answer it at once).
+    fn admit(&mut self, arrival: crate::ring::Submission, now: u64) {
+        if arrival.completion.is_cancelled() {
+            // Its caller left before it reached the shard: nothing to queue.
+            self.shared.outcomes[self.index].count(Outcome::EvictedCancelled);
+            return;
+        }
+        let slot = arrival.completion.clone();
+        let mut refused = Vec::new();
+        let admission = self.shard.enqueue(arrival, now, &mut |d| refused.push(d));
+        if let Admission::Queued(handle) = admission {
+            // SAFETY: this is the shard thread the request was handed to.
+            unsafe { slot.set_position(handle) };
+        }
+        refused.into_iter().for_each(|d| self.finish(d));
+    }
+
+    /// Dispatch while a slot is free and this shard holds the engine's best head; then publish.
+    /// Returns whether anything was dispatched.
+    fn dispatch(&mut self, now: u64) -> bool {
+        let gate = self.shared.gate.clone();
+        let mut dispatched = 0;
+        let mut blocked = false;
+        while dispatched < DISPATCH_BATCH {
+            let (Some(key), Some(criticality)) = (self.shard.head_key(), self.shard.head_criticality()) else {
+                break;
+            };
+            if !gate.may_dispatch(self.index, key.score) {
+                // A better head waits elsewhere: make sure its shard is awake.
+                gate.wake_best(Some(self.index));
+                break;
+            }
+            let Some(backend) = gate.try_acquire(criticality) else {
+                blocked = gate.free() > 0; // free slots, but this criticality's ceiling is reached
+                break;
+            };
+            let done = self.shard.dispatch_next(now).expect("head exists");
+            let permit = Permit::new(gate.clone(), backend, done.workload.clone());
+            let decision = Decision { outcome: Outcome::Dispatched, permit: Some(permit), queued_ns: done.queued_ns };
+            match done.completion.complete(decision) {
+                Ok(()) => self.shared.outcomes[self.index].count(Outcome::Dispatched),
+                // The caller cancelled as we dispatched: its permit drops here, freeing the slot.
+                Err(_) => self.shared.outcomes[self.index].count(Outcome::EvictedCancelled),
+            }
+            dispatched += 1;
+        }
+        let head = self.shard.head_key().map_or(NO_HEAD, |k| k.score);
+        let slot_free = gate.publish(self.index, head, self.shard.len() as u64, blocked);
+        if slot_free {
+            // Free capacity left: if a better head waits elsewhere, its shard must hear about it.
+            gate.wake_best(Some(self.index));
+        }
+        dispatched > 0
+    }
+
+    /// Deliver a non-dispatch outcome to its caller and count it.
+    fn finish(&mut self, done: Done<Completion>) {
+        debug_assert_ne!(done.outcome, Outcome::Dispatched);
+        let decision = Decision { outcome: done.outcome, permit: None, queued_ns: done.queued_ns };
+        let counted = match done.completion.complete(decision) {
+            Ok(()) => done.outcome,
+            Err(_) => Outcome::EvictedCancelled,
+        };
+        self.shared.outcomes[self.index].count(counted);
+    }
+
+    /// Is there anything a pass would act on right now?
+    fn has_work(&self) -> bool {
+        let shared = &self.shared;
+        shared.shutting_down.load(Ordering::SeqCst)
+            || !shared.registrations[self.index].is_empty()
+            || !shared.cancels[self.index].is_empty()
+            || self.inboxes.iter().any(|i| i.consumer.slots() > 0 || i.consumer.is_abandoned())
+            || self.dispatchable()
+    }
+
+    /// Could the head be dispatched now (a slot free, ours to take)?
+    fn dispatchable(&self) -> bool {
+        let gate = &self.shared.gate;
+        match (self.shard.head_key(), self.shard.head_criticality()) {
+            (Some(k), Some(c)) => gate.has_slot_for(c) && gate.may_dispatch(self.index, k.score),
+            _ => false,
+        }
+    }
+
+    /// Sleep until rung or until the next timer.
+    async fn sleep(&mut self) {
+        let now = self.shared.clock.now_ns();
+        let wake_at = if self.shard.is_empty() {
+            // Nothing queued: only the idle-workload sweep, driven by the rescore pass.
+            self.next_rescore_ns.max(now + Duration::from_secs(1).as_nanos() as u64)
+        } else {
+            self.next_rescore_ns.min(self.shard.next_deadline_ns())
+        };
+        let timeout = Duration::from_nanos(wake_at.saturating_sub(now).max(MIN_TIMER_NS));
+        let timer = glommio::timer::Timer::new(timeout);
+        Sleep { worker: self, timer, prepared: false }.await;
+    }
+
+    /// Final drain: refuse what is in the rings, evict what is queued.
+    fn shut_down(&mut self) {
+        let now = self.shared.clock.now_ns();
+        while let Some(inbox) = self.shared.registrations[self.index].pop() {
+            self.inboxes.push(inbox);
+        }
+        for k in 0..self.inboxes.len() {
+            // A producer between its shutdown check and its push finishes first (ring.rs).
+            while self.inboxes[k].state.busy.load(Ordering::SeqCst) {
+                std::hint::spin_loop();
+            }
+            while let Ok(arrival) = self.inboxes[k].consumer.pop() {
+                let outcome = if arrival.completion.is_cancelled() {
+                    Outcome::EvictedCancelled
+                } else {
+                    Outcome::RejectedOther(OtherReason::ShuttingDown)
+                };
+                let decision = Decision { outcome, permit: None, queued_ns: now.saturating_sub(arrival.arrived_ns) };
+                let counted = if arrival.completion.complete(decision).is_ok() { outcome } else { Outcome::EvictedCancelled };
+                self.shared.outcomes[self.index].count(counted);
+            }
+        }
+        let mut done = Vec::new();
+        self.shard.drain_on_shutdown(now, &mut |d| done.push(d));
+        done.into_iter().for_each(|d| self.finish(d));
+        while self.shared.cancels[self.index].pop().is_some() {}
+        self.shared.gate.publish(self.index, NO_HEAD, 0, false);
+    }
+}
+
+/// The sleep future: announce the sleep on the doorbell, look for work once more, then wait for a
+/// ring or the timer.
+struct Sleep<'a> {
+    worker: &'a mut Worker,
+    timer: glommio::timer::Timer,
+    prepared: bool,
+}
+
+impl Future for Sleep<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        let bell = &this.worker.shared.gate.shard(this.worker.index).doorbell;
+        if !this.prepared {
+            this.prepared = true;
+            bell.prepare_sleep(cx.waker());
+            // Publish (with the gate's fence) and look again: work that raced the announcement is
+            // either seen here or its publisher sees `sleeping` and rings.
+            // The head was published at the end of the last pass; look for work once more: work that
+            // raced the announcement is either seen here or its publisher sees `sleeping` and rings.
+            if this.worker.has_work() {
+                bell.cancel_sleep();
+                return Poll::Ready(());
+            }
+        } else if bell.rung(cx.waker()) {
+            return Poll::Ready(());
+        }
+        match Pin::new(&mut this.timer).poll(cx) {
+            Poll::Ready(_) => {
+                bell.cancel_sleep();
+                Poll::Ready(())
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}

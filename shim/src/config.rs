@@ -1,0 +1,510 @@
+//! The `flowgate serve` configuration file: YAML → [`ServeConfig`].
+//!
+//! The schema is the one in the design brief (`flowgate serve` contract); `default.yaml` next to
+//! this file is the embedded default and a commented example of every field. Rules:
+//!
+//! * Unknown keys are an error, at every level.
+//! * A missing key or section takes its default (the engine's defaults); a section written with
+//!   nothing under it (`queue:`) counts as missing, so does an empty file.
+//! * Durations are **strings** with a unit: `250ms`, `30s`, `5m`, `1h` (a decimal such as `1.5s`
+//!   is fine). A bare number is refused, because `ttl: 30` could mean seconds or milliseconds.
+//! * Sizes are a plain integer of bytes (`1048576`), or a string with a unit: `64KiB`, `512MiB`,
+//!   `1GiB`, `1TiB` (powers of 1024), `KB`/`MB`/`GB`/`TB` (powers of 1000) or `B`.
+//! * `rate_cap` is in requests per second (the engine's `rate_cap_per_s`).
+//! * `workloads.caps` entries are `{workload_id, max_criticality}`; `workload_id` is an exact id
+//!   or a prefix with one trailing `*`.
+//!
+//! Every error names the field it is about with a path such as `scoring.wait_cap` or
+//! `backends[0].max_inflight`: parse errors through `serde_path_to_error`, value errors through
+//! [`EngineConfig::validate`], plus the listener checks done here.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use flowgate_engine::config::{
+    BackendConfig, ConfigError, CriticalityCap, EngineConfig, QueueConfig, ScoringConfig,
+    WorkloadConfig,
+};
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+
+/// The embedded default configuration (used when `serve` gets no `--config`).
+pub const DEFAULT_YAML: &str = include_str!("default.yaml");
+
+/// Everything `flowgate serve` needs: where to listen and how to run the engine.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServeConfig {
+    /// ext_proc gRPC listener.
+    pub listen: SocketAddr,
+    /// Metrics / health / workload API HTTP listener.
+    pub metrics_listen: SocketAddr,
+    /// The engine's configuration.
+    pub engine: EngineConfig,
+}
+
+impl ServeConfig {
+    /// Parse and validate a YAML document; every problem found, as `path: reason` errors.
+    pub fn from_yaml(text: &str) -> Result<ServeConfig, Vec<ConfigError>> {
+        let raw = parse(text).map_err(|e| vec![e])?;
+        let config = ServeConfig {
+            listen: raw.listen.0,
+            metrics_listen: raw.metrics_listen.0,
+            engine: raw.into_engine(),
+        };
+        let errors = config.validate();
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// The embedded default configuration.
+    pub fn embedded_default() -> ServeConfig {
+        ServeConfig::from_yaml(DEFAULT_YAML).expect("the embedded default.yaml is valid")
+    }
+
+    /// Every problem with this configuration (empty = valid): the engine's checks plus the
+    /// listeners'.
+    pub fn validate(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        if self.listen.port() != 0 && self.listen == self.metrics_listen {
+            errors.push(ConfigError {
+                path: "metrics_listen".into(),
+                reason: format!(
+                    "{} is also the ext_proc listen address",
+                    self.metrics_listen
+                ),
+            });
+        }
+        errors.extend(self.engine.validate());
+        errors
+    }
+
+    /// A one-line description, for `check-config` and the startup log.
+    pub fn summary(&self) -> String {
+        let e = &self.engine;
+        format!(
+            "listen {}, metrics {}, {} shard(s){}, {} backend(s) with {} slot(s), queue {} requests / {}, ttl {}, {} criticality cap(s)",
+            self.listen,
+            self.metrics_listen,
+            e.shard_count(),
+            if e.shards == 0 { " (one per core)" } else { "" },
+            e.backends.len(),
+            e.total_slots(),
+            e.queue.max_requests,
+            format_size(e.queue.max_bytes),
+            format_duration(e.queue.ttl),
+            e.workloads.caps.len(),
+        )
+    }
+}
+
+/// Render a duration the way the file spells one.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms.is_multiple_of(3_600_000) && ms > 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms.is_multiple_of(60_000) && ms > 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// Render a size the way the file spells one (`1GiB`, `64KiB`, or bytes).
+pub fn format_size(bytes: u64) -> String {
+    for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+        if bytes > 0 && bytes.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    format!("{bytes}B")
+}
+
+/// Parse without validating values (only syntax and types).
+fn parse(text: &str) -> Result<RawConfig, ConfigError> {
+    let de = serde_yaml::Deserializer::from_str(text);
+    match serde_path_to_error::deserialize::<_, Option<RawConfig>>(de) {
+        Ok(raw) => Ok(raw.unwrap_or_default()),
+        Err(e) => Err(parse_error(e)),
+    }
+}
+
+/// Turn a parse error into `path: reason`, naming an unknown key in the path itself.
+fn parse_error(e: serde_path_to_error::Error<serde_yaml::Error>) -> ConfigError {
+    let path = e.path().to_string();
+    let inner = e.inner();
+    let mut reason = inner.to_string();
+    // serde_yaml appends " at line L column C"; the path says where for field errors.
+    if let Some(at) = reason.rfind(" at line ") {
+        reason.truncate(at);
+    }
+    let path = if path == "." { String::new() } else { path };
+    // serde_yaml also tracks the path and puts it in front of its message.
+    // (For an unknown key, serde_yaml's path is the parent's.)
+    let parent = path.rfind(['.', '[']).map_or("", |i| &path[..i]);
+    for prefix in [path.as_str(), parent] {
+        if let Some(rest) = reason.strip_prefix(&format!("{prefix}: ")) {
+            reason = rest.to_string();
+            break;
+        }
+    }
+    if let Some(rest) = reason.strip_prefix("unknown field `") {
+        if let Some((key, expected)) = rest.split_once('`') {
+            let expected = expected.trim_start_matches(", ");
+            // serde_path_to_error's path already ends with the unknown key.
+            let full = if path.is_empty() || path.ends_with(key) {
+                if path.is_empty() {
+                    key.to_string()
+                } else {
+                    path.clone()
+                }
+            } else {
+                format!("{path}.{key}")
+            };
+            return ConfigError {
+                path: full,
+                reason: format!("unknown key ({expected})"),
+            };
+        }
+    }
+    if path.is_empty() {
+        if let Some(loc) = inner.location() {
+            reason = format!("{reason} (line {}, column {})", loc.line(), loc.column());
+        }
+        return ConfigError {
+            path: "config".into(),
+            reason,
+        };
+    }
+    ConfigError { path, reason }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scalar types: durations, sizes, listen addresses.
+
+/// A duration written as a string with a unit.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Dur(Duration);
+
+/// Parse `250ms`, `30s`, `1.5s`, `5m`, `1h`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (number, unit) = t.split_at(split);
+    let unit_s = match unit.trim_start() {
+        "ms" => 1e-3,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return None,
+    };
+    if number.is_empty() || number.starts_with('.') || number.ends_with('.') {
+        return None;
+    }
+    let value: f64 = number.parse().ok()?;
+    let secs = value * unit_s;
+    // Bounded well above any limit the engine accepts, so the conversion cannot panic.
+    if !secs.is_finite() || secs > 1e12 {
+        return None;
+    }
+    Some(Duration::from_secs_f64(secs))
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Dur;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration string such as \"250ms\", \"30s\", \"5m\" or \"1h\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Dur, E> {
+                parse_duration(v).map(Dur).ok_or_else(|| {
+                    E::custom(format!(
+                        "{v:?} is not a duration (write a number and a unit: 250ms, 30s, 5m, 1h)"
+                    ))
+                })
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Dur, E> {
+                Err(E::custom(format!(
+                    "{v} has no unit: write durations as strings such as \"{v}s\" or \"{v}ms\""
+                )))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Dur, E> {
+                Err(E::custom(format!(
+                    "{v} is not a duration (write a string such as \"30s\")"
+                )))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Dur, E> {
+                Err(E::custom(format!(
+                    "{v} has no unit: write durations as strings such as \"{v}s\""
+                )))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A byte size: an integer, or a string with a unit.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Size(u64);
+
+/// Parse `1048576`, `64KiB`, `512MiB`, `1GiB`, `1TiB`, `10MB`, `100B`.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let multiplier: u64 = match unit.trim_start() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        _ => return None,
+    };
+    number.parse::<u64>().ok()?.checked_mul(multiplier)
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Size;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size: bytes as an integer, or a string such as \"64KiB\", \"512MiB\", \"1GiB\"")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Size, E> {
+                Ok(Size(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Size, E> {
+                u64::try_from(v)
+                    .map(Size)
+                    .map_err(|_| E::custom(format!("{v} is not a size (sizes cannot be negative)")))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Size, E> {
+                Err(E::custom(format!(
+                    "{v} is not a size (write whole bytes, or a unit: 64KiB, 512MiB, 1GiB)"
+                )))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Size, E> {
+                parse_size(v).map(Size).ok_or_else(|| {
+                    E::custom(format!(
+                        "{v:?} is not a size (write bytes, or a unit: 64KiB, 512MiB, 1GiB)"
+                    ))
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A listen address, `ip:port`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Listen(SocketAddr);
+
+impl<'de> Deserialize<'de> for Listen {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.trim().parse().map(Listen).map_err(|_| {
+            de::Error::custom(format!(
+                "{text:?} is not an ip:port address (e.g. 127.0.0.1:9002 or [::]:9002)"
+            ))
+        })
+    }
+}
+
+/// `null` (a key with nothing under it) reads as the default.
+fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file's shape. Defaults come from the engine's own defaults, so there is one source of truth.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    listen: Listen,
+    metrics_listen: Listen,
+    shards: usize,
+    ring_capacity: usize,
+    #[serde(deserialize_with = "nullable")]
+    backends: Vec<RawBackend>,
+    #[serde(deserialize_with = "nullable")]
+    queue: RawQueue,
+    #[serde(deserialize_with = "nullable")]
+    scoring: RawScoring,
+    #[serde(deserialize_with = "nullable")]
+    workloads: RawWorkloads,
+    ceilings: [f64; 5],
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        let e = EngineConfig::default();
+        Self {
+            listen: Listen(SocketAddr::from(([127, 0, 0, 1], 9002))),
+            metrics_listen: Listen(SocketAddr::from(([127, 0, 0, 1], 9090))),
+            shards: e.shards,
+            ring_capacity: e.ring_capacity,
+            backends: e
+                .backends
+                .into_iter()
+                .map(|b| RawBackend {
+                    address: b.address,
+                    max_inflight: b.max_inflight,
+                })
+                .collect(),
+            queue: RawQueue::default(),
+            scoring: RawScoring::default(),
+            workloads: RawWorkloads::default(),
+            ceilings: e.ceilings,
+        }
+    }
+}
+
+impl RawConfig {
+    fn into_engine(self) -> EngineConfig {
+        EngineConfig {
+            shards: self.shards,
+            ring_capacity: self.ring_capacity,
+            backends: self
+                .backends
+                .into_iter()
+                .map(|b| BackendConfig {
+                    address: b.address,
+                    max_inflight: b.max_inflight,
+                })
+                .collect(),
+            queue: QueueConfig {
+                max_requests: self.queue.max_requests,
+                max_bytes: self.queue.max_bytes.0,
+                ttl: self.queue.ttl.0,
+            },
+            scoring: ScoringConfig {
+                wait_weight: self.scoring.wait_weight,
+                criticality_weight: self.scoring.criticality_weight,
+                rate_weight: self.scoring.rate_weight,
+                wait_cap: self.scoring.wait_cap.0,
+                rate_cap_per_s: self.scoring.rate_cap,
+                rate_window: self.scoring.rate_window.0,
+                rescore_interval: self.scoring.rescore_interval.0,
+            },
+            workloads: WorkloadConfig {
+                default_criticality: self.workloads.default_criticality,
+                idle_timeout: self.workloads.idle_timeout.0,
+                max_tracked: self.workloads.max_tracked,
+                caps: self
+                    .workloads
+                    .caps
+                    .into_iter()
+                    .map(|c| CriticalityCap {
+                        pattern: c.workload_id,
+                        max_criticality: c.max_criticality,
+                    })
+                    .collect(),
+            },
+            ceilings: self.ceilings,
+            ..EngineConfig::default()
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    address: String,
+    max_inflight: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawQueue {
+    max_requests: u64,
+    max_bytes: Size,
+    ttl: Dur,
+}
+
+impl Default for RawQueue {
+    fn default() -> Self {
+        let q = QueueConfig::default();
+        Self {
+            max_requests: q.max_requests,
+            max_bytes: Size(q.max_bytes),
+            ttl: Dur(q.ttl),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawScoring {
+    wait_weight: f64,
+    criticality_weight: f64,
+    rate_weight: f64,
+    wait_cap: Dur,
+    rate_cap: f64,
+    rate_window: Dur,
+    rescore_interval: Dur,
+}
+
+impl Default for RawScoring {
+    fn default() -> Self {
+        let s = ScoringConfig::default();
+        Self {
+            wait_weight: s.wait_weight,
+            criticality_weight: s.criticality_weight,
+            rate_weight: s.rate_weight,
+            wait_cap: Dur(s.wait_cap),
+            rate_cap: s.rate_cap_per_s,
+            rate_window: Dur(s.rate_window),
+            rescore_interval: Dur(s.rescore_interval),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawWorkloads {
+    default_criticality: u8,
+    idle_timeout: Dur,
+    max_tracked: usize,
+    #[serde(deserialize_with = "nullable")]
+    caps: Vec<RawCap>,
+}
+
+impl Default for RawWorkloads {
+    fn default() -> Self {
+        let w = WorkloadConfig::default();
+        Self {
+            default_criticality: w.default_criticality,
+            idle_timeout: Dur(w.idle_timeout),
+            max_tracked: w.max_tracked,
+            caps: Vec::new(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCap {
+    workload_id: String,
+    max_criticality: u8,
+}
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

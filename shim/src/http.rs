@@ -1,0 +1,143 @@
+//! The metrics listener (`metrics_listen`): Prometheus metrics, liveness and the workload API.
+//!
+//! | route | answer |
+//! |-------|--------|
+//! | `GET /metrics` | the metrics; OpenMetrics when the `Accept` header asks for it (as Prometheus does), else the classic text format 0.0.4 |
+//! | `GET /healthz` | `200 ok`; `503 shutting down` once shutdown has begun |
+//! | `GET /api/v1/workloads` | JSON array of every tracked workload, sorted by id |
+//! | `GET /api/v1/workload/{id}/metrics` | JSON object for one workload; `404` with a JSON error for an unknown id |
+//!
+//! A workload object is `{"workload_id", "criticality" (last seen), "active" (queued + in flight),
+//! "total" (requests seen), "rate_per_s" (over the rate window)}`. Ids are percent-decoded from
+//! the path, so any id can be asked for (`/api/v1/workload/team%2Fa/metrics`).
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use flowgate_engine::registry::WorkloadSnapshot;
+use serde::Serialize;
+
+use crate::metrics::{
+    wants_openmetrics, Metrics, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE,
+};
+use crate::view::EngineView;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct HttpState {
+    /// The engine (or a stand-in).
+    pub view: Arc<dyn EngineView>,
+    /// The metrics to render.
+    pub metrics: Arc<Metrics>,
+    /// Set once shutdown begins; `/healthz` then answers 503.
+    pub shutting_down: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for HttpState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpState")
+            .field("shutting_down", &self.shutting_down.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// One workload, as the JSON API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+pub struct WorkloadJson {
+    /// Workload id (`__overflow__` for workloads beyond `max_tracked`).
+    pub workload_id: String,
+    /// Criticality of its most recent request.
+    pub criticality: u8,
+    /// Requests queued or in flight.
+    pub active: u64,
+    /// Requests seen.
+    pub total: u64,
+    /// Arrival rate over the rate window, requests/s.
+    pub rate_per_s: f64,
+}
+
+impl From<WorkloadSnapshot> for WorkloadJson {
+    fn from(w: WorkloadSnapshot) -> Self {
+        WorkloadJson {
+            workload_id: w.workload_id.to_string(),
+            criticality: w.criticality,
+            active: w.active,
+            total: w.total,
+            rate_per_s: w.rate_per_s,
+        }
+    }
+}
+
+/// The routes.
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/api/v1/workloads", get(workloads))
+        .route("/api/v1/workload/{id}/metrics", get(workload))
+        .with_state(state)
+}
+
+/// Serve the routes on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: HttpState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let openmetrics = wants_openmetrics(accept);
+    let body = state.metrics.render(state.view.as_ref(), openmetrics);
+    let content_type = if openmetrics {
+        OPENMETRICS_CONTENT_TYPE
+    } else {
+        PROMETHEUS_CONTENT_TYPE
+    };
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+async fn healthz(State(state): State<HttpState>) -> Response {
+    if state.shutting_down.load(Ordering::Acquire) {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+    } else {
+        (StatusCode::OK, "ok").into_response()
+    }
+}
+
+async fn workloads(State(state): State<HttpState>) -> Json<Vec<WorkloadJson>> {
+    Json(
+        state
+            .view
+            .registry()
+            .workloads()
+            .into_iter()
+            .map(WorkloadJson::from)
+            .collect(),
+    )
+}
+
+async fn workload(State(state): State<HttpState>, Path(id): Path<String>) -> Response {
+    match state.view.registry().workload(&id) {
+        Some(w) => Json(WorkloadJson::from(w)).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": "unknown workload", "workload_id": id })),
+        )
+            .into_response(),
+    }
+}
+
+#[cfg(test)]
+#[path = "http_tests.rs"]
+mod tests;

@@ -1,0 +1,182 @@
+//! Tests of [`super`] over a real listener on 127.0.0.1:0.
+
+use super::*;
+use crate::view::StaticView;
+use flowgate_engine::clock::Clock;
+use flowgate_engine::config::WorkloadConfig;
+use flowgate_engine::registry::{hash_workload_id, RateWindow, RegistryView, WorkloadTable};
+use flowgate_engine::runtime::EngineStats;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A running listener; dropping `stop` ends it.
+struct Running {
+    addr: SocketAddr,
+    state: HttpState,
+    _stop: tokio::sync::oneshot::Sender<()>,
+    _table: Option<WorkloadTable>,
+}
+
+async fn start(ids: &[&str]) -> Running {
+    let tracked = Arc::new(AtomicUsize::new(0));
+    let window = RateWindow::new(Duration::from_secs(60));
+    let (registry, table) = if ids.is_empty() {
+        (
+            RegistryView::new(vec![], tracked, window, Clock::new()),
+            None,
+        )
+    } else {
+        let mut table = WorkloadTable::new(&WorkloadConfig::default(), window, tracked.clone());
+        for (i, id) in ids.iter().enumerate() {
+            for _ in 0..=i {
+                table.arrive(id, hash_workload_id(id), 4, 1);
+            }
+        }
+        (
+            RegistryView::new(vec![table.directory()], tracked, window, Clock::new()),
+            Some(table),
+        )
+    };
+    let view = StaticView {
+        registry,
+        stats: EngineStats {
+            queued: 2,
+            queued_bytes: 0,
+            inflight: 1,
+            capacity: 8,
+        },
+        backends: vec![("127.0.0.1:8000".into(), 1)],
+    };
+    let state = HttpState {
+        view: Arc::new(view),
+        metrics: Arc::new(Metrics::new(100)),
+        shutting_down: Arc::new(AtomicBool::new(false)),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve(listener, state.clone(), async {
+        let _ = stopped.await;
+    }));
+    Running {
+        addr,
+        state,
+        _stop: stop,
+        _table: table,
+    }
+}
+
+/// A minimal HTTP/1.1 GET: (status, lower-cased headers, body).
+async fn get(addr: SocketAddr, path: &str, accept: Option<&str>) -> (u16, String, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let accept = accept
+        .map(|a| format!("Accept: {a}\r\n"))
+        .unwrap_or_default();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n{accept}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+#[tokio::test]
+async fn healthz_is_ok_until_shutdown() {
+    let r = start(&[]).await;
+    let (status, _, body) = get(r.addr, "/healthz", None).await;
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    r.state.shutting_down.store(true, Ordering::Release);
+    let (status, _, body) = get(r.addr, "/healthz", None).await;
+    assert_eq!((status, body.as_str()), (503, "shutting down"));
+}
+
+#[tokio::test]
+async fn metrics_in_both_formats() {
+    let r = start(&["a"]).await;
+    let (status, head, body) = get(r.addr, "/metrics", None).await;
+    assert_eq!(status, 200);
+    assert!(
+        head.contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    assert!(
+        body.contains("# TYPE flowgate_requests_total counter"),
+        "{body}"
+    );
+    assert!(body.contains("flowgate_queued_requests 2"), "{body}");
+    assert!(
+        body.contains("flowgate_inflight{backend=\"127.0.0.1:8000\"} 1"),
+        "{body}"
+    );
+    assert!(body.contains("flowgate_tracked_workloads 1"), "{body}");
+    assert!(!body.contains("# EOF"));
+    let (status, head, body) = get(
+        r.addr,
+        "/metrics",
+        Some("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        head.contains("content-type: application/openmetrics-text"),
+        "{head}"
+    );
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    assert!(body.contains("# TYPE flowgate_requests counter"), "{body}");
+}
+
+#[tokio::test]
+async fn workloads_list_is_json() {
+    let r = start(&["chat", "batch"]).await;
+    let (status, head, body) = get(r.addr, "/api/v1/workloads", None).await;
+    assert_eq!(status, 200);
+    assert!(head.contains("content-type: application/json"), "{head}");
+    let list: Vec<WorkloadJson> = serde_json::from_str(&body).unwrap();
+    let ids: Vec<&str> = list.iter().map(|w| w.workload_id.as_str()).collect();
+    assert_eq!(ids, ["batch", "chat"]);
+    assert_eq!(list[0].total, 2);
+    assert_eq!(list[1].total, 1);
+    assert_eq!(list[0].criticality, 4);
+    assert_eq!(list[0].active, 0);
+    assert!(list[0].rate_per_s >= 0.0);
+    let raw: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let keys: Vec<&String> = raw[0].as_object().unwrap().keys().collect();
+    assert_eq!(keys.len(), 5, "{keys:?}");
+}
+
+#[tokio::test]
+async fn empty_registry_lists_nothing() {
+    let r = start(&[]).await;
+    let (status, _, body) = get(r.addr, "/api/v1/workloads", None).await;
+    assert_eq!((status, body.as_str()), (200, "[]"));
+}
+
+#[tokio::test]
+async fn one_workload_and_unknown_ids() {
+    let r = start(&["team/a", "chat"]).await;
+    let (status, _, body) = get(r.addr, "/api/v1/workload/chat/metrics", None).await;
+    assert_eq!(status, 200);
+    let w: WorkloadJson = serde_json::from_str(&body).unwrap();
+    assert_eq!((w.workload_id.as_str(), w.total), ("chat", 2));
+    let (status, _, body) = get(r.addr, "/api/v1/workload/team%2Fa/metrics", None).await;
+    assert_eq!(status, 200, "{body}");
+    let w: WorkloadJson = serde_json::from_str(&body).unwrap();
+    assert_eq!(w.workload_id, "team/a");
+    let (status, head, body) = get(r.addr, "/api/v1/workload/nobody/metrics", None).await;
+    assert_eq!(status, 404);
+    assert!(head.contains("content-type: application/json"), "{head}");
+    let e: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(e["error"], "unknown workload");
+    assert_eq!(e["workload_id"], "nobody");
+}
+
+#[tokio::test]
+async fn unknown_routes_are_404() {
+    let r = start(&[]).await;
+    assert_eq!(get(r.addr, "/nothing", None).await.0, 404);
+    assert_eq!(get(r.addr, "/api/v1/workload/", None).await.0, 404);
+}

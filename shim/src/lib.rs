@@ -1,0 +1,16 @@
+//! flowgate: an Envoy ext_proc server in front of the flowgate flow-control engine.
+//!
+//! * [`config`] — the YAML configuration file.
+//! * [`server`] — the ext_proc service: one stream per request, answered when the engine decides.
+//! * [`serve`] — starting and stopping the gRPC server, the engine and the metrics listener.
+//! * [`http`] — the metrics listener: `/metrics`, `/healthz`, the workload API.
+//! * [`metrics`] — Prometheus metrics.
+//! * [`view`] — what the metrics listener reads from the engine.
+#![warn(missing_docs, rust_2018_idioms)]
+
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod serve;
+pub mod server;
+pub mod view;

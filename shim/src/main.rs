@@ -1,0 +1,175 @@
+//! `flowgate`: the flow-control ext_proc server for Envoy.
+//!
+//! ```text
+//! flowgate serve [--config FILE] [--listen ADDR] [--metrics-listen ADDR]
+//! flowgate check-config FILE
+//! ```
+//!
+//! Logs go to stderr; `RUST_LOG` filters them (default `info`; `flowgate=debug` shows every
+//! decision).
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use flowgate::config::ServeConfig;
+use flowgate::serve;
+use flowgate_engine::config::ConfigError;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "flowgate",
+    version,
+    about = "Workload-aware flow control for LLM inference gateways (Envoy ext_proc)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the ext_proc server (and the metrics listener).
+    Serve {
+        /// YAML configuration file; without one the embedded default is used.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// ext_proc gRPC listen address (overrides `listen`).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+        /// Metrics / health listen address (overrides `metrics_listen`).
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<SocketAddr>,
+    },
+    /// Validate a configuration file: prints `ok: ...` or one `path: reason` line per error.
+    CheckConfig {
+        /// The YAML file to check.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Serve {
+            config,
+            listen,
+            metrics_listen,
+        } => serve_command(config.as_deref(), listen, metrics_listen),
+    }
+}
+
+/// Read and validate a file, as `path: reason` errors.
+fn load(file: &Path) -> Result<ServeConfig, Vec<ConfigError>> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        vec![ConfigError {
+            path: file.display().to_string(),
+            reason: format!("cannot read: {e}"),
+        }]
+    })?;
+    ServeConfig::from_yaml(&text)
+}
+
+fn print_errors(errors: &[ConfigError]) {
+    for e in errors {
+        eprintln!("{e}");
+    }
+}
+
+fn check_config(file: &Path) -> ExitCode {
+    match load(file) {
+        Ok(config) => {
+            println!("ok: {}", config.summary());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            print_errors(&errors);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve_command(
+    file: Option<&Path>,
+    listen: Option<SocketAddr>,
+    metrics_listen: Option<SocketAddr>,
+) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+
+    let mut config = match file {
+        Some(file) => match load(file) {
+            Ok(c) => c,
+            Err(errors) => {
+                print_errors(&errors);
+                return ExitCode::FAILURE;
+            }
+        },
+        None => ServeConfig::embedded_default(),
+    };
+    if let Some(addr) = listen {
+        config.listen = addr;
+    }
+    if let Some(addr) = metrics_listen {
+        config.metrics_listen = addr;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("flowgate-io")
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        tracing::info!(config = %config.summary(), "starting");
+        let running = match serve::start(config).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        wait_for_signal().await;
+        running.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// SIGINT or SIGTERM.
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the server");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

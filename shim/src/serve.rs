@@ -1,0 +1,263 @@
+//! `flowgate serve`: start the engine, the ext_proc gRPC server and the metrics listener; shut
+//! them down in order.
+//!
+//! Shutdown ([`Running::shutdown`]):
+//! 1. `/healthz` answers 503 and the gRPC health service NOT_SERVING;
+//! 2. the engine shuts down: every queued request gets its `shutting-down` (503) answer, new
+//!    submissions are refused the same way;
+//! 3. the gRPC server stops accepting and streams already answered close (Envoy carries on with
+//!    them without the processor); the server is given [`DRAIN_TIMEOUT`] to flush;
+//! 4. the metrics listener stops.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
+use flowgate_engine::config::ConfigError;
+use flowgate_engine::runtime::{Engine, StartError};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+use crate::config::ServeConfig;
+use crate::http::{self, HttpState};
+use crate::metrics::Metrics;
+use crate::server::FlowControl;
+use crate::view::EngineView;
+
+/// Longest wait for the gRPC and HTTP servers to finish once shutdown has begun.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often idle workloads' metric series are swept (besides every scrape).
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+/// The gRPC service name Envoy health-checks.
+pub const EXT_PROC_SERVICE: &str = "envoy.service.ext_proc.v3.ExternalProcessor";
+
+/// Why the server did not start.
+#[derive(Debug)]
+pub enum ServeError {
+    /// The configuration is invalid.
+    Config(Vec<ConfigError>),
+    /// A listener could not be bound.
+    Bind {
+        /// Which listener (`listen` or `metrics_listen`).
+        what: &'static str,
+        /// Its address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The engine did not start.
+    Engine(String),
+}
+
+impl std::fmt::Display for ServeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServeError::Config(errors) => {
+                for (i, e) in errors.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("\n")?;
+                    }
+                    write!(f, "{e}")?;
+                }
+                Ok(())
+            }
+            ServeError::Bind { what, addr, source } => {
+                write!(f, "{what}: cannot listen on {addr}: {source}")
+            }
+            ServeError::Engine(e) => write!(f, "engine: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ServeError {}
+
+/// A running server.
+pub struct Running {
+    grpc_addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    engine: Arc<Engine>,
+    metrics: Arc<Metrics>,
+    shutting_down: Arc<AtomicBool>,
+    health: HealthReporter,
+    stop_grpc: CancellationToken,
+    stop_http: CancellationToken,
+    grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    http: JoinHandle<std::io::Result<()>>,
+    sweeper: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("grpc_addr", &self.grpc_addr)
+            .field("metrics_addr", &self.metrics_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { what, addr, source })
+}
+
+/// Validate `config`, bind both listeners, start the engine and serve. Must be called inside a
+/// multi-threaded tokio runtime.
+pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
+    let errors = config.validate();
+    if !errors.is_empty() {
+        return Err(ServeError::Config(errors));
+    }
+    // Bind first: a taken port should not cost an engine start.
+    let grpc_listener = bind("listen", config.listen).await?;
+    let http_listener = bind("metrics_listen", config.metrics_listen).await?;
+    let grpc_addr = grpc_listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind {
+            what: "listen",
+            addr: config.listen,
+            source,
+        })?;
+    let metrics_addr = http_listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind {
+            what: "metrics_listen",
+            addr: config.metrics_listen,
+            source,
+        })?;
+
+    let engine_config = config.engine.clone();
+    let engine = tokio::task::spawn_blocking(move || Engine::start(engine_config))
+        .await
+        .map_err(|e| ServeError::Engine(e.to_string()))?
+        .map_err(|e| match e {
+            StartError::Config(errors) => ServeError::Config(errors),
+            StartError::Executor(e) => {
+                ServeError::Engine(format!("shard executor failed to start: {e}"))
+            }
+        })?;
+    let engine = Arc::new(engine);
+    let metrics = Arc::new(Metrics::new(config.engine.workloads.max_tracked));
+    let shutting_down = Arc::new(AtomicBool::new(false));
+    let stop_grpc = CancellationToken::new();
+    let stop_http = CancellationToken::new();
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status(EXT_PROC_SERVICE, ServingStatus::Serving)
+        .await;
+    health.set_service_status("", ServingStatus::Serving).await;
+
+    let service = FlowControl::new(engine.clone(), metrics.clone(), stop_grpc.clone());
+    let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+    let grpc_stop = stop_grpc.clone();
+    let grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            // Queued requests hold their streams: do not cap streams per connection (Envoy
+            // multiplexes every request of a cluster over few connections).
+            .max_concurrent_streams(None)
+            .http2_max_pending_accept_reset_streams(Some(16_384))
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(health_service)
+            .add_service(ExternalProcessorServer::new(service))
+            .serve_with_incoming_shutdown(incoming, async move { grpc_stop.cancelled().await }),
+    );
+
+    let view: Arc<dyn EngineView> = engine.clone();
+    let state = HttpState {
+        view: view.clone(),
+        metrics: metrics.clone(),
+        shutting_down: shutting_down.clone(),
+    };
+    let http_stop = stop_http.clone();
+    let http = tokio::spawn(http::serve(http_listener, state, async move {
+        http_stop.cancelled().await
+    }));
+
+    let sweep_metrics = metrics.clone();
+    let sweeper = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            sweep_metrics.sweep_with(view.as_ref());
+        }
+    });
+
+    tracing::info!(%grpc_addr, %metrics_addr, shards = engine.shards(), "flowgate serving");
+    Ok(Running {
+        grpc_addr,
+        metrics_addr,
+        engine,
+        metrics,
+        shutting_down,
+        health,
+        stop_grpc,
+        stop_http,
+        grpc,
+        http,
+        sweeper,
+    })
+}
+
+impl Running {
+    /// Where the ext_proc gRPC server listens.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// Where the metrics listener listens.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Shut down gracefully (see the module docs).
+    pub async fn shutdown(self) {
+        tracing::info!("shutting down");
+        self.shutting_down.store(true, Ordering::Release);
+        self.health
+            .set_service_status(EXT_PROC_SERVICE, ServingStatus::NotServing)
+            .await;
+        self.health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        // Joining the shards blocks: keep it off the async workers.
+        let engine = self.engine.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || engine.shutdown()).await {
+            tracing::error!(error = %e, "engine shutdown failed");
+        }
+        self.stop_grpc.cancel();
+        match tokio::time::timeout(DRAIN_TIMEOUT, self.grpc).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server ended with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server task failed"),
+            Err(_) => tracing::warn!("gRPC streams still open after {DRAIN_TIMEOUT:?}; closing"),
+        }
+        self.stop_http.cancel();
+        if tokio::time::timeout(DRAIN_TIMEOUT, self.http)
+            .await
+            .is_err()
+        {
+            tracing::warn!("metrics listener still busy after {DRAIN_TIMEOUT:?}; closing");
+        }
+        self.sweeper.abort();
+        // The engine is already shut down; its last handle may drop anywhere.
+        tracing::info!("shut down");
+    }
+}

@@ -1,0 +1,527 @@
+//! The Envoy ext_proc service (`envoy.service.ext_proc.v3.ExternalProcessor/Process`).
+//!
+//! One bidirectional stream per HTTP request:
+//!
+//! 1. `request_headers`: the workload context is read from `x-workload-context` (JSON), else from
+//!    GIE's `x-gateway-inference-fairness-id`, else the default workload; `workloads.caps` clamps
+//!    its criticality; the request is submitted to the engine and the headers message is answered
+//!    only once the engine has decided:
+//!    * dispatched → `HeadersResponse` setting `x-gateway-destination-endpoint: <ip:port>`
+//!      (overwriting whatever the client sent), removing client-sent `x-flowgate-*` headers, with
+//!      `clear_route_cache`, plus the same address in dynamic metadata under `envoy.lb`;
+//!    * not dispatched → `ImmediateResponse` (429 or 503) with `x-flowgate-drop-reason` and
+//!      `retry-after`, then the stream is closed.
+//! 2. Every other message is answered with CONTINUE.
+//! 3. The dispatched request's permit (its backend slot) is held until the response's end of
+//!    stream (response headers or body with `end_of_stream`, or response trailers), or until the
+//!    stream closes, whichever comes first.
+//!
+//! A stream that closes (or is reset) while its request is queued drops the engine ticket at once,
+//! which cancels the request. On shutdown, streams already answered are closed (Envoy carries on
+//! without the processor); queued ones get their `shutting-down` answer from the engine first.
+
+use std::collections::VecDeque;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
+use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+use envoy_types::pb::envoy::r#type::v3::HttpStatus;
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessor;
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Msg;
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as Reply;
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, HttpHeaders, ImmediateResponse,
+    ProcessingRequest, ProcessingResponse, TrailersResponse,
+};
+use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+use flowgate_engine::config::WorkloadConfig;
+use flowgate_engine::context::{CONTEXT_HEADER, FAIRNESS_ID_HEADER};
+use flowgate_engine::outcome::OtherReason;
+use flowgate_engine::runtime::{Engine, Permit, Request, SubmitError};
+use flowgate_engine::{Outcome, WorkloadContext};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Status, Streaming};
+use tracing::{debug, debug_span};
+
+use crate::metrics::Metrics;
+
+/// The header carrying the chosen backend, and its dynamic-metadata key.
+pub const DESTINATION_HEADER: &str = "x-gateway-destination-endpoint";
+/// Dynamic-metadata namespace read by Envoy's original-destination load balancing.
+pub const LB_NAMESPACE: &str = "envoy.lb";
+/// Header naming why a request was not dispatched.
+pub const DROP_REASON_HEADER: &str = "x-flowgate-drop-reason";
+/// Prefix of the headers flowgate owns; client-sent ones are removed.
+pub const OWN_HEADER_PREFIX: &str = "x-flowgate-";
+/// Most messages buffered from a stream while its request is queued (Envoy sends none in its
+/// default modes); a stream sending more is refused.
+const MAX_PENDING_MESSAGES: usize = 1024;
+
+/// The ext_proc service.
+#[derive(Clone)]
+pub struct FlowControl {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    engine: Arc<Engine>,
+    metrics: Arc<Metrics>,
+    workloads: WorkloadConfig,
+    default_ttl: Duration,
+    /// Cancelled when the server shuts down: streams already answered close.
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for FlowControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlowControl").finish_non_exhaustive()
+    }
+}
+
+impl FlowControl {
+    /// A service submitting to `engine`, recording into `metrics`; streams already answered close
+    /// when `shutdown` is cancelled.
+    pub fn new(engine: Arc<Engine>, metrics: Arc<Metrics>, shutdown: CancellationToken) -> Self {
+        let config = engine.config();
+        let shared = Shared {
+            workloads: config.workloads.clone(),
+            default_ttl: config.queue.ttl,
+            engine,
+            metrics,
+            shutdown,
+        };
+        FlowControl {
+            shared: Arc::new(shared),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl ExternalProcessor for FlowControl {
+    type ProcessStream = ReceiverStream<Result<ProcessingResponse, Status>>;
+
+    async fn process(
+        &self,
+        request: tonic::Request<Streaming<ProcessingRequest>>,
+    ) -> Result<tonic::Response<Self::ProcessStream>, Status> {
+        let inbound = request.into_inner();
+        // Room for the headers answer plus a few CONTINUEs; Envoy waits for each answer.
+        let (tx, rx) = mpsc::channel(8);
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let mut stream = StreamState {
+                shared,
+                inbound,
+                tx,
+                permit: None,
+                answered: false,
+                pending: VecDeque::new(),
+            };
+            stream.run().await;
+        });
+        Ok(tonic::Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// One ext_proc stream (one HTTP request).
+struct StreamState {
+    shared: Arc<Shared>,
+    inbound: Streaming<ProcessingRequest>,
+    tx: mpsc::Sender<Result<ProcessingResponse, Status>>,
+    /// The backend slot while the request is in flight.
+    permit: Option<Permit>,
+    /// Whether the request headers were answered (flow control is done for this stream).
+    answered: bool,
+    /// Messages that arrived while the request was queued, answered after the decision.
+    pending: VecDeque<ProcessingRequest>,
+}
+
+/// How a stream goes on after a message.
+enum Flow {
+    Continue,
+    Close,
+}
+
+impl StreamState {
+    async fn run(&mut self) {
+        loop {
+            if let Some(message) = self.pending.pop_front() {
+                if let Flow::Close = self.handle(message).await {
+                    break;
+                }
+                continue;
+            }
+            let next = tokio::select! {
+                m = self.inbound.message() => m,
+                // Streams waiting for nothing from flow control close on shutdown.
+                _ = self.shared.shutdown.cancelled(), if self.answered => break,
+            };
+            let message = match next {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(status) => {
+                    debug!(%status, "ext_proc stream ended with an error");
+                    break;
+                }
+            };
+            if let Flow::Close = self.handle(message).await {
+                break;
+            }
+        }
+        // Dropping the permit (if any) frees the backend slot.
+        self.permit = None;
+    }
+
+    async fn handle(&mut self, message: ProcessingRequest) -> Flow {
+        let silent = message.observability_mode;
+        let reply = match message.request {
+            Some(Msg::RequestHeaders(headers)) if !self.answered => {
+                self.answered = true;
+                return self.admit(headers, silent).await;
+            }
+            Some(Msg::RequestHeaders(_)) => Reply::RequestHeaders(HeadersResponse::default()),
+            Some(Msg::RequestBody(_)) => Reply::RequestBody(BodyResponse::default()),
+            Some(Msg::RequestTrailers(_)) => Reply::RequestTrailers(TrailersResponse::default()),
+            Some(Msg::ResponseHeaders(h)) => {
+                if h.end_of_stream {
+                    self.release("response headers end the stream");
+                }
+                Reply::ResponseHeaders(HeadersResponse::default())
+            }
+            Some(Msg::ResponseBody(b)) => {
+                if b.end_of_stream {
+                    self.release("response body ends the stream");
+                }
+                Reply::ResponseBody(BodyResponse::default())
+            }
+            Some(Msg::ResponseTrailers(_)) => {
+                self.release("response trailers end the stream");
+                Reply::ResponseTrailers(TrailersResponse::default())
+            }
+            None => return Flow::Continue,
+        };
+        if silent {
+            return Flow::Continue;
+        }
+        self.send(ProcessingResponse {
+            response: Some(reply),
+            ..Default::default()
+        })
+        .await
+    }
+
+    fn release(&mut self, why: &'static str) {
+        if let Some(permit) = self.permit.take() {
+            debug!(backend = permit.address(), why, "slot released");
+        }
+    }
+
+    async fn send(&self, response: ProcessingResponse) -> Flow {
+        match self.tx.send(Ok(response)).await {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Close,
+        }
+    }
+
+    /// Flow control for the request headers: submit, wait for the decision, answer.
+    async fn admit(&mut self, headers: HttpHeaders, silent: bool) -> Flow {
+        let shared = self.shared.clone();
+        let (context, own_headers) = read_context(&shared, &headers);
+        let span = debug_span!(
+            "admit",
+            workload = &*context.workload_id,
+            criticality = context.criticality,
+            ttl_ms = context.ttl.map(|t| t.as_millis() as u64),
+        );
+        let ttl = context.ttl.unwrap_or(shared.default_ttl);
+        let queued = shared
+            .metrics
+            .enqueue(&context.workload_id, context.criticality);
+        let started = Instant::now();
+        let ticket = match shared.engine.submit(Request { context, bytes: 0 }) {
+            Ok(ticket) => ticket,
+            Err(e) => {
+                let outcome = match e {
+                    SubmitError::Backpressure(_) => Outcome::RejectedCapacity,
+                    SubmitError::ShuttingDown(_) => {
+                        Outcome::RejectedOther(OtherReason::ShuttingDown)
+                    }
+                };
+                queued.finish(outcome, Duration::ZERO);
+                span.in_scope(|| debug!(outcome = outcome.label(), "refused at submission"));
+                return self.reject(outcome, ttl, silent).await;
+            }
+        };
+        // Wait for the decision; a stream that closes meanwhile cancels the request.
+        let mut ticket = pin!(ticket);
+        let decision = loop {
+            tokio::select! {
+                biased;
+                decision = &mut ticket => break Some(decision),
+                m = self.inbound.message() => match m {
+                    Ok(Some(m)) if self.pending.len() < MAX_PENDING_MESSAGES => self.pending.push_back(m),
+                    _ => break None,
+                },
+                _ = self.tx.closed() => break None,
+            }
+        };
+        let Some(decision) = decision else {
+            // Dropping the ticket (on return) cancels the request in the engine at once.
+            queued.finish(Outcome::EvictedCancelled, started.elapsed());
+            span.in_scope(|| debug!("stream closed while queued: cancelled"));
+            return Flow::Close;
+        };
+        let waited = Duration::from_nanos(decision.queued_ns);
+        queued.finish(decision.outcome, waited);
+        let waited_ms = waited.as_secs_f64() * 1e3;
+        match decision.permit {
+            Some(permit) => {
+                span.in_scope(|| debug!(backend = permit.address(), waited_ms, "dispatched"));
+                let response = dispatched(permit.address(), own_headers);
+                self.permit = Some(permit);
+                if silent {
+                    Flow::Continue
+                } else {
+                    self.send(response).await
+                }
+            }
+            None => {
+                let outcome = decision.outcome.label();
+                span.in_scope(|| debug!(outcome, waited_ms, "not dispatched"));
+                self.reject(decision.outcome, ttl, silent).await
+            }
+        }
+    }
+
+    /// Answer a request that was not dispatched, then close the stream.
+    async fn reject(&mut self, outcome: Outcome, ttl: Duration, silent: bool) -> Flow {
+        if let Some(response) = rejected(outcome, ttl) {
+            if !silent {
+                self.send(response).await;
+            }
+        }
+        Flow::Close
+    }
+}
+
+/// The raw bytes of a header value: Envoy sends `raw_value` (bytes, not necessarily UTF-8) or, in
+/// older configurations, `value`.
+fn header_bytes(h: &HeaderValue) -> &[u8] {
+    if h.raw_value.is_empty() {
+        h.value.as_bytes()
+    } else {
+        &h.raw_value
+    }
+}
+
+/// The request's workload context (after caps, with defaults and caps counted), and the names of
+/// client-sent `x-flowgate-*` headers to remove.
+fn read_context(shared: &Shared, headers: &HttpHeaders) -> (WorkloadContext, Vec<String>) {
+    let default_criticality = shared.workloads.default_criticality;
+    let list = headers
+        .headers
+        .as_ref()
+        .map(|m| m.headers.as_slice())
+        .unwrap_or_default();
+    let find = |name: &str| {
+        list.iter()
+            .find(|h| h.key.eq_ignore_ascii_case(name))
+            .map(header_bytes)
+    };
+    let (mut context, defaults) = match (find(CONTEXT_HEADER), find(FAIRNESS_ID_HEADER)) {
+        (Some(value), _) => WorkloadContext::parse(Some(value), default_criticality),
+        (None, Some(id)) => WorkloadContext::from_fairness_id(id, default_criticality),
+        (None, None) => WorkloadContext::parse(None, default_criticality),
+    };
+    shared.metrics.count_defaults(defaults);
+    let (criticality, capped) = shared
+        .workloads
+        .clamp(&context.workload_id, context.criticality);
+    if capped {
+        shared.metrics.count_capped();
+        context.criticality = criticality;
+    }
+    let mut own: Vec<String> = list
+        .iter()
+        .filter(|h| {
+            h.key.len() >= OWN_HEADER_PREFIX.len()
+                && h.key[..OWN_HEADER_PREFIX.len()].eq_ignore_ascii_case(OWN_HEADER_PREFIX)
+        })
+        .map(|h| h.key.to_ascii_lowercase())
+        .collect();
+    own.sort();
+    own.dedup();
+    (context, own)
+}
+
+fn set_header(key: &str, value: &str) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.into(),
+            raw_value: value.as_bytes().to_vec(),
+            ..Default::default()
+        }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..Default::default()
+    }
+}
+
+fn string_value(s: &str) -> Value {
+    Value {
+        kind: Some(Kind::StringValue(s.into())),
+    }
+}
+
+/// The answer for a dispatched request.
+pub fn dispatched(address: &str, remove: Vec<String>) -> ProcessingResponse {
+    let common = CommonResponse {
+        header_mutation: Some(HeaderMutation {
+            set_headers: vec![set_header(DESTINATION_HEADER, address)],
+            remove_headers: remove,
+        }),
+        clear_route_cache: true,
+        ..Default::default()
+    };
+    let lb = Struct {
+        fields: [(DESTINATION_HEADER.to_string(), string_value(address))].into(),
+    };
+    let metadata = Struct {
+        fields: [(
+            LB_NAMESPACE.to_string(),
+            Value {
+                kind: Some(Kind::StructValue(lb)),
+            },
+        )]
+        .into(),
+    };
+    ProcessingResponse {
+        response: Some(Reply::RequestHeaders(HeadersResponse {
+            response: Some(common),
+        })),
+        dynamic_metadata: Some(metadata),
+        ..Default::default()
+    }
+}
+
+/// `retry-after` seconds for a request not dispatched: 1 s when the queue is full (capacity,
+/// displacement) or the server is going away (another replica can take it), otherwise the
+/// request's TTL rounded up (a request that waited its whole TTL should not come back sooner).
+pub fn retry_after_s(outcome: Outcome, ttl: Duration) -> u64 {
+    match outcome.drop_reason() {
+        Some("capacity" | "displaced" | "shutting-down") | None => 1,
+        Some(_) => ttl.as_millis().div_ceil(1000).max(1) as u64,
+    }
+}
+
+/// The answer for a request that was not dispatched (`None` for a cancelled one: nobody to
+/// answer).
+pub fn rejected(outcome: Outcome, ttl: Duration) -> Option<ProcessingResponse> {
+    let status = outcome.http_status()?;
+    let reason = outcome.drop_reason()?;
+    let retry_after = retry_after_s(outcome, ttl).to_string();
+    let immediate = ImmediateResponse {
+        status: Some(HttpStatus {
+            code: i32::from(status),
+        }),
+        headers: Some(HeaderMutation {
+            set_headers: vec![
+                set_header(DROP_REASON_HEADER, reason),
+                set_header("retry-after", &retry_after),
+                set_header("content-type", "text/plain; charset=utf-8"),
+            ],
+            remove_headers: vec![],
+        }),
+        body: format!("flowgate: request not admitted ({reason})\n").into_bytes(),
+        details: format!("flowgate_{}", reason.replace('-', "_")),
+        ..Default::default()
+    };
+    Some(ProcessingResponse {
+        response: Some(Reply::ImmediateResponse(immediate)),
+        ..Default::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_per_reason() {
+        let ttl = Duration::from_millis(2500);
+        assert_eq!(retry_after_s(Outcome::RejectedCapacity, ttl), 1);
+        assert_eq!(retry_after_s(Outcome::EvictedDisplaced, ttl), 1);
+        assert_eq!(retry_after_s(Outcome::EvictedShutdown, ttl), 1);
+        assert_eq!(retry_after_s(Outcome::EvictedTtl, ttl), 3);
+        assert_eq!(
+            retry_after_s(Outcome::EvictedTtl, Duration::from_millis(10)),
+            1
+        );
+        assert_eq!(
+            retry_after_s(Outcome::RejectedOther(OtherReason::NoEndpoints), ttl),
+            3
+        );
+    }
+
+    #[test]
+    fn rejected_answers_carry_status_reason_and_retry_after() {
+        for outcome in Outcome::ALL {
+            let Some(r) = rejected(outcome, Duration::from_secs(30)) else {
+                assert!(matches!(
+                    outcome,
+                    Outcome::Dispatched | Outcome::EvictedCancelled
+                ));
+                continue;
+            };
+            let Some(Reply::ImmediateResponse(i)) = r.response else {
+                panic!("{outcome:?}")
+            };
+            assert_eq!(
+                i.status.unwrap().code,
+                i32::from(outcome.http_status().unwrap())
+            );
+            let h = i.headers.unwrap().set_headers;
+            assert_eq!(h[0].header.as_ref().unwrap().key, DROP_REASON_HEADER);
+            assert_eq!(
+                h[0].header.as_ref().unwrap().raw_value,
+                outcome.drop_reason().unwrap().as_bytes()
+            );
+            assert_eq!(h[1].header.as_ref().unwrap().key, "retry-after");
+            assert!(
+                !i.details.contains(' ') && !i.details.contains('-'),
+                "{}",
+                i.details
+            );
+        }
+    }
+
+    #[test]
+    fn dispatched_answer_sets_header_and_metadata() {
+        let r = dispatched("10.0.0.7:8000", vec!["x-flowgate-debug".into()]);
+        let Some(Reply::RequestHeaders(h)) = r.response else {
+            panic!()
+        };
+        let common = h.response.unwrap();
+        assert!(common.clear_route_cache);
+        let m = common.header_mutation.unwrap();
+        let set = &m.set_headers[0];
+        assert_eq!(set.header.as_ref().unwrap().key, DESTINATION_HEADER);
+        assert_eq!(set.header.as_ref().unwrap().raw_value, b"10.0.0.7:8000");
+        assert_eq!(
+            set.append_action,
+            HeaderAppendAction::OverwriteIfExistsOrAdd as i32
+        );
+        assert_eq!(m.remove_headers, ["x-flowgate-debug"]);
+        let md = r.dynamic_metadata.unwrap();
+        let Some(Kind::StructValue(lb)) = &md.fields[LB_NAMESPACE].kind else {
+            panic!()
+        };
+        assert_eq!(
+            lb.fields[DESTINATION_HEADER].kind,
+            Some(Kind::StringValue("10.0.0.7:8000".into()))
+        );
+    }
+}

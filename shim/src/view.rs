@@ -1,0 +1,65 @@
+//! What the metrics listener reads from a running engine, as a trait so that the HTTP side and the
+//! metrics rendering can be tested without starting one.
+
+use flowgate_engine::registry::RegistryView;
+use flowgate_engine::runtime::{Engine, EngineStats};
+
+/// Read-only access to the engine's gauges and workload registry.
+pub trait EngineView: Send + Sync + 'static {
+    /// The workload registry.
+    fn registry(&self) -> RegistryView;
+    /// Queue and capacity totals.
+    fn stats(&self) -> EngineStats;
+    /// Backend addresses, in configuration order.
+    fn backend_addresses(&self) -> Vec<String>;
+    /// In-flight requests per backend, same order as [`EngineView::backend_addresses`].
+    fn inflight_per_backend(&self) -> Vec<u32>;
+}
+
+impl EngineView for Engine {
+    fn registry(&self) -> RegistryView {
+        Engine::registry(self)
+    }
+
+    fn stats(&self) -> EngineStats {
+        Engine::stats(self)
+    }
+
+    fn backend_addresses(&self) -> Vec<String> {
+        Engine::backend_addresses(self)
+    }
+
+    fn inflight_per_backend(&self) -> Vec<u32> {
+        Engine::inflight_per_backend(self)
+    }
+}
+
+/// A fixed view: a registry (possibly over empty directories), fixed stats and in-flight counts.
+/// For tests, and for anything that wants to serve the metrics listener without an engine.
+#[derive(Clone, Debug)]
+pub struct StaticView {
+    /// The registry served.
+    pub registry: RegistryView,
+    /// The stats served.
+    pub stats: EngineStats,
+    /// `(address, in-flight)` per backend.
+    pub backends: Vec<(String, u32)>,
+}
+
+impl EngineView for StaticView {
+    fn registry(&self) -> RegistryView {
+        self.registry.clone()
+    }
+
+    fn stats(&self) -> EngineStats {
+        self.stats
+    }
+
+    fn backend_addresses(&self) -> Vec<String> {
+        self.backends.iter().map(|(a, _)| a.clone()).collect()
+    }
+
+    fn inflight_per_backend(&self) -> Vec<u32> {
+        self.backends.iter().map(|(_, n)| *n).collect()
+    }
+}

@@ -52,6 +52,15 @@ impl std::fmt::Display for SubmitError {
 
 impl std::error::Error for SubmitError {}
 
+/// Why a submitter could not register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegisterError {
+    /// The engine is shutting down.
+    ShuttingDown,
+    /// `max_submitters` are registered already.
+    TooMany,
+}
+
 /// A submitter's state shared with the shards.
 #[derive(Debug, Default)]
 pub struct SubmitterState {
@@ -70,7 +79,7 @@ pub struct Inbox {
 /// Pick the shard for a workload hash (bits 20..52: independent of the bits the tables index by).
 #[inline]
 pub fn shard_of(hash: u64, shards: usize) -> usize {
-    (((hash >> 20) & 0xffff_ffff) * shards as u64 >> 32) as usize
+    ((((hash >> 20) & 0xffff_ffff) * shards as u64) >> 32) as usize
 }
 
 /// Registers with every shard and submits from one thread. Not `Clone` (one ring end per shard
@@ -84,25 +93,36 @@ pub struct Submitter {
 
 impl Submitter {
     /// Register a new submitter with every shard of `shared`.
-    pub(crate) fn register(shared: Arc<Shared>) -> Result<Submitter, ()> {
+    pub(crate) fn register(shared: Arc<Shared>) -> Result<Submitter, RegisterError> {
+        if shared.shutting_down.load(Ordering::SeqCst) {
+            return Err(RegisterError::ShuttingDown);
+        }
         let limit = shared.config.max_submitters;
         shared
             .submitters
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1))
-            .map_err(|_| ())?;
+            .map_err(|_| RegisterError::TooMany)?;
         let state = Arc::new(SubmitterState::default());
         let mut producers = Vec::with_capacity(shared.shards());
         for shard in 0..shared.shards() {
             let (producer, consumer) = rtrb::RingBuffer::new(shared.config.ring_capacity);
             producers.push(producer);
             let inbox = Inbox { consumer, state: state.clone() };
-            // The queue holds max_submitters entries and the count above bounds registrations.
-            if shared.registrations[shard].push(inbox).is_err() {
-                unreachable!("registration queue sized to max_submitters");
-            }
+            // The queue holds max_submitters entries; it can only be full of registrations a shard
+            // has not taken yet, i.e. after shutdown stopped the shards.
+            let queued = shared.registrations[shard].push(inbox).is_ok();
             shared.gate.shard(shard).doorbell.ring();
+            if !queued {
+                shared.submitters.fetch_sub(1, Ordering::AcqRel);
+                return Err(RegisterError::ShuttingDown);
+            }
         }
-        Ok(Submitter { shared, producers: producers.into_boxed_slice(), state })
+        let submitter = Submitter { shared, producers: producers.into_boxed_slice(), state };
+        // Registered before the flag, or refused: a shard that saw the flag drains the queue after.
+        if submitter.shared.shutting_down.load(Ordering::SeqCst) {
+            return Err(RegisterError::ShuttingDown);
+        }
+        Ok(submitter)
     }
 
     /// Submit `request`; the [`Ticket`] resolves to its one outcome. Never blocks: a full ring is

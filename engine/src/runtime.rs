@@ -22,7 +22,7 @@ use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
 
 pub use crate::gate::Permit;
-pub use crate::ring::{Request, SubmitError, Submitter};
+pub use crate::ring::{RegisterError, Request, SubmitError, Submitter};
 pub use crate::ticket::Ticket;
 
 /// The decision a [`Ticket`] resolves to.
@@ -192,13 +192,8 @@ impl Engine {
     }
 
     /// A new submitter for a producer thread (one ring per shard).
-    pub fn submitter(&self) -> Result<Submitter, SubmitError> {
-        Submitter::register(self.shared.clone()).map_err(|_| {
-            SubmitError::Backpressure(Request {
-                context: crate::WorkloadContext::default_workload(self.shared.config.workloads.default_criticality),
-                bytes: 0,
-            })
-        })
+    pub fn submitter(&self) -> Result<Submitter, RegisterError> {
+        Submitter::register(self.shared.clone())
     }
 
     /// Submit from any thread, through this thread's own submitter (registered on first use).
@@ -216,7 +211,8 @@ impl Engine {
                     subs.push(s);
                     ticket
                 }
-                Err(()) => Err(SubmitError::Backpressure(request)),
+                Err(RegisterError::ShuttingDown) => Err(SubmitError::ShuttingDown(request)),
+                Err(RegisterError::TooMany) => Err(SubmitError::Backpressure(request)),
             }
         })
     }

@@ -247,6 +247,11 @@ impl Engine {
         &self.shared.config
     }
 
+    /// The backends, in configuration order (what [`Permit::backend_index`] indexes).
+    pub fn backends(&self) -> &[crate::config::BackendConfig] {
+        &self.shared.config.backends
+    }
+
     /// Backend `ip:port`s, in configuration order.
     pub fn backend_addresses(&self) -> Vec<String> {
         self.shared.gate.addresses().map(str::to_string).collect()

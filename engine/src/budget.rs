@@ -59,6 +59,26 @@ impl QueueBudget {
         true
     }
 
+    /// Reserve one request of `bytes` beyond the request limit, by at most `overshoot` requests,
+    /// while the byte limit still holds. Used for a cross-shard displacement: the newcomer is
+    /// admitted at once and another shard evicts its worse tail, bringing the count back.
+    pub fn try_reserve_over(&self, bytes: u64, overshoot: u64) -> bool {
+        let limit = if self.max_requests == 0 { 0 } else { self.max_requests + overshoot };
+        if !reserve(&self.requests, 1, limit) {
+            return false;
+        }
+        if !reserve(&self.bytes, bytes, self.max_bytes) {
+            self.requests.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// Whether the byte limit (not the count) is what a reservation of `bytes` would hit.
+    pub fn bytes_bound(&self, bytes: u64) -> bool {
+        self.max_bytes != 0 && self.bytes.load(Ordering::Acquire).saturating_add(bytes) > self.max_bytes
+    }
+
     /// Give back what one [`try_reserve`](Self::try_reserve)`(bytes)` took.
     pub fn release(&self, bytes: u64) {
         let r = self.requests.fetch_sub(1, Ordering::AcqRel);

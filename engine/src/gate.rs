@@ -22,6 +22,8 @@ use std::sync::Arc;
 
 /// Published head score of a shard with nothing dispatchable.
 pub const NO_HEAD: f64 = f64::NEG_INFINITY;
+/// Published tail score of a shard with nothing to displace (or whose tail was just claimed).
+pub const NO_TAIL: f64 = f64::INFINITY;
 
 /// One backend's slots.
 #[derive(Debug)]
@@ -39,6 +41,9 @@ pub struct BackendSlots {
 pub struct ShardSignal {
     /// Score of its best queued request ([`NO_HEAD`] when empty).
     head: AtomicF64,
+    /// Score of its worst queued request ([`NO_TAIL`] when empty, or claimed by another shard's
+    /// displacement until this shard publishes again).
+    tail: AtomicF64,
     /// Requests queued in it.
     queued: AtomicU64,
     /// Its head waits on a criticality ceiling (published as [`NO_HEAD`] so others can go);
@@ -88,6 +93,7 @@ impl Gate {
                 .map(|_| {
                     CachePadded::new(ShardSignal {
                         head: AtomicF64::new(NO_HEAD),
+                        tail: AtomicF64::new(NO_TAIL),
                         queued: AtomicU64::new(0),
                         blocked: AtomicBool::new(false),
                         doorbell: Doorbell::new(),
@@ -131,8 +137,9 @@ impl Gate {
 
     /// Shard side: publish the head score and queue length, then report whether a slot is free
     /// (the fence orders this against [`release`](Self::release)).
-    pub fn publish(&self, shard: usize, head: f64, queued: u64, blocked: bool) -> bool {
+    pub fn publish(&self, shard: usize, head: f64, tail: f64, queued: u64, blocked: bool) -> bool {
         let s = &self.shards[shard];
+        s.tail.store(tail, Ordering::Relaxed);
         s.blocked.store(blocked, Ordering::Relaxed);
         s.head.store(if blocked { NO_HEAD } else { head }, Ordering::Relaxed);
         s.queued.store(queued, Ordering::Relaxed);
@@ -156,6 +163,25 @@ impl Gate {
             }
         }
         best_elsewhere || self.free.load(Ordering::Relaxed) > others_queued as i64
+    }
+
+    /// Claim the worst published tail scoring below `score` in a shard other than `except`, for a
+    /// cross-shard displacement: returns that shard, whose tail reads [`NO_TAIL`] until it publishes
+    /// again, so no two newcomers claim the same victim.
+    pub fn claim_victim(&self, except: usize, score: f64) -> Option<usize> {
+        loop {
+            let mut worst: Option<(usize, f64)> = None;
+            for (i, s) in self.shards.iter().enumerate() {
+                let t = s.tail.load(Ordering::Acquire);
+                if i != except && t < score && worst.is_none_or(|(_, w)| t < w) {
+                    worst = Some((i, t));
+                }
+            }
+            let (i, t) = worst?;
+            if self.shards[i].tail.compare_exchange(t, NO_TAIL, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                return Some(i);
+            }
+        }
     }
 
     /// The shard (other than `except`) whose published head is best, if any has one.

@@ -32,6 +32,10 @@ pub type Decision = crate::ticket::Decision<Permit>;
 /// its dispatch, expiry or the next rescore pass), still with exactly one outcome.
 pub const CANCEL_QUEUE_CAPACITY: usize = 65_536;
 
+/// Most cross-shard displacements waiting for one shard; past it, a newcomer that could only
+/// displace in another shard is refused (`RejectedCapacity`).
+pub const DISPLACE_QUEUE_CAPACITY: usize = 1024;
+
 /// io_uring memory each shard executor locks (glommio's floor is 512 KiB; the default 10 MiB would
 /// exceed an 8 MiB `RLIMIT_MEMLOCK`). Shards do no file I/O.
 pub const SHARD_IO_MEMORY_BYTES: usize = 512 << 10;
@@ -95,6 +99,8 @@ pub struct Shared {
     pub(crate) registrations: Box<[ArrayQueue<Inbox>]>,
     /// Cancelled requests to drop, per shard.
     pub(crate) cancels: Box<[ArrayQueue<Arc<Slot<Permit>>>]>,
+    /// Cross-shard displacements to carry out, per shard: evict the tail if it scores below this.
+    pub(crate) displacements: Box<[ArrayQueue<f64>]>,
     /// Set once by [`Engine::shutdown`].
     pub(crate) shutting_down: AtomicBool,
     /// Registered submitters; ≤ `max_submitters`.
@@ -163,6 +169,7 @@ impl Engine {
             budget: budget.clone(),
             registrations: (0..shards).map(|_| ArrayQueue::new(config.max_submitters)).collect(),
             cancels: (0..shards).map(|_| ArrayQueue::new(CANCEL_QUEUE_CAPACITY)).collect(),
+            displacements: (0..shards).map(|_| ArrayQueue::new(DISPLACE_QUEUE_CAPACITY)).collect(),
             shutting_down: AtomicBool::new(false),
             submitters: AtomicUsize::new(0),
             outcomes: (0..shards).map(|_| OutcomeCounters::default()).collect(),

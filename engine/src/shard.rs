@@ -175,6 +175,19 @@ impl<C> Shard<C> {
         self.heap.peek_tail().map(|(_, k, _)| k)
     }
 
+    /// Evict the worst queued request as `EvictedDisplaced` if it scores below `score` (another
+    /// shard admitted a better request over the limit in its place). Returns whether it did.
+    pub fn displace_below(&mut self, score: f64, now_ns: u64, sink: &mut impl FnMut(Done<C>)) -> bool {
+        match self.heap.peek_tail() {
+            Some((handle, tail, _)) if tail.score < score => {
+                let victim = self.heap.remove(handle).expect("tail handle is live");
+                sink(self.leave(victim.value, victim.bytes, Outcome::EvictedDisplaced, now_ns));
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Criticality of the best queued request.
     pub fn head_criticality(&self) -> Option<u8> {
         self.heap.peek_head().map(|(_, _, q)| q.criticality)
@@ -185,9 +198,22 @@ impl<C> Shard<C> {
         self.earliest_deadline_ns
     }
 
-    /// Admit `arrival` at `now_ns`: queue it, displacing worse requests if the queue is full, or
-    /// refuse it. Outcomes of refused and displaced requests go to `sink`.
+    /// Admit `arrival` at `now_ns`: queue it, displacing worse requests of this shard if the queue
+    /// is full, or refuse it. Outcomes of refused and displaced requests go to `sink`.
     pub fn enqueue(&mut self, arrival: Arrival<C>, now_ns: u64, sink: &mut impl FnMut(Done<C>)) -> Admission {
+        self.enqueue_or_steal(arrival, now_ns, sink, &mut |_, _| false)
+    }
+
+    /// [`enqueue`](Self::enqueue), and when the queue is full of requests this shard cannot
+    /// displace, ask `steal(score)` whether another shard holds a worse one it will evict (the
+    /// callee then reserves the room itself, see [`QueueBudget::try_reserve_over`]).
+    pub fn enqueue_or_steal(
+        &mut self,
+        arrival: Arrival<C>,
+        now_ns: u64,
+        sink: &mut impl FnMut(Done<C>),
+        steal: &mut dyn FnMut(f64, u64) -> bool,
+    ) -> Admission {
         let Arrival { workload_id, hash, criticality, ttl, bytes, arrived_ns, completion } = arrival;
         assert!((1..=5).contains(&criticality), "criticality {criticality} reached a shard");
         // 1. Count the arrival; the key uses the workload's rate including this request.
@@ -219,6 +245,7 @@ impl<C> Shard<C> {
                     let victim = self.heap.remove(handle).expect("tail handle is live");
                     sink(self.leave(victim.value, victim.bytes, Outcome::EvictedDisplaced, now_ns));
                 }
+                _ if !self.budget.bytes_bound(bytes) && steal(key.score, bytes) => break,
                 _ => {
                     sink(reject(Outcome::RejectedCapacity, completion));
                     return Admission::Rejected;

@@ -5,7 +5,7 @@
 //! head is the best in the engine, publish the head. When a pass finds nothing to do, the worker
 //! sleeps on its [`Doorbell`](crate::doorbell::Doorbell) or its next timer, never spinning.
 
-use crate::gate::{Permit, NO_HEAD};
+use crate::gate::{Permit, NO_HEAD, NO_TAIL};
 use crate::outcome::{OtherReason, Outcome};
 use crate::ring::Inbox;
 use crate::runtime::Shared;
@@ -79,7 +79,14 @@ impl Worker {
                 }
             }
         }
-        // 3. Arrivals, a bounded batch per ring.
+        // 3. Cross-shard displacements: another shard admitted a better request in our tail's place.
+        while let Some(score) = self.shared.displacements[self.index].pop() {
+            worked = true;
+            let mut done = Vec::new();
+            self.shard.displace_below(score, now, &mut |d| done.push(d));
+            done.into_iter().for_each(|d| self.finish(d));
+        }
+        // 4. Arrivals, a bounded batch per ring.
         let mut inboxes = std::mem::take(&mut self.inboxes);
         inboxes.retain_mut(|inbox| {
             let n = inbox.consumer.slots().min(RING_BATCH);
@@ -96,7 +103,7 @@ impl Worker {
         });
         debug_assert!(self.inboxes.is_empty());
         self.inboxes = inboxes;
-        // 4. Timers: the periodic rescore (which also expires), else expiry when a deadline passed.
+        // 5. Timers: the periodic rescore (which also expires), else expiry when a deadline passed.
         if now >= self.next_rescore_ns {
             self.next_rescore_ns = now + self.rescore_ns;
             if !self.shard.is_empty() {
@@ -110,7 +117,7 @@ impl Worker {
             self.shard.expire(now, &mut |d| done.push(d));
             done.into_iter().for_each(|d| self.finish(d));
         }
-        // 5. Dispatch.
+        // 6. Dispatch.
         worked |= self.dispatch(now);
         worked
     }
@@ -124,7 +131,23 @@ impl Worker {
         }
         let slot = arrival.completion.clone();
         let mut refused = Vec::new();
-        let admission = self.shard.enqueue(arrival, now, &mut |d| refused.push(d));
+        let (index, shared) = (self.index, &self.shared);
+        // When the queue is full of requests this shard cannot displace, a worse request queued in
+        // another shard makes room: admit now (the count may pass max_requests by at most one per
+        // shard) and tell that shard to evict its tail.
+        let mut steal = |score: f64, bytes: u64| {
+            let Some(victim) = shared.gate.claim_victim(index, score) else { return false };
+            if !shared.budget.try_reserve_over(bytes, shared.shards() as u64) {
+                return false;
+            }
+            if shared.displacements[victim].push(score).is_err() {
+                shared.budget.release(bytes);
+                return false;
+            }
+            shared.gate.shard(victim).doorbell.ring();
+            true
+        };
+        let admission = self.shard.enqueue_or_steal(arrival, now, &mut |d| refused.push(d), &mut steal);
         if let Admission::Queued(handle) = admission {
             // SAFETY: this is the shard thread the request was handed to.
             unsafe { slot.set_position(handle) };
@@ -162,7 +185,8 @@ impl Worker {
             dispatched += 1;
         }
         let head = self.shard.head_key().map_or(NO_HEAD, |k| k.score);
-        let slot_free = gate.publish(self.index, head, self.shard.len() as u64, blocked);
+        let tail = self.shard.tail_key().map_or(NO_TAIL, |k| k.score);
+        let slot_free = gate.publish(self.index, head, tail, self.shard.len() as u64, blocked);
         if slot_free {
             // Free capacity left: if a better head waits elsewhere, its shard must hear about it.
             gate.wake_best(Some(self.index));
@@ -187,6 +211,7 @@ impl Worker {
         shared.shutting_down.load(Ordering::SeqCst)
             || !shared.registrations[self.index].is_empty()
             || !shared.cancels[self.index].is_empty()
+            || !shared.displacements[self.index].is_empty()
             || self.inboxes.iter().any(|i| i.consumer.slots() > 0 || i.consumer.is_abandoned())
             || self.dispatchable()
     }
@@ -240,7 +265,7 @@ impl Worker {
         self.shard.drain_on_shutdown(now, &mut |d| done.push(d));
         done.into_iter().for_each(|d| self.finish(d));
         while self.shared.cancels[self.index].pop().is_some() {}
-        self.shared.gate.publish(self.index, NO_HEAD, 0, false);
+        self.shared.gate.publish(self.index, NO_HEAD, NO_TAIL, 0, false);
     }
 }
 

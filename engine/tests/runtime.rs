@@ -118,6 +118,32 @@ fn full_queue_displaces_through_the_engine() {
 }
 
 #[test]
+fn a_full_queue_displaces_a_worse_request_queued_in_another_shard() {
+    let mut c = config(2, 1);
+    c.queue.max_requests = 2;
+    let engine = Engine::start(c).unwrap();
+    let holder = hold_slot(&engine);
+    let low = id_on_shard("low", 0, 2);
+    let high = id_on_shard("high", 1, 2);
+    let first = engine.submit(request(&low, 1, None)).unwrap();
+    until("first queued", || engine.stats().queued == 1);
+    let second = engine.submit(request(&low, 1, None)).unwrap();
+    until("both queued", || engine.stats().queued == 2);
+    // Shard 1 holds nothing to displace; shard 0's worst (the later crit-1) makes room.
+    let vip = engine.submit(request(&high, 5, None)).unwrap();
+    assert_eq!(second.wait().outcome, Outcome::EvictedDisplaced);
+    until("back at the limit", || engine.stats().queued == 2);
+    // A newcomer no better than anything queued anywhere is refused.
+    let late = id_on_shard("late", 1, 2);
+    assert_eq!(engine.submit(request(&late, 1, None)).unwrap().wait().outcome, Outcome::RejectedCapacity);
+    drop(holder);
+    let d = vip.wait();
+    assert_eq!(d.outcome, Outcome::Dispatched);
+    drop(d);
+    assert_eq!(first.wait().outcome, Outcome::Dispatched);
+}
+
+#[test]
 fn shutdown_answers_queued_requests_and_refuses_new_ones() {
     let engine = Engine::start(config(2, 1)).unwrap();
     let _holder = hold_slot(&engine);

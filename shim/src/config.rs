@@ -23,8 +23,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use flowgate_engine::config::{
-    BackendConfig, ConfigError, CriticalityCap, EngineConfig, QueueConfig, ScoringConfig,
-    WorkloadConfig,
+    BackendConfig, ConfigError, CriticalityCap, EngineConfig, QueueConfig, ScoringConfig, WorkloadConfig,
 };
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
@@ -72,10 +71,7 @@ impl ServeConfig {
         if self.listen.port() != 0 && self.listen == self.metrics_listen {
             errors.push(ConfigError {
                 path: "metrics_listen".into(),
-                reason: format!(
-                    "{} is also the ext_proc listen address",
-                    self.metrics_listen
-                ),
+                reason: format!("{} is also the ext_proc listen address", self.metrics_listen),
             });
         }
         errors.extend(self.engine.validate());
@@ -166,20 +162,14 @@ fn parse_error(e: serde_path_to_error::Error<serde_yaml::Error>) -> ConfigError 
             } else {
                 format!("{path}.{key}")
             };
-            return ConfigError {
-                path: full,
-                reason: format!("unknown key ({expected})"),
-            };
+            return ConfigError { path: full, reason: format!("unknown key ({expected})") };
         }
     }
     if path.is_empty() {
         if let Some(loc) = inner.location() {
             reason = format!("{reason} (line {}, column {})", loc.line(), loc.column());
         }
-        return ConfigError {
-            path: "config".into(),
-            reason,
-        };
+        return ConfigError { path: "config".into(), reason };
     }
     ConfigError { path, reason }
 }
@@ -236,14 +226,10 @@ impl<'de> Deserialize<'de> for Dur {
                 )))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Dur, E> {
-                Err(E::custom(format!(
-                    "{v} is not a duration (write a string such as \"30s\")"
-                )))
+                Err(E::custom(format!("{v} is not a duration (write a string such as \"30s\")")))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Dur, E> {
-                Err(E::custom(format!(
-                    "{v} has no unit: write durations as strings such as \"{v}s\""
-                )))
+                Err(E::custom(format!("{v} has no unit: write durations as strings such as \"{v}s\"")))
             }
         }
         d.deserialize_any(V)
@@ -280,7 +266,9 @@ impl<'de> Deserialize<'de> for Size {
         impl Visitor<'_> for V {
             type Value = Size;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a size: bytes as an integer, or a string such as \"64KiB\", \"512MiB\", \"1GiB\"")
+                f.write_str(
+                    "a size: bytes as an integer, or a string such as \"64KiB\", \"512MiB\", \"1GiB\"",
+                )
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Size, E> {
                 Ok(Size(v))
@@ -297,9 +285,7 @@ impl<'de> Deserialize<'de> for Size {
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Size, E> {
                 parse_size(v).map(Size).ok_or_else(|| {
-                    E::custom(format!(
-                        "{v:?} is not a size (write bytes, or a unit: 64KiB, 512MiB, 1GiB)"
-                    ))
+                    E::custom(format!("{v:?} is not a size (write bytes, or a unit: 64KiB, 512MiB, 1GiB)"))
                 })
             }
         }
@@ -363,10 +349,7 @@ impl Default for RawConfig {
             backends: e
                 .backends
                 .into_iter()
-                .map(|b| RawBackend {
-                    address: b.address,
-                    max_inflight: b.max_inflight,
-                })
+                .map(|b| RawBackend { address: b.address, max_inflight: b.max_inflight })
                 .collect(),
             queue: RawQueue::default(),
             scoring: RawScoring::default(),
@@ -384,10 +367,7 @@ impl RawConfig {
             backends: self
                 .backends
                 .into_iter()
-                .map(|b| BackendConfig {
-                    address: b.address,
-                    max_inflight: b.max_inflight,
-                })
+                .map(|b| BackendConfig { address: b.address, max_inflight: b.max_inflight })
                 .collect(),
             queue: QueueConfig {
                 max_requests: self.queue.max_requests,
@@ -411,10 +391,7 @@ impl RawConfig {
                     .workloads
                     .caps
                     .into_iter()
-                    .map(|c| CriticalityCap {
-                        pattern: c.workload_id,
-                        max_criticality: c.max_criticality,
-                    })
+                    .map(|c| CriticalityCap { pattern: c.workload_id, max_criticality: c.max_criticality })
                     .collect(),
             },
             ceilings: self.ceilings,
@@ -441,11 +418,7 @@ struct RawQueue {
 impl Default for RawQueue {
     fn default() -> Self {
         let q = QueueConfig::default();
-        Self {
-            max_requests: q.max_requests,
-            max_bytes: Size(q.max_bytes),
-            ttl: Dur(q.ttl),
-        }
+        Self { max_requests: q.max_requests, max_bytes: Size(q.max_bytes), ttl: Dur(q.ttl) }
     }
 }
 

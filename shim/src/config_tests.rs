@@ -98,19 +98,7 @@ fn every_duration_form() {
     ] {
         assert_eq!(parse_duration(text), Some(expected), "{text:?}");
     }
-    for text in [
-        "",
-        "s",
-        "30",
-        "5 parsecs",
-        "-1s",
-        "1d",
-        ".5s",
-        "5.s",
-        "1e3s",
-        "30S",
-        "1h30m",
-    ] {
+    for text in ["", "s", "30", "5 parsecs", "-1s", "1d", ".5s", "5.s", "1e3s", "30S", "1h30m"] {
         assert_eq!(parse_duration(text), None, "{text:?}");
     }
     let c = ok("queue:\n  ttl: 250ms\nworkloads:\n  idle_timeout: 1h\nscoring:\n  wait_cap: 5m\n");
@@ -151,41 +139,15 @@ fn every_size_form() {
     ] {
         assert_eq!(parse_size(text), Some(expected), "{text:?}");
     }
-    for text in [
-        "",
-        "GiB",
-        "1.5GiB",
-        "-1",
-        "lots",
-        "1 parsec",
-        "99999999999TiB",
-    ] {
+    for text in ["", "GiB", "1.5GiB", "-1", "lots", "1 parsec", "99999999999TiB"] {
         assert_eq!(parse_size(text), None, "{text:?}");
     }
-    assert_eq!(
-        ok("queue:\n  max_bytes: 1048576\n").engine.queue.max_bytes,
-        1 << 20
-    );
-    assert_eq!(
-        ok("queue:\n  max_bytes: 64KiB\n").engine.queue.max_bytes,
-        64 << 10
-    );
-    assert_eq!(
-        ok("queue:\n  max_bytes: \"512MiB\"\n")
-            .engine
-            .queue
-            .max_bytes,
-        512 << 20
-    );
+    assert_eq!(ok("queue:\n  max_bytes: 1048576\n").engine.queue.max_bytes, 1 << 20);
+    assert_eq!(ok("queue:\n  max_bytes: 64KiB\n").engine.queue.max_bytes, 64 << 10);
+    assert_eq!(ok("queue:\n  max_bytes: \"512MiB\"\n").engine.queue.max_bytes, 512 << 20);
     let e = errors("queue:\n  max_bytes: -1\n");
-    assert_eq!(
-        e,
-        ["queue.max_bytes: -1 is not a size (sizes cannot be negative)"]
-    );
-    assert_eq!(
-        error_path("queue:\n  max_bytes: 1.5GiB\n"),
-        "queue.max_bytes"
-    );
+    assert_eq!(e, ["queue.max_bytes: -1 is not a size (sizes cannot be negative)"]);
+    assert_eq!(error_path("queue:\n  max_bytes: 1.5GiB\n"), "queue.max_bytes");
     assert_eq!(error_path("queue:\n  max_bytes: 2.5\n"), "queue.max_bytes");
 }
 
@@ -193,24 +155,16 @@ fn every_size_form() {
 fn unknown_keys_are_refused_with_their_path() {
     let e = errors("listne: 127.0.0.1:1\n");
     assert_eq!(e.len(), 1);
-    assert!(
-        e[0].starts_with("listne: unknown key (expected one of `listen`"),
-        "{e:?}"
-    );
+    assert!(e[0].starts_with("listne: unknown key (expected one of `listen`"), "{e:?}");
     let e = errors("scoring:\n  wait_cpa: 5s\n");
     assert!(e[0].starts_with("scoring.wait_cpa: unknown key"), "{e:?}");
-    assert_eq!(
-        error_path("queue:\n  ttl: 5s\n  ttl_ms: 5\n"),
-        "queue.ttl_ms"
-    );
+    assert_eq!(error_path("queue:\n  ttl: 5s\n  ttl_ms: 5\n"), "queue.ttl_ms");
     assert_eq!(
         error_path("backends:\n  - address: 127.0.0.1:1\n    max_inflight: 1\n    weight: 2\n"),
         "backends[0].weight"
     );
     assert_eq!(
-        error_path(
-            "workloads:\n  caps:\n    - workload_id: a\n      max_criticality: 2\n      min: 1\n"
-        ),
+        error_path("workloads:\n  caps:\n    - workload_id: a\n      max_criticality: 2\n      min: 1\n"),
         "workloads.caps[0].min"
     );
 }
@@ -226,31 +180,19 @@ fn missing_required_keys_name_their_entry() {
 #[test]
 fn impossible_values_name_their_field() {
     let cases = [
-        (
-            "backends:\n  - address: 127.0.0.1:1\n    max_inflight: 0\n",
-            "backends[0].max_inflight",
-        ),
-        (
-            "backends:\n  - address: nowhere\n    max_inflight: 1\n",
-            "backends[0].address",
-        ),
+        ("backends:\n  - address: 127.0.0.1:1\n    max_inflight: 0\n", "backends[0].max_inflight"),
+        ("backends:\n  - address: nowhere\n    max_inflight: 1\n", "backends[0].address"),
         ("backends: []\n", "backends"),
         ("backends:\n", "backends"),
         ("scoring:\n  wait_weight: -0.5\n", "scoring.wait_weight"),
         ("scoring:\n  rate_weight: .nan\n", "scoring.rate_weight"),
-        (
-            "scoring:\n  rescore_interval: 0ms\n",
-            "scoring.rescore_interval",
-        ),
+        ("scoring:\n  rescore_interval: 0ms\n", "scoring.rescore_interval"),
         ("scoring:\n  wait_cap: 0s\n", "scoring.wait_cap"),
         ("scoring:\n  rate_cap: 0\n", "scoring.rate_cap"),
         ("scoring:\n  rate_window: 1ms\n", "scoring.rate_window"),
         ("queue:\n  ttl: 2h\n", "queue.ttl"),
         ("queue:\n  ttl: 0s\n", "queue.ttl"),
-        (
-            "workloads:\n  default_criticality: 6\n",
-            "workloads.default_criticality",
-        ),
+        ("workloads:\n  default_criticality: 6\n", "workloads.default_criticality"),
         ("workloads:\n  max_tracked: 0\n", "workloads.max_tracked"),
         ("workloads:\n  idle_timeout: 0s\n", "workloads.idle_timeout"),
         (
@@ -280,10 +222,7 @@ fn impossible_values_name_their_field() {
         ("ceilings: [1.0, 1.0]\n", "ceilings"),
         ("listen: nowhere\n", "listen"),
         ("metrics_listen: 127.0.0.1\n", "metrics_listen"),
-        (
-            "listen: 127.0.0.1:7000\nmetrics_listen: 127.0.0.1:7000\n",
-            "metrics_listen",
-        ),
+        ("listen: 127.0.0.1:7000\nmetrics_listen: 127.0.0.1:7000\n", "metrics_listen"),
     ];
     for (yaml, path) in cases {
         assert_eq!(error_path(yaml), path, "{yaml:?}");
@@ -296,14 +235,7 @@ fn every_value_error_is_reported_at_once() {
         "backends:\n  - address: 127.0.0.1:1\n    max_inflight: 0\nqueue:\n  ttl: 2h\nscoring:\n  rescore_interval: 0s\n",
     );
     let paths: Vec<&str> = e.iter().map(|l| l.split(':').next().unwrap()).collect();
-    assert_eq!(
-        paths,
-        [
-            "backends[0].max_inflight",
-            "queue.ttl",
-            "scoring.rescore_interval"
-        ]
-    );
+    assert_eq!(paths, ["backends[0].max_inflight", "queue.ttl", "scoring.rescore_interval"]);
 }
 
 #[test]

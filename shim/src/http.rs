@@ -23,9 +23,7 @@ use axum::{Json, Router};
 use flowgate_engine::registry::WorkloadSnapshot;
 use serde::Serialize;
 
-use crate::metrics::{
-    wants_openmetrics, Metrics, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE,
-};
+use crate::metrics::{wants_openmetrics, Metrics, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE};
 use crate::view::EngineView;
 
 /// What the handlers share.
@@ -90,20 +88,14 @@ pub async fn serve(
     state: HttpState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
 }
 
 async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let openmetrics = wants_openmetrics(accept);
     let body = state.metrics.render(state.view.as_ref(), openmetrics);
-    let content_type = if openmetrics {
-        OPENMETRICS_CONTENT_TYPE
-    } else {
-        PROMETHEUS_CONTENT_TYPE
-    };
+    let content_type = if openmetrics { OPENMETRICS_CONTENT_TYPE } else { PROMETHEUS_CONTENT_TYPE };
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
@@ -116,15 +108,7 @@ async fn healthz(State(state): State<HttpState>) -> Response {
 }
 
 async fn workloads(State(state): State<HttpState>) -> Json<Vec<WorkloadJson>> {
-    Json(
-        state
-            .view
-            .registry()
-            .workloads()
-            .into_iter()
-            .map(WorkloadJson::from)
-            .collect(),
-    )
+    Json(state.view.registry().workloads().into_iter().map(WorkloadJson::from).collect())
 }
 
 async fn workload(State(state): State<HttpState>, Path(id): Path<String>) -> Response {

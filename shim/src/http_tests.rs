@@ -23,10 +23,7 @@ async fn start(ids: &[&str]) -> Running {
     let tracked = Arc::new(AtomicUsize::new(0));
     let window = RateWindow::new(Duration::from_secs(60));
     let (registry, table) = if ids.is_empty() {
-        (
-            RegistryView::new(vec![], tracked, window, Clock::new()),
-            None,
-        )
+        (RegistryView::new(vec![], tracked, window, Clock::new()), None)
     } else {
         let mut table = WorkloadTable::new(&WorkloadConfig::default(), window, tracked.clone());
         for (i, id) in ids.iter().enumerate() {
@@ -34,19 +31,11 @@ async fn start(ids: &[&str]) -> Running {
                 table.arrive(id, hash_workload_id(id), 4, 1);
             }
         }
-        (
-            RegistryView::new(vec![table.directory()], tracked, window, Clock::new()),
-            Some(table),
-        )
+        (RegistryView::new(vec![table.directory()], tracked, window, Clock::new()), Some(table))
     };
     let view = StaticView {
         registry,
-        stats: EngineStats {
-            queued: 2,
-            queued_bytes: 0,
-            inflight: 1,
-            capacity: 8,
-        },
+        stats: EngineStats { queued: 2, queued_bytes: 0, inflight: 1, capacity: 8 },
         backends: vec![("127.0.0.1:8000".into(), 1)],
     };
     let state = HttpState {
@@ -60,20 +49,13 @@ async fn start(ids: &[&str]) -> Running {
     tokio::spawn(serve(listener, state.clone(), async {
         let _ = stopped.await;
     }));
-    Running {
-        addr,
-        state,
-        _stop: stop,
-        _table: table,
-    }
+    Running { addr, state, _stop: stop, _table: table }
 }
 
 /// A minimal HTTP/1.1 GET: (status, lower-cased headers, body).
 async fn get(addr: SocketAddr, path: &str, accept: Option<&str>) -> (u16, String, String) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let accept = accept
-        .map(|a| format!("Accept: {a}\r\n"))
-        .unwrap_or_default();
+    let accept = accept.map(|a| format!("Accept: {a}\r\n")).unwrap_or_default();
     let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n{accept}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
@@ -99,19 +81,10 @@ async fn metrics_in_both_formats() {
     let r = start(&["a"]).await;
     let (status, head, body) = get(r.addr, "/metrics", None).await;
     assert_eq!(status, 200);
-    assert!(
-        head.contains("content-type: text/plain; version=0.0.4"),
-        "{head}"
-    );
-    assert!(
-        body.contains("# TYPE flowgate_requests_total counter"),
-        "{body}"
-    );
+    assert!(head.contains("content-type: text/plain; version=0.0.4"), "{head}");
+    assert!(body.contains("# TYPE flowgate_requests_total counter"), "{body}");
     assert!(body.contains("flowgate_queued_requests 2"), "{body}");
-    assert!(
-        body.contains("flowgate_inflight{backend=\"127.0.0.1:8000\"} 1"),
-        "{body}"
-    );
+    assert!(body.contains("flowgate_inflight{backend=\"127.0.0.1:8000\"} 1"), "{body}");
     assert!(body.contains("flowgate_tracked_workloads 1"), "{body}");
     assert!(!body.contains("# EOF"));
     let (status, head, body) = get(
@@ -121,10 +94,7 @@ async fn metrics_in_both_formats() {
     )
     .await;
     assert_eq!(status, 200);
-    assert!(
-        head.contains("content-type: application/openmetrics-text"),
-        "{head}"
-    );
+    assert!(head.contains("content-type: application/openmetrics-text"), "{head}");
     assert!(body.ends_with("# EOF\n"), "{body}");
     assert!(body.contains("# TYPE flowgate_requests counter"), "{body}");
 }

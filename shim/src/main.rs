@@ -57,21 +57,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { file } => check_config(&file),
-        Command::Serve {
-            config,
-            listen,
-            metrics_listen,
-        } => serve_command(config.as_deref(), listen, metrics_listen),
+        Command::Serve { config, listen, metrics_listen } => {
+            serve_command(config.as_deref(), listen, metrics_listen)
+        }
     }
 }
 
 /// Read and validate a file, as `path: reason` errors.
 fn load(file: &Path) -> Result<ServeConfig, Vec<ConfigError>> {
     let text = std::fs::read_to_string(file).map_err(|e| {
-        vec![ConfigError {
-            path: file.display().to_string(),
-            reason: format!("cannot read: {e}"),
-        }]
+        vec![ConfigError { path: file.display().to_string(), reason: format!("cannot read: {e}") }]
     })?;
     ServeConfig::from_yaml(&text)
 }
@@ -124,17 +119,14 @@ fn serve_command(
     if let Some(addr) = metrics_listen {
         config.metrics_listen = addr;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("flowgate-io")
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let runtime =
+        match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("flowgate-io").build() {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("cannot start the async runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
     runtime.block_on(async move {
         tracing::info!(config = %config.summary(), "starting");
         let running = match serve::start(config).await {

@@ -45,13 +45,12 @@ pub const QUEUE_DURATION: &str = "inference_extension_flow_control_request_queue
 
 /// Upper bounds of the queue-duration buckets, seconds: from 100 µs to the longest TTL.
 const DURATION_BUCKETS: [f64; 20] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0, 60.0, 300.0, 3600.0,
 ];
 
 /// Content type of the OpenMetrics rendering.
-pub const OPENMETRICS_CONTENT_TYPE: &str =
-    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// Content type of the classic Prometheus text rendering.
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -141,11 +140,7 @@ impl Metrics {
             queue_duration.clone(),
         );
         registry.register("flowgate_requests", "Requests by outcome", requests.clone());
-        registry.register(
-            "flowgate_inflight",
-            "Requests in flight per backend",
-            inflight.clone(),
-        );
+        registry.register("flowgate_inflight", "Requests in flight per backend", inflight.clone());
         registry.register(
             "flowgate_queued_requests",
             "Requests queued in the engine, all shards together",
@@ -168,14 +163,10 @@ impl Metrics {
         );
         // Pre-register every outcome and reason so rates start from zero.
         for outcome in Outcome::ALL {
-            let _ = requests.get_or_create(&OutcomeLabels {
-                outcome: outcome.label(),
-            });
+            let _ = requests.get_or_create(&OutcomeLabels { outcome: outcome.label() });
         }
         for reason in DefaultReason::ALL {
-            let _ = defaults.get_or_create(&ReasonLabels {
-                reason: reason.label(),
-            });
+            let _ = defaults.get_or_create(&ReasonLabels { reason: reason.label() });
         }
         Metrics {
             registry,
@@ -219,25 +210,15 @@ impl Metrics {
             }
             .unwrap_or_else(|| a.overflow.clone())
         };
-        let labels = QueueLabels {
-            fairness_id: label,
-            priority,
-        };
+        let labels = QueueLabels { fairness_id: label, priority };
         self.queue_size.get_or_create(&labels).inc();
-        Queued {
-            metrics: self.clone(),
-            labels: Some(labels),
-        }
+        Queued { metrics: self.clone(), labels: Some(labels) }
     }
 
     /// Count the defaults a request's context needed.
     pub fn count_defaults(&self, defaults: Defaults) {
         for reason in defaults.iter() {
-            self.defaults
-                .get_or_create(&ReasonLabels {
-                    reason: reason.label(),
-                })
-                .inc();
+            self.defaults.get_or_create(&ReasonLabels { reason: reason.label() }).inc();
         }
     }
 
@@ -264,10 +245,7 @@ impl Metrics {
         };
         for id in &gone {
             for priority in 1..=5 {
-                self.queue_size.remove(&QueueLabels {
-                    fairness_id: id.clone(),
-                    priority,
-                });
+                self.queue_size.remove(&QueueLabels { fairness_id: id.clone(), priority });
                 for outcome in Outcome::ALL {
                     self.queue_duration.remove(&DurationLabels {
                         fairness_id: id.clone(),
@@ -286,12 +264,8 @@ impl Metrics {
         if !has_idle {
             return 0;
         }
-        let tracked: HashSet<Arc<str>> = view
-            .registry()
-            .workloads()
-            .into_iter()
-            .map(|w| w.workload_id)
-            .collect();
+        let tracked: HashSet<Arc<str>> =
+            view.registry().workloads().into_iter().map(|w| w.workload_id).collect();
         self.sweep(&tracked)
     }
 
@@ -304,19 +278,11 @@ impl Metrics {
     /// `openmetrics`, else the classic Prometheus text format (version 0.0.4).
     pub fn render(&self, view: &dyn EngineView, openmetrics: bool) -> String {
         let stats = view.stats();
-        self.queued
-            .set(i64::try_from(stats.queued).unwrap_or(i64::MAX));
+        self.queued.set(i64::try_from(stats.queued).unwrap_or(i64::MAX));
         let registry = view.registry();
-        self.tracked
-            .set(i64::try_from(registry.tracked()).unwrap_or(i64::MAX));
-        for (address, n) in view
-            .backend_addresses()
-            .into_iter()
-            .zip(view.inflight_per_backend())
-        {
-            self.inflight
-                .get_or_create(&BackendLabels { backend: address })
-                .set(i64::from(n));
+        self.tracked.set(i64::try_from(registry.tracked()).unwrap_or(i64::MAX));
+        for (address, n) in view.backend_addresses().into_iter().zip(view.inflight_per_backend()) {
+            self.inflight.get_or_create(&BackendLabels { backend: address }).set(i64::from(n));
         }
         self.sweep_with(view);
         let mut text = String::new();
@@ -345,11 +311,7 @@ impl Queued {
             return;
         };
         let m = &self.metrics;
-        m.requests
-            .get_or_create(&OutcomeLabels {
-                outcome: outcome.label(),
-            })
-            .inc();
+        m.requests.get_or_create(&OutcomeLabels { outcome: outcome.label() }).inc();
         m.queue_duration
             .get_or_create(&DurationLabels {
                 fairness_id: labels.fairness_id.clone(),
@@ -394,9 +356,7 @@ pub fn openmetrics_to_prometheus(text: &str) -> String {
         let rewritten = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
             let rest = line.strip_prefix(prefix)?;
             let (name, tail) = rest.split_once(' ')?;
-            counters
-                .contains(name)
-                .then(|| format!("{prefix}{name}_total {tail}"))
+            counters.contains(name).then(|| format!("{prefix}{name}_total {tail}"))
         });
         match rewritten {
             Some(l) => out.push_str(&l),
@@ -437,14 +397,7 @@ pub fn series(name: &str, labels: &[(&str, &str)]) -> String {
 
 /// The value of the sample `series` (as built by [`series`]) in a rendering, if present.
 pub fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .split(' ')
-            .next()?
-            .parse()
-            .ok()
-    })
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.split(' ').next()?.parse().ok())
 }
 
 #[cfg(test)]

@@ -16,12 +16,7 @@ fn empty_view() -> StaticView {
             RateWindow::new(Duration::from_secs(60)),
             Clock::new(),
         ),
-        stats: EngineStats {
-            queued: 7,
-            queued_bytes: 0,
-            inflight: 3,
-            capacity: 16,
-        },
+        stats: EngineStats { queued: 7, queued_bytes: 0, inflight: 3, capacity: 16 },
         backends: vec![("10.0.0.1:8000".into(), 3), ("10.0.0.2:8000".into(), 0)],
     }
 }
@@ -46,8 +41,7 @@ fn queue_series(id: &str, priority: &str) -> String {
 #[test]
 fn every_metric_is_exported_in_both_formats() {
     let m = Arc::new(Metrics::new(10));
-    m.enqueue(&Arc::from("chat"), 4)
-        .finish(Outcome::Dispatched, Duration::from_millis(3));
+    m.enqueue(&Arc::from("chat"), 4).finish(Outcome::Dispatched, Duration::from_millis(3));
     m.count_capped();
     let (view, _table) = view_tracking(&["chat"]);
     for openmetrics in [true, false] {
@@ -88,33 +82,16 @@ fn queue_gauge_follows_requests_and_outcomes_are_counted() {
     let text = m.render(&view, false);
     assert_eq!(sample(&text, &queue_series("chat", "5")), Some(0.0));
     assert_eq!(sample(&text, &queue_series("chat", "1")), Some(0.0));
-    assert_eq!(
-        sample(&text, "flowgate_requests_total{outcome=\"evicted_ttl\"}"),
-        Some(1.0)
-    );
-    assert_eq!(
-        sample(
-            &text,
-            "flowgate_requests_total{outcome=\"evicted_displaced\"}"
-        ),
-        Some(1.0)
-    );
+    assert_eq!(sample(&text, "flowgate_requests_total{outcome=\"evicted_ttl\"}"), Some(1.0));
+    assert_eq!(sample(&text, "flowgate_requests_total{outcome=\"evicted_displaced\"}"), Some(1.0));
     let count = series(
         &format!("{QUEUE_DURATION}_count"),
-        &[
-            ("fairness_id", "chat"),
-            ("priority", "5"),
-            ("outcome", "evicted_ttl"),
-        ],
+        &[("fairness_id", "chat"), ("priority", "5"), ("outcome", "evicted_ttl")],
     );
     assert_eq!(sample(&text, &count), Some(1.0));
     let sum = series(
         &format!("{QUEUE_DURATION}_sum"),
-        &[
-            ("fairness_id", "chat"),
-            ("priority", "5"),
-            ("outcome", "evicted_ttl"),
-        ],
+        &[("fairness_id", "chat"), ("priority", "5"), ("outcome", "evicted_ttl")],
     );
     assert_eq!(sample(&text, &sum), Some(2.0));
 }
@@ -122,10 +99,7 @@ fn queue_gauge_follows_requests_and_outcomes_are_counted() {
 #[test]
 fn labels_beyond_max_tracked_share_the_overflow_label() {
     let m = Arc::new(Metrics::new(2));
-    let guards: Vec<Queued> = ["a", "b", "c", "d"]
-        .iter()
-        .map(|id| m.enqueue(&Arc::from(*id), 3))
-        .collect();
+    let guards: Vec<Queued> = ["a", "b", "c", "d"].iter().map(|id| m.enqueue(&Arc::from(*id), 3)).collect();
     assert_eq!(m.admitted(), 2);
     let (view, _table) = view_tracking(&["a", "b", "c", "d"]);
     let text = m.render(&view, false);
@@ -144,10 +118,8 @@ fn labels_beyond_max_tracked_share_the_overflow_label() {
 #[test]
 fn sweep_forgets_idle_workloads_the_engine_forgot() {
     let m = Arc::new(Metrics::new(2));
-    m.enqueue(&Arc::from("gone"), 2)
-        .finish(Outcome::Dispatched, Duration::ZERO);
-    m.enqueue(&Arc::from("kept"), 2)
-        .finish(Outcome::Dispatched, Duration::ZERO);
+    m.enqueue(&Arc::from("gone"), 2).finish(Outcome::Dispatched, Duration::ZERO);
+    m.enqueue(&Arc::from("kept"), 2).finish(Outcome::Dispatched, Duration::ZERO);
     let busy = m.enqueue(&Arc::from("busy"), 2); // over the bound: overflow
     drop(busy);
     let _queued = m.enqueue(&Arc::from("kept"), 2);
@@ -178,25 +150,15 @@ fn defaults_are_counted_by_reason() {
     m.count_defaults(Defaults::only(DefaultReason::Missing));
     m.count_defaults(Defaults::only(DefaultReason::Missing));
     let text = m.render(&empty_view(), false);
-    assert_eq!(
-        sample(
-            &text,
-            "flowgate_context_defaults_total{reason=\"invalid_json\"}"
-        ),
-        Some(1.0)
-    );
-    assert_eq!(
-        sample(&text, "flowgate_context_defaults_total{reason=\"missing\"}"),
-        Some(2.0)
-    );
+    assert_eq!(sample(&text, "flowgate_context_defaults_total{reason=\"invalid_json\"}"), Some(1.0));
+    assert_eq!(sample(&text, "flowgate_context_defaults_total{reason=\"missing\"}"), Some(2.0));
 }
 
 #[test]
 fn prometheus_text_is_well_formed() {
     let m = Arc::new(Metrics::new(10));
     let id = "a \"quoted\" \\ id";
-    m.enqueue(&Arc::from(id), 3)
-        .finish(Outcome::RejectedCapacity, Duration::ZERO);
+    m.enqueue(&Arc::from(id), 3).finish(Outcome::RejectedCapacity, Duration::ZERO);
     let (view, _table) = view_tracking(&[id]);
     let text = m.render(&view, false);
     let mut families: HashMap<String, String> = HashMap::new();
@@ -206,10 +168,7 @@ fn prometheus_text_is_well_formed() {
             families.insert(name.to_string(), kind.to_string());
             continue;
         }
-        assert!(
-            !line.starts_with("# EOF") && !line.starts_with("# UNIT"),
-            "{line}"
-        );
+        assert!(!line.starts_with("# EOF") && !line.starts_with("# UNIT"), "{line}");
         if line.starts_with('#') {
             continue;
         }
@@ -218,10 +177,7 @@ fn prometheus_text_is_well_formed() {
         let family = families
             .keys()
             .find(|f| {
-                name == f.as_str()
-                    || ["_bucket", "_sum", "_count"]
-                        .iter()
-                        .any(|s| name == format!("{f}{s}"))
+                name == f.as_str() || ["_bucket", "_sum", "_count"].iter().any(|s| name == format!("{f}{s}"))
             })
             .unwrap_or_else(|| panic!("sample {name} has no # TYPE line"));
         if families[family] == "counter" {
@@ -233,10 +189,7 @@ fn prometheus_text_is_well_formed() {
     assert_eq!(families["flowgate_requests_total"], "counter");
     assert_eq!(families[QUEUE_DURATION], "histogram");
     assert_eq!(families[QUEUE_SIZE], "gauge");
-    assert!(
-        text.contains(r#"fairness_id="a \"quoted\" \\ id""#),
-        "{text}"
-    );
+    assert!(text.contains(r#"fairness_id="a \"quoted\" \\ id""#), "{text}");
 }
 
 #[test]
@@ -247,9 +200,7 @@ fn openmetrics_is_chosen_from_the_accept_header() {
     assert!(wants_openmetrics(Some("application/openmetrics-text")));
     assert!(!wants_openmetrics(Some("text/plain")));
     assert!(!wants_openmetrics(Some("*/*")));
-    assert!(!wants_openmetrics(Some(
-        "application/openmetrics-text; q=0"
-    )));
+    assert!(!wants_openmetrics(Some("application/openmetrics-text; q=0")));
     assert!(!wants_openmetrics(None));
 }
 

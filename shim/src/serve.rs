@@ -102,9 +102,7 @@ impl std::fmt::Debug for Running {
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Bind { what, addr, source })
+    TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { what, addr, source })
 }
 
 /// Validate `config`, bind both listeners, start the engine and serve. Must be called inside a
@@ -117,20 +115,16 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     // Bind first: a taken port should not cost an engine start.
     let grpc_listener = bind("listen", config.listen).await?;
     let http_listener = bind("metrics_listen", config.metrics_listen).await?;
-    let grpc_addr = grpc_listener
-        .local_addr()
-        .map_err(|source| ServeError::Bind {
-            what: "listen",
-            addr: config.listen,
-            source,
-        })?;
-    let metrics_addr = http_listener
-        .local_addr()
-        .map_err(|source| ServeError::Bind {
-            what: "metrics_listen",
-            addr: config.metrics_listen,
-            source,
-        })?;
+    let grpc_addr = grpc_listener.local_addr().map_err(|source| ServeError::Bind {
+        what: "listen",
+        addr: config.listen,
+        source,
+    })?;
+    let metrics_addr = http_listener.local_addr().map_err(|source| ServeError::Bind {
+        what: "metrics_listen",
+        addr: config.metrics_listen,
+        source,
+    })?;
 
     let engine_config = config.engine.clone();
     let engine = tokio::task::spawn_blocking(move || Engine::start(engine_config))
@@ -138,9 +132,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         .map_err(|e| ServeError::Engine(e.to_string()))?
         .map_err(|e| match e {
             StartError::Config(errors) => ServeError::Config(errors),
-            StartError::Executor(e) => {
-                ServeError::Engine(format!("shard executor failed to start: {e}"))
-            }
+            StartError::Executor(e) => ServeError::Engine(format!("shard executor failed to start: {e}")),
         })?;
     let engine = Arc::new(engine);
     let metrics = Arc::new(Metrics::new(config.engine.workloads.max_tracked));
@@ -149,9 +141,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     let stop_http = CancellationToken::new();
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status(EXT_PROC_SERVICE, ServingStatus::Serving)
-        .await;
+    health.set_service_status(EXT_PROC_SERVICE, ServingStatus::Serving).await;
     health.set_service_status("", ServingStatus::Serving).await;
 
     let service = FlowControl::new(engine.clone(), metrics.clone(), stop_grpc.clone());
@@ -170,15 +160,10 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     );
 
     let view: Arc<dyn EngineView> = engine.clone();
-    let state = HttpState {
-        view: view.clone(),
-        metrics: metrics.clone(),
-        shutting_down: shutting_down.clone(),
-    };
+    let state =
+        HttpState { view: view.clone(), metrics: metrics.clone(), shutting_down: shutting_down.clone() };
     let http_stop = stop_http.clone();
-    let http = tokio::spawn(http::serve(http_listener, state, async move {
-        http_stop.cancelled().await
-    }));
+    let http = tokio::spawn(http::serve(http_listener, state, async move { http_stop.cancelled().await }));
 
     let sweep_metrics = metrics.clone();
     let sweeper = tokio::spawn(async move {
@@ -231,12 +216,8 @@ impl Running {
     pub async fn shutdown(self) {
         tracing::info!("shutting down");
         self.shutting_down.store(true, Ordering::Release);
-        self.health
-            .set_service_status(EXT_PROC_SERVICE, ServingStatus::NotServing)
-            .await;
-        self.health
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
+        self.health.set_service_status(EXT_PROC_SERVICE, ServingStatus::NotServing).await;
+        self.health.set_service_status("", ServingStatus::NotServing).await;
         // Joining the shards blocks: keep it off the async workers.
         let engine = self.engine.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || engine.shutdown()).await {
@@ -250,10 +231,7 @@ impl Running {
             Err(_) => tracing::warn!("gRPC streams still open after {DRAIN_TIMEOUT:?}; closing"),
         }
         self.stop_http.cancel();
-        if tokio::time::timeout(DRAIN_TIMEOUT, self.http)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(DRAIN_TIMEOUT, self.http).await.is_err() {
             tracing::warn!("metrics listener still busy after {DRAIN_TIMEOUT:?}; closing");
         }
         self.sweeper.abort();

@@ -94,9 +94,7 @@ impl FlowControl {
             metrics,
             shutdown,
         };
-        FlowControl {
-            shared: Arc::new(shared),
-        }
+        FlowControl { shared: Arc::new(shared) }
     }
 }
 
@@ -113,14 +111,8 @@ impl ExternalProcessor for FlowControl {
         let (tx, rx) = mpsc::channel(8);
         let shared = self.shared.clone();
         tokio::spawn(async move {
-            let mut stream = StreamState {
-                shared,
-                inbound,
-                tx,
-                permit: None,
-                answered: false,
-                pending: VecDeque::new(),
-            };
+            let mut stream =
+                StreamState { shared, inbound, tx, permit: None, answered: false, pending: VecDeque::new() };
             stream.run().await;
         });
         Ok(tonic::Response::new(ReceiverStream::new(rx)))
@@ -207,11 +199,7 @@ impl StreamState {
         if silent {
             return Flow::Continue;
         }
-        self.send(ProcessingResponse {
-            response: Some(reply),
-            ..Default::default()
-        })
-        .await
+        self.send(ProcessingResponse { response: Some(reply), ..Default::default() }).await
     }
 
     fn release(&mut self, why: &'static str) {
@@ -238,18 +226,14 @@ impl StreamState {
             ttl_ms = context.ttl.map(|t| t.as_millis() as u64),
         );
         let ttl = context.ttl.unwrap_or(shared.default_ttl);
-        let queued = shared
-            .metrics
-            .enqueue(&context.workload_id, context.criticality);
+        let queued = shared.metrics.enqueue(&context.workload_id, context.criticality);
         let started = Instant::now();
         let ticket = match shared.engine.submit(Request { context, bytes: 0 }) {
             Ok(ticket) => ticket,
             Err(e) => {
                 let outcome = match e {
                     SubmitError::Backpressure(_) => Outcome::RejectedCapacity,
-                    SubmitError::ShuttingDown(_) => {
-                        Outcome::RejectedOther(OtherReason::ShuttingDown)
-                    }
+                    SubmitError::ShuttingDown(_) => Outcome::RejectedOther(OtherReason::ShuttingDown),
                 };
                 queued.finish(outcome, Duration::ZERO);
                 span.in_scope(|| debug!(outcome = outcome.label(), "refused at submission"));
@@ -322,25 +306,15 @@ fn header_bytes(h: &HeaderValue) -> &[u8] {
 /// client-sent `x-flowgate-*` headers to remove.
 fn read_context(shared: &Shared, headers: &HttpHeaders) -> (WorkloadContext, Vec<String>) {
     let default_criticality = shared.workloads.default_criticality;
-    let list = headers
-        .headers
-        .as_ref()
-        .map(|m| m.headers.as_slice())
-        .unwrap_or_default();
-    let find = |name: &str| {
-        list.iter()
-            .find(|h| h.key.eq_ignore_ascii_case(name))
-            .map(header_bytes)
-    };
+    let list = headers.headers.as_ref().map(|m| m.headers.as_slice()).unwrap_or_default();
+    let find = |name: &str| list.iter().find(|h| h.key.eq_ignore_ascii_case(name)).map(header_bytes);
     let (mut context, defaults) = match (find(CONTEXT_HEADER), find(FAIRNESS_ID_HEADER)) {
         (Some(value), _) => WorkloadContext::parse(Some(value), default_criticality),
         (None, Some(id)) => WorkloadContext::from_fairness_id(id, default_criticality),
         (None, None) => WorkloadContext::parse(None, default_criticality),
     };
     shared.metrics.count_defaults(defaults);
-    let (criticality, capped) = shared
-        .workloads
-        .clamp(&context.workload_id, context.criticality);
+    let (criticality, capped) = shared.workloads.clamp(&context.workload_id, context.criticality);
     if capped {
         shared.metrics.count_capped();
         context.criticality = criticality;
@@ -371,9 +345,7 @@ fn set_header(key: &str, value: &str) -> HeaderValueOption {
 }
 
 fn string_value(s: &str) -> Value {
-    Value {
-        kind: Some(Kind::StringValue(s.into())),
-    }
+    Value { kind: Some(Kind::StringValue(s.into())) }
 }
 
 /// The answer for a dispatched request.
@@ -386,22 +358,11 @@ pub fn dispatched(address: &str, remove: Vec<String>) -> ProcessingResponse {
         clear_route_cache: true,
         ..Default::default()
     };
-    let lb = Struct {
-        fields: [(DESTINATION_HEADER.to_string(), string_value(address))].into(),
-    };
-    let metadata = Struct {
-        fields: [(
-            LB_NAMESPACE.to_string(),
-            Value {
-                kind: Some(Kind::StructValue(lb)),
-            },
-        )]
-        .into(),
-    };
+    let lb = Struct { fields: [(DESTINATION_HEADER.to_string(), string_value(address))].into() };
+    let metadata =
+        Struct { fields: [(LB_NAMESPACE.to_string(), Value { kind: Some(Kind::StructValue(lb)) })].into() };
     ProcessingResponse {
-        response: Some(Reply::RequestHeaders(HeadersResponse {
-            response: Some(common),
-        })),
+        response: Some(Reply::RequestHeaders(HeadersResponse { response: Some(common) })),
         dynamic_metadata: Some(metadata),
         ..Default::default()
     }
@@ -424,9 +385,7 @@ pub fn rejected(outcome: Outcome, ttl: Duration) -> Option<ProcessingResponse> {
     let reason = outcome.drop_reason()?;
     let retry_after = retry_after_s(outcome, ttl).to_string();
     let immediate = ImmediateResponse {
-        status: Some(HttpStatus {
-            code: i32::from(status),
-        }),
+        status: Some(HttpStatus { code: i32::from(status) }),
         headers: Some(HeaderMutation {
             set_headers: vec![
                 set_header(DROP_REASON_HEADER, reason),
@@ -439,10 +398,7 @@ pub fn rejected(outcome: Outcome, ttl: Duration) -> Option<ProcessingResponse> {
         details: format!("flowgate_{}", reason.replace('-', "_")),
         ..Default::default()
     };
-    Some(ProcessingResponse {
-        response: Some(Reply::ImmediateResponse(immediate)),
-        ..Default::default()
-    })
+    Some(ProcessingResponse { response: Some(Reply::ImmediateResponse(immediate)), ..Default::default() })
 }
 
 #[cfg(test)]
@@ -456,72 +412,41 @@ mod tests {
         assert_eq!(retry_after_s(Outcome::EvictedDisplaced, ttl), 1);
         assert_eq!(retry_after_s(Outcome::EvictedShutdown, ttl), 1);
         assert_eq!(retry_after_s(Outcome::EvictedTtl, ttl), 3);
-        assert_eq!(
-            retry_after_s(Outcome::EvictedTtl, Duration::from_millis(10)),
-            1
-        );
-        assert_eq!(
-            retry_after_s(Outcome::RejectedOther(OtherReason::NoEndpoints), ttl),
-            3
-        );
+        assert_eq!(retry_after_s(Outcome::EvictedTtl, Duration::from_millis(10)), 1);
+        assert_eq!(retry_after_s(Outcome::RejectedOther(OtherReason::NoEndpoints), ttl), 3);
     }
 
     #[test]
     fn rejected_answers_carry_status_reason_and_retry_after() {
         for outcome in Outcome::ALL {
             let Some(r) = rejected(outcome, Duration::from_secs(30)) else {
-                assert!(matches!(
-                    outcome,
-                    Outcome::Dispatched | Outcome::EvictedCancelled
-                ));
+                assert!(matches!(outcome, Outcome::Dispatched | Outcome::EvictedCancelled));
                 continue;
             };
-            let Some(Reply::ImmediateResponse(i)) = r.response else {
-                panic!("{outcome:?}")
-            };
-            assert_eq!(
-                i.status.unwrap().code,
-                i32::from(outcome.http_status().unwrap())
-            );
+            let Some(Reply::ImmediateResponse(i)) = r.response else { panic!("{outcome:?}") };
+            assert_eq!(i.status.unwrap().code, i32::from(outcome.http_status().unwrap()));
             let h = i.headers.unwrap().set_headers;
             assert_eq!(h[0].header.as_ref().unwrap().key, DROP_REASON_HEADER);
-            assert_eq!(
-                h[0].header.as_ref().unwrap().raw_value,
-                outcome.drop_reason().unwrap().as_bytes()
-            );
+            assert_eq!(h[0].header.as_ref().unwrap().raw_value, outcome.drop_reason().unwrap().as_bytes());
             assert_eq!(h[1].header.as_ref().unwrap().key, "retry-after");
-            assert!(
-                !i.details.contains(' ') && !i.details.contains('-'),
-                "{}",
-                i.details
-            );
+            assert!(!i.details.contains(' ') && !i.details.contains('-'), "{}", i.details);
         }
     }
 
     #[test]
     fn dispatched_answer_sets_header_and_metadata() {
         let r = dispatched("10.0.0.7:8000", vec!["x-flowgate-debug".into()]);
-        let Some(Reply::RequestHeaders(h)) = r.response else {
-            panic!()
-        };
+        let Some(Reply::RequestHeaders(h)) = r.response else { panic!() };
         let common = h.response.unwrap();
         assert!(common.clear_route_cache);
         let m = common.header_mutation.unwrap();
         let set = &m.set_headers[0];
         assert_eq!(set.header.as_ref().unwrap().key, DESTINATION_HEADER);
         assert_eq!(set.header.as_ref().unwrap().raw_value, b"10.0.0.7:8000");
-        assert_eq!(
-            set.append_action,
-            HeaderAppendAction::OverwriteIfExistsOrAdd as i32
-        );
+        assert_eq!(set.append_action, HeaderAppendAction::OverwriteIfExistsOrAdd as i32);
         assert_eq!(m.remove_headers, ["x-flowgate-debug"]);
         let md = r.dynamic_metadata.unwrap();
-        let Some(Kind::StructValue(lb)) = &md.fields[LB_NAMESPACE].kind else {
-            panic!()
-        };
-        assert_eq!(
-            lb.fields[DESTINATION_HEADER].kind,
-            Some(Kind::StringValue("10.0.0.7:8000".into()))
-        );
+        let Some(Kind::StructValue(lb)) = &md.fields[LB_NAMESPACE].kind else { panic!() };
+        assert_eq!(lb.fields[DESTINATION_HEADER].kind, Some(Kind::StringValue("10.0.0.7:8000".into())));
     }
 }

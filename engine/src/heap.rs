@@ -10,30 +10,19 @@
 //! there is `<=` every key below it. Hence the head is the root and the tail is the least of the
 //! root and its (at most two) children.
 //!
-//! The slab holds the value, its byte size, the item's current position in the heap array (updated
-//! on every move) and a generation. A [`Handle`] names a slot and the generation it was issued
-//! with; freeing a slot bumps its generation, so a handle to a removed item is refused. Handles also
-//! carry the id of the heap that issued them, so a handle from another heap is refused too.
+//! A slot holds the value, its byte size and a generation; a parallel `u32` array holds each
+//! item's current position in the heap array (updated on every move), so sifting touches only two
+//! dense arrays. A [`Handle`] names a slot and the generation it was issued with; freeing a slot
+//! bumps its generation, so a handle to a removed item is refused. Handles also carry the id of
+//! the heap that issued them, so a handle from another heap is refused too.
+//!
+//! Removing from the middle refills the hole with the last entry, which may belong *above* the
+//! hole (it came from another subtree) as well as below it, so it is sifted whichever way it must
+//! go; when it must climb past its parent, the parent's old entry comes down and may have to sink.
 //!
 //! Equal keys are allowed; which of several equal keys is the head or tail is unspecified, so
 //! callers that need a deterministic order break ties inside `K` (as [`crate::score::Key`] does with
 //! its arrival sequence).
-//!
-//! ```
-//! use flowgate_engine::heap::MaxMinHeap;
-//! let mut heap = MaxMinHeap::with_capacity(8);
-//! let low = heap.push(1, 100, "low");
-//! heap.push(9, 10, "high");
-//! heap.push(5, 1, "mid");
-//! assert_eq!(heap.peek_head().map(|(_, k, v)| (k, *v)), Some((9, "high")));
-//! assert_eq!(heap.peek_tail().map(|(_, k, v)| (k, *v)), Some((1, "low")));
-//! assert_eq!(heap.bytes(), 111);
-//! assert_eq!(heap.remove(low).unwrap().value, "low");
-//! assert!(heap.remove(low).is_err()); // stale now
-//! assert_eq!(heap.pop_tail().unwrap().key, 5);
-//! assert_eq!(heap.pop_head().unwrap().key, 9);
-//! assert!(heap.is_empty());
-//! ```
 
 // Not the `sync` facade: this is an id allocator, not a protocol worth model-checking, and loom's
 // atomics cannot live in a `static`.
@@ -101,15 +90,12 @@ pub struct Entry<K, T> {
     pub value: T,
 }
 
-/// One slab slot: an item's storage, or a link in the free list.
+/// One slab slot: an item's storage. Its link (position or next free slot) lives in `links`.
 struct Slot<T> {
     /// `Some` iff the slot is occupied, i.e. exactly one heap entry names this slot.
     value: Option<T>,
     /// The item's byte size while occupied (counted in the heap's `bytes`); stale when vacant.
     bytes: u64,
-    /// Occupied: the item's position in the heap array (`heap[link].1` is this slot).
-    /// Vacant: the next vacant slot, or `NIL` at the end of the free list.
-    link: u32,
     /// Incremented (wrapping) each time the slot is freed; handles match it only while occupied.
     generation: u32,
 }
@@ -135,11 +121,14 @@ struct Slot<T> {
 /// assert_eq!(order, [8, 6, 4, 3, 1]);
 /// ```
 pub struct MaxMinHeap<K, T> {
-    /// The max-min-ordered array: entry `i` is `(key, slot)` with `slab[slot].link == i`; an entry
+    /// The max-min-ordered array: entry `i` is `(key, slot)` with `links[slot] == i`; an entry
     /// on an even level is `>=` all its descendants, one on an odd level `<=` all its descendants.
     heap: Vec<(K, u32)>,
     /// Item storage; exactly `heap.len()` slots are occupied, the rest form the free list.
     slab: Vec<Slot<T>>,
+    /// One per slab slot, apart from the slab so that sifting touches only two dense arrays.
+    /// Occupied slot: its item's position in `heap`. Vacant: the next vacant slot, or `NIL`.
+    links: Vec<u32>,
     /// First vacant slot of the free list (LIFO), or `NIL` if every slot is occupied.
     free_head: u32,
     /// Sum of `bytes` over the occupied slots.
@@ -157,10 +146,19 @@ fn is_min_level(i: usize) -> bool {
 /// `a` belongs above `b` on a min level (`MIN`) or on a max level (`!MIN`).
 #[inline(always)]
 fn above<K: Ord, const MIN: bool>(a: &K, b: &K) -> bool {
-    if MIN {
-        a < b
+    (MIN && a < b) || (!MIN && a > b)
+}
+
+/// Index of the best of four entries: two semifinals, then a final on the winners' keys (selected
+/// by value, not reloaded by index), keeping the dependency chain short.
+#[inline(always)]
+fn tournament<K: Ord + Copy, const MIN: bool>(gs: &[(K, u32); 4]) -> usize {
+    let (a, ka) = if above::<K, MIN>(&gs[1].0, &gs[0].0) { (1, gs[1].0) } else { (0, gs[0].0) };
+    let (b, kb) = if above::<K, MIN>(&gs[3].0, &gs[2].0) { (3, gs[3].0) } else { (2, gs[2].0) };
+    if above::<K, MIN>(&kb, &ka) {
+        b
     } else {
-        a > b
+        a
     }
 }
 
@@ -169,13 +167,17 @@ impl<K: Ord + Copy, T> MaxMinHeap<K, T> {
     ///
     /// ```
     /// use flowgate_engine::heap::MaxMinHeap;
-    /// let heap: MaxMinHeap<u64, ()> = MaxMinHeap::with_capacity(100);
+    /// let mut heap = MaxMinHeap::with_capacity(100);
     /// assert!(heap.capacity() >= 100 && heap.is_empty());
+    /// heap.push(1, 5, ());
+    /// heap.push(2, 7, ());
+    /// assert_eq!((heap.len(), heap.bytes(), heap.is_empty()), (2, 12, false));
     /// ```
     pub fn with_capacity(capacity: usize) -> Self {
         Self {
             heap: Vec::with_capacity(capacity),
             slab: Vec::with_capacity(capacity),
+            links: Vec::with_capacity(capacity),
             free_head: NIL,
             bytes: 0,
             id: NEXT_HEAP_ID.fetch_add(1, Ordering::Relaxed),
@@ -184,18 +186,10 @@ impl<K: Ord + Copy, T> MaxMinHeap<K, T> {
 
     /// How many items the heap holds without allocating.
     pub fn capacity(&self) -> usize {
-        self.heap.capacity().min(self.slab.capacity())
+        self.heap.capacity().min(self.slab.capacity()).min(self.links.capacity())
     }
 
     /// Number of items.
-    ///
-    /// ```
-    /// use flowgate_engine::heap::MaxMinHeap;
-    /// let mut heap = MaxMinHeap::with_capacity(2);
-    /// heap.push(1, 5, ());
-    /// heap.push(2, 7, ());
-    /// assert_eq!((heap.len(), heap.bytes(), heap.is_empty()), (2, 12, false));
-    /// ```
     #[inline]
     pub fn len(&self) -> usize {
         self.heap.len()
@@ -221,42 +215,27 @@ impl<K: Ord + Copy, T> MaxMinHeap<K, T> {
     /// If the heap would hold 2³² − 1 items.
     pub fn push(&mut self, key: K, bytes: u64, value: T) -> Handle {
         let pos = self.heap.len();
-        let link = u32::try_from(pos)
-            .ok()
-            .filter(|&p| p != NIL)
-            .expect("heap full");
+        assert!(pos < NIL as usize, "heap full");
+        let link = pos as u32;
         // Take a vacant slot from the free list, or grow the slab.
-        let index = if self.free_head != NIL {
+        let (index, generation) = if self.free_head != NIL {
             let index = self.free_head;
             let slot = &mut self.slab[index as usize];
             debug_assert!(slot.value.is_none());
-            self.free_head = slot.link;
-            *slot = Slot {
-                value: Some(value),
-                bytes,
-                link,
-                generation: slot.generation,
-            };
-            index
+            (slot.value, slot.bytes) = (Some(value), bytes);
+            self.free_head = std::mem::replace(&mut self.links[index as usize], link);
+            (index, slot.generation)
         } else {
             let index = self.slab.len() as u32; // < NIL: the slab has no more slots than items.
-            self.slab.push(Slot {
-                value: Some(value),
-                bytes,
-                link,
-                generation: 0,
-            });
-            index
+            self.slab.push(Slot { value: Some(value), bytes, generation: 0 });
+            self.links.push(link);
+            (index, 0)
         };
         self.bytes += bytes;
         // Append as the last leaf and let it rise to its level.
         self.heap.push((key, index));
         self.fix(pos);
-        Handle {
-            index,
-            generation: self.slab[index as usize].generation,
-            heap_id: self.id,
-        }
+        self.handle(index, generation)
     }
 
     /// The greatest key (the next to dispatch) with its handle and value. O(1).
@@ -298,13 +277,13 @@ impl<K: Ord + Copy, T> MaxMinHeap<K, T> {
         if self.heap.is_empty() {
             return None;
         }
-        Some(self.remove_at(0))
+        Some(self.remove_at(0, true))
     }
 
     /// Removes and returns the item with the least key. O(log n).
     pub fn pop_tail(&mut self) -> Option<Entry<K, T>> {
         let pos = self.tail_pos()?;
-        Some(self.remove_at(pos))
+        Some(self.remove_at(pos, true))
     }
 
     /// Removes the item `handle` names, wherever it is. O(log n). A stale or foreign handle is
@@ -323,7 +302,7 @@ impl<K: Ord + Copy, T> MaxMinHeap<K, T> {
     /// ```
     pub fn remove(&mut self, handle: Handle) -> Result<Entry<K, T>, StaleHandle> {
         let pos = self.position(handle).ok_or(StaleHandle)?;
-        Ok(self.remove_at(pos))
+        Ok(self.remove_at(pos, false))
     }
 
     /// The key and value of the item `handle` names, or `None` if the handle is stale or foreign.
@@ -387,11 +366,10 @@ impl<K: Ord + Copy, T> MaxMinHeap<K, T> {
         // Pass 1, over the slab in memory order: new keys go into the array in place; deleted items
         // leave a `NIL` tombstone and their slot is freed.
         for index in 0..heap.slab.len() {
-            let slot = &heap.slab[index];
-            let Some(value) = slot.value.as_ref() else {
+            let Some(value) = heap.slab[index].value.as_ref() else {
                 continue;
             };
-            let pos = slot.link as usize;
+            let pos = heap.links[index] as usize;
             match f(value, heap.heap[pos].0) {
                 Some(key) => heap.heap[pos].0 = key,
                 None => {
@@ -434,37 +412,22 @@ impl<K: Ord + Copy, T> MaxMinHeap<K, T> {
         let n = self.heap.len();
         for (pos, &(key, index)) in self.heap.iter().enumerate() {
             let slot = &self.slab[index as usize];
-            assert!(
-                slot.value.is_some(),
-                "heap[{pos}] names vacant slot {index}"
-            );
-            assert_eq!(slot.link as usize, pos, "slot {index} back-link");
+            assert!(slot.value.is_some(), "heap[{pos}] names vacant slot {index}");
+            assert_eq!(self.links[index as usize] as usize, pos, "slot {index} back-link");
             // Checking each node against its parent and grandparent implies the level property.
             if pos > 0 {
                 let parent = &self.heap[(pos - 1) / 2].0;
                 let min = is_min_level(pos);
-                assert!(
-                    if min { key <= *parent } else { key >= *parent },
-                    "heap[{pos}] vs parent"
-                );
+                assert!(if min { key <= *parent } else { key >= *parent }, "heap[{pos}] vs parent");
                 if pos >= 3 {
                     let grand = &self.heap[(pos - 3) / 4].0;
-                    assert!(
-                        if min { key >= *grand } else { key <= *grand },
-                        "heap[{pos}] vs grandparent"
-                    );
+                    assert!(if min { key >= *grand } else { key <= *grand }, "heap[{pos}] vs grandparent");
                 }
             }
         }
-        let occupied = self.slab.iter().filter(|s| s.value.is_some()).count();
-        assert_eq!(occupied, n, "occupied slots vs heap length");
-        let bytes: u64 = self
-            .slab
-            .iter()
-            .filter(|s| s.value.is_some())
-            .map(|s| s.bytes)
-            .sum();
-        assert_eq!(bytes, self.bytes, "byte total");
+        let occupied = self.slab.iter().filter(|s| s.value.is_some());
+        let (count, bytes) = occupied.fold((0, 0), |(c, b), s| (c + 1, b + s.bytes));
+        assert_eq!((count, bytes), (n, self.bytes), "occupied slots and bytes");
         // The free list visits exactly the vacant slots.
         let (mut free, mut at) = (0, self.free_head);
         while at != NIL {
@@ -472,7 +435,7 @@ impl<K: Ord + Copy, T> MaxMinHeap<K, T> {
             assert!(slot.value.is_none(), "free list holds occupied slot {at}");
             free += 1;
             assert!(free <= self.slab.len(), "free list cycles");
-            at = slot.link;
+            at = self.links[at as usize];
         }
         assert_eq!(free + n, self.slab.len(), "free list length");
     }
@@ -486,7 +449,8 @@ impl<K: Ord + Copy, T> MaxMinHeap<K, T> {
             return None;
         }
         let slot = self.slab.get(handle.index as usize)?;
-        (slot.generation == handle.generation && slot.value.is_some()).then_some(slot.link as usize)
+        (slot.generation == handle.generation && slot.value.is_some())
+            .then(|| self.links[handle.index as usize] as usize)
     }
 
     /// Position of the least key: the root or the lesser of its children.
@@ -496,11 +460,7 @@ impl<K: Ord + Copy, T> MaxMinHeap<K, T> {
             0 => None,
             1 => Some(0),
             2 => Some(1),
-            _ => Some(if self.heap[2].0 < self.heap[1].0 {
-                2
-            } else {
-                1
-            }),
+            _ => Some(1 + usize::from(self.heap[2].0 < self.heap[1].0)),
         }
     }
 
@@ -508,12 +468,12 @@ impl<K: Ord + Copy, T> MaxMinHeap<K, T> {
     fn peek_at(&self, pos: usize) -> Option<(Handle, K, &T)> {
         let (key, index) = *self.heap.get(pos)?;
         let slot = &self.slab[index as usize];
-        let handle = Handle {
-            index,
-            generation: slot.generation,
-            heap_id: self.id,
-        };
-        Some((handle, key, slot.value.as_ref()?))
+        Some((self.handle(index, slot.generation), key, slot.value.as_ref()?))
+    }
+
+    #[inline]
+    fn handle(&self, index: u32, generation: u32) -> Handle {
+        Handle { index, generation, heap_id: self.id }
     }
 
     /// Frees slot `index` (its heap entry must already be gone) and hands out its item.
@@ -523,28 +483,25 @@ impl<K: Ord + Copy, T> MaxMinHeap<K, T> {
         let generation = slot.generation;
         // Bump the generation so outstanding handles go stale; push onto the free list.
         slot.generation = generation.wrapping_add(1);
-        slot.link = self.free_head;
+        self.links[index as usize] = self.free_head;
         self.free_head = index;
         self.bytes -= slot.bytes;
-        Entry {
-            handle: Handle {
-                index,
-                generation,
-                heap_id: self.id,
-            },
-            key,
-            bytes: slot.bytes,
-            value,
-        }
+        let bytes = slot.bytes;
+        Entry { handle: self.handle(index, generation), key, bytes, value }
     }
 
-    /// Removes the entry at `pos`: the last entry fills the hole and is sifted up or down.
-    fn remove_at(&mut self, pos: usize) -> Entry<K, T> {
+    /// Removes the entry at `pos`: the last entry fills the hole and is sifted up or down. `end`
+    /// says `pos` is the head or tail, where sinking the hole first (see `sink_hole`) pays off.
+    fn remove_at(&mut self, pos: usize, end: bool) -> Entry<K, T> {
         let last = self.heap.pop().expect("remove_at on an empty heap");
         let (key, index) = if pos < self.heap.len() {
             let gone = std::mem::replace(&mut self.heap[pos], last);
-            self.slab[last.1 as usize].link = pos as u32;
-            self.fix(pos);
+            self.links[last.1 as usize] = pos as u32;
+            match (end, is_min_level(pos)) {
+                (false, _) => self.fix(pos),
+                (true, false) => self.sink_hole::<false>(pos),
+                (true, true) => self.sink_hole::<true>(pos),
+            }
             gone
         } else {
             last
@@ -555,35 +512,34 @@ impl<K: Ord + Copy, T> MaxMinHeap<K, T> {
     /// Restores the heap order around `pos`, whose entry may be out of place in either direction
     /// while everything else is in order (after a push, or a hole filled by the last entry).
     fn fix(&mut self, pos: usize) {
-        if pos == 0 {
-            return self.sift_down::<false>(0);
-        }
-        let parent = (pos - 1) / 2;
         if is_min_level(pos) {
-            if self.heap[pos].0 > self.heap[parent].0 {
-                // Too big for a min level: swap with the (max-level) parent, then the entry rises
-                // along the max levels, and the old parent, now at `pos`, may have to sink.
-                self.swap(pos, parent);
-                self.sift_up::<false>(parent);
-                self.sift_down::<true>(pos);
-            } else if !self.sift_up::<true>(pos) {
-                self.sift_down::<true>(pos);
-            }
-        } else if self.heap[pos].0 < self.heap[parent].0 {
-            // Mirror image: too small for a max level.
+            self.fix_at::<true, false>(pos);
+        } else {
+            self.fix_at::<false, true>(pos);
+        }
+    }
+
+    /// `fix` for a position on a `MIN` level (`OTHER` is `!MIN`: the parent's kind of level).
+    #[inline(always)]
+    fn fix_at<const MIN: bool, const OTHER: bool>(&mut self, pos: usize) {
+        debug_assert!(MIN != OTHER && is_min_level(pos) == MIN);
+        let parent = pos.wrapping_sub(1) / 2;
+        if pos > 0 && above::<K, OTHER>(&self.heap[pos].0, &self.heap[parent].0) {
+            // It belongs on the parent's kind of level: trade places with the parent. The entry
+            // rises along the parent's levels; the old parent, now at `pos`, may have to sink.
             self.swap(pos, parent);
-            self.sift_up::<true>(parent);
-            self.sift_down::<false>(pos);
-        } else if !self.sift_up::<false>(pos) {
-            self.sift_down::<false>(pos);
+            self.sift_up::<OTHER>(parent);
+            self.sift_down::<MIN>(pos);
+        } else if !self.sift_up::<MIN>(pos) {
+            self.sift_down::<MIN>(pos);
         }
     }
 
     #[inline]
     fn swap(&mut self, a: usize, b: usize) {
         self.heap.swap(a, b);
-        self.slab[self.heap[a].1 as usize].link = a as u32;
-        self.slab[self.heap[b].1 as usize].link = b as u32;
+        self.links[self.heap[a].1 as usize] = a as u32;
+        self.links[self.heap[b].1 as usize] = b as u32;
     }
 
     /// Moves the entry at `pos` up through its grandparents (all on its own kind of level, `MIN`)
@@ -600,15 +556,36 @@ impl<K: Ord + Copy, T> MaxMinHeap<K, T> {
                 break;
             }
             self.heap[pos] = g;
-            self.slab[g.1 as usize].link = pos as u32;
+            self.links[g.1 as usize] = pos as u32;
             pos = grand;
         }
         if pos == start {
             return false;
         }
         self.heap[pos] = (key, index);
-        self.slab[index as usize].link = pos as u32;
+        self.links[index as usize] = pos as u32;
         true
+    }
+
+    /// Bottom-up variant of `sift_down` for the last entry moved to the head or tail, which
+    /// almost always belongs near the bottom: first walk the hole at `pos` down to the bottom,
+    /// promoting the best grandchild each time (no comparison with the entry, so few mispredicted
+    /// branches), then put the entry there and let `fix` move it up (rarely far) or down.
+    fn sink_hole<const MIN: bool>(&mut self, mut pos: usize) {
+        let entry = self.heap[pos];
+        while let Some(gs) = self.heap.get(4 * pos + 3..4 * pos + 7) {
+            // With all four grandchildren present the best descendant is one of them.
+            let gs: &[(K, u32); 4] = gs.try_into().expect("four grandchildren");
+            let best = 4 * pos + 3 + tournament::<K, MIN>(gs);
+            // Promote it; the heap minus the hole stays ordered.
+            let moved = self.heap[best];
+            self.heap[pos] = moved;
+            self.links[moved.1 as usize] = pos as u32;
+            pos = best;
+        }
+        self.heap[pos] = entry;
+        self.links[entry.1 as usize] = pos as u32;
+        self.fix(pos);
     }
 
     /// Moves the entry at `pos` (on a `MIN` or max level) down until it bounds its subtree
@@ -619,26 +596,34 @@ impl<K: Ord + Copy, T> MaxMinHeap<K, T> {
         loop {
             // The best (greatest on a max level, least on a min level) child or grandchild.
             let child = 2 * pos + 1;
-            if child >= n {
-                break;
-            }
-            let mut best = child;
-            if child + 1 < n && above::<K, MIN>(&self.heap[child + 1].0, &self.heap[best].0) {
-                best = child + 1;
-            }
             let grand = 2 * child + 1;
-            for g in grand..n.min(grand + 4) {
-                if above::<K, MIN>(&self.heap[g].0, &self.heap[best].0) {
-                    best = g;
+            let best = if let Some(gs) = self.heap.get(grand..grand + 4) {
+                // All four grandchildren exist, so each child is bounded by its own children: the
+                // best is a grandchild. A two-round tournament keeps the dependency chain short.
+                let gs: &[(K, u32); 4] = gs.try_into().expect("four grandchildren");
+                grand + tournament::<K, MIN>(gs)
+            } else if child < n {
+                // Near the bottom: scan whichever children and grandchildren exist.
+                let mut best = child;
+                if child + 1 < n && above::<K, MIN>(&self.heap[child + 1].0, &self.heap[best].0) {
+                    best = child + 1;
                 }
-            }
+                for g in grand..n.min(grand + 4) {
+                    if above::<K, MIN>(&self.heap[g].0, &self.heap[best].0) {
+                        best = g;
+                    }
+                }
+                best
+            } else {
+                break; // A leaf.
+            };
             let b = self.heap[best];
             if !above::<K, MIN>(&b.0, &key) {
                 break; // The entry bounds its subtree already.
             }
             // Promote the best into the hole.
             self.heap[pos] = b;
-            self.slab[b.1 as usize].link = pos as u32;
+            self.links[b.1 as usize] = pos as u32;
             pos = best;
             if best < grand {
                 // A child: it has no children beyond ties with it, so the entry settles here.
@@ -649,12 +634,12 @@ impl<K: Ord + Copy, T> MaxMinHeap<K, T> {
             let parent = (best - 1) / 2;
             if above::<K, MIN>(&self.heap[parent].0, &key) {
                 let p = std::mem::replace(&mut self.heap[parent], (key, index));
-                self.slab[index as usize].link = parent as u32;
+                self.links[index as usize] = parent as u32;
                 (key, index) = p;
             }
         }
         self.heap[pos] = (key, index);
-        self.slab[index as usize].link = pos as u32;
+        self.links[index as usize] = pos as u32;
     }
 }
 
@@ -673,7 +658,7 @@ impl<K: Ord + Copy, T> Drop for Rebuild<'_, K, T> {
             }
             if write != read {
                 heap.heap[write] = entry;
-                heap.slab[entry.1 as usize].link = write as u32;
+                heap.links[entry.1 as usize] = write as u32;
             }
             write += 1;
         }
@@ -687,20 +672,6 @@ impl<K: Ord + Copy, T> Drop for Rebuild<'_, K, T> {
                 heap.sift_down::<false>(pos);
             }
         }
-        debug_assert_eq!(
-            heap.heap.len(),
-            heap.slab.iter().filter(|s| s.value.is_some()).count()
-        );
-    }
-}
-
-impl<K: Ord + Copy + std::fmt::Debug, T: std::fmt::Debug> std::fmt::Debug for MaxMinHeap<K, T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MaxMinHeap")
-            .field("len", &self.len())
-            .field("bytes", &self.bytes)
-            .field("head", &self.peek_head().map(|(_, k, _)| k))
-            .field("tail", &self.peek_tail().map(|(_, k, _)| k))
-            .finish()
+        debug_assert_eq!(heap.heap.len(), heap.slab.iter().filter(|s| s.value.is_some()).count());
     }
 }

@@ -299,12 +299,25 @@ struct Listen(SocketAddr);
 
 impl<'de> Deserialize<'de> for Listen {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        text.trim().parse().map(Listen).map_err(|_| {
-            de::Error::custom(format!(
-                "{text:?} is not an ip:port address (e.g. 127.0.0.1:9002 or [::]:9002)"
-            ))
-        })
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Listen;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an ip:port address such as 127.0.0.1:9002")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Listen, E> {
+                v.trim().parse().map(Listen).map_err(|_| {
+                    E::custom(format!(
+                        "{v:?} is not an ip:port address (e.g. 127.0.0.1:9002 or \"[::]:9002\")"
+                    ))
+                })
+            }
+            // `listen: [::]:9002` unquoted is a YAML list.
+            fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<Listen, A::Error> {
+                Err(de::Error::custom("is a YAML list: quote IPv6 addresses, e.g. \"[::]:9002\""))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 

@@ -256,6 +256,10 @@ fn listeners_accept_ipv6_and_port_zero() {
     assert_eq!(c.listen, "[::1]:0".parse().unwrap());
     assert_eq!(c.metrics_listen.port(), 0);
     ok("listen: 127.0.0.1:0\nmetrics_listen: 127.0.0.1:0\n");
+    let e = errors("listen: [::]:9002\n");
+    assert_eq!(e.len(), 1);
+    assert!(e[0].starts_with("listen: is a YAML list: quote IPv6 addresses"), "{e:?}");
+    assert_eq!(error_path("listen: 9002\n"), "listen");
 }
 
 #[test]

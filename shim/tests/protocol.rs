@@ -557,3 +557,30 @@ async fn grpc_health_reports_serving() {
     }
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_streams_each_get_exactly_one_answer() {
+    const STREAMS: usize = 200;
+    let h = Harness::start("").await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..STREAMS {
+        let mut client = h.client.clone();
+        tasks.spawn(async move {
+            let (tx, rx) = mpsc::channel(4);
+            let ctx = context(&format!("w{}", i % 7), (i % 5) as u8 + 1);
+            tx.send(request_headers(vec![ctx])).await.unwrap();
+            let rx = client.process(ReceiverStream::new(rx)).await.unwrap().into_inner();
+            let mut s = Stream { tx, rx };
+            let r = s.next().await;
+            assert_eq!(destination(&r).as_deref(), Some(BACKEND), "{r:?}");
+            s.finish().await;
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    h.wait_metric("flowgate_requests_total{outcome=\"dispatched\"}", STREAMS as f64).await;
+    h.wait_metric("flowgate_queued_requests", 0.0).await;
+    h.wait_metric("flowgate_inflight{backend=\"127.0.0.1:8000\"}", 0.0).await;
+    h.shutdown().await;
+}

@@ -8,7 +8,7 @@
 # `-Zsanitizer`, while the coverage instrumentation libFuzzer needs does not. Our targets are
 # safe Rust, so ASan adds little. If a future cargo-fuzz insists on nightly-only flags anyway,
 # rerun with FUZZ_BOOTSTRAP=1, which sets RUSTC_BOOTSTRAP=1 (lets stable accept -Z flags).
-# Needs cargo-fuzz (`cargo install cargo-fuzz`). New corpus entries land in fuzz/corpus/TARGET/;
+# Needs cargo-fuzz (`cargo install cargo-fuzz`). New corpus entries land in target/fuzz-corpus/TARGET/;
 # crashes in fuzz/artifacts/TARGET/.
 set -euo pipefail
 
@@ -31,6 +31,9 @@ if [[ "${FUZZ_BOOTSTRAP:-0}" == 1 ]]; then
     export RUSTC_BOOTSTRAP=1
 fi
 
-mkdir -p "fuzz/corpus/$target" "fuzz/artifacts/$target"
-exec cargo fuzz run --sanitizer none "$target" "fuzz/corpus/$target" -- \
+# New inputs go to a scratch corpus under target/ (first directory); the committed seeds in
+# fuzz/corpus/TARGET are read but never grown, so the repository stays small.
+scratch="target/fuzz-corpus/$target"
+mkdir -p "$scratch" "fuzz/corpus/$target" "fuzz/artifacts/$target"
+exec cargo fuzz run --sanitizer none "$target" "$scratch" "fuzz/corpus/$target" -- \
     -max_total_time="$seconds" -print_final_stats=1 "$@"

@@ -40,7 +40,7 @@ async fn start(ids: &[&str]) -> Running {
     };
     let state = HttpState {
         view: Arc::new(view),
-        metrics: Arc::new(Metrics::new(100)),
+        metrics: Arc::new(Metrics::new(100, 3)),
         shutting_down: Arc::new(AtomicBool::new(false)),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -15,6 +15,9 @@
 //!
 //! **Bounded labels.** At most `workloads.max_tracked` distinct `fairness_id` values are admitted;
 //! requests of further workloads are counted under `__overflow__` (the engine's own overflow id).
+//! The `default` workload and `__overflow__` always keep their own series (not counted, never
+//! swept); `default` at the default criticality is exported from start-up, so the queue gauge is
+//! present before the first request.
 //! A workload's series are removed (and its place freed) by [`Metrics::sweep`] once it has nothing
 //! queued in the shim and the engine's registry has forgotten it (idle for `idle_timeout`); the
 //! sweep runs at every scrape and periodically.
@@ -27,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flowgate_engine::context::Defaults;
+use flowgate_engine::context::DEFAULT_WORKLOAD_ID;
 use flowgate_engine::registry::OVERFLOW_WORKLOAD_ID;
 use flowgate_engine::{DefaultReason, Outcome};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -118,8 +122,10 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    /// Metrics with at most `max_tracked` per-workload label values (plus `__overflow__`).
-    pub fn new(max_tracked: usize) -> Metrics {
+    /// Metrics with at most `max_tracked` per-workload label values (plus `default` and
+    /// `__overflow__`). The default workload's queue series at `default_criticality` exists from
+    /// the start, so the queue gauge is exported before the first request.
+    pub fn new(max_tracked: usize, default_criticality: u8) -> Metrics {
         let mut registry = Registry::default();
         let queue_size = Family::<QueueLabels, Gauge>::default();
         let queue_duration = HistogramFamily::new_with_constructor(duration_histogram);
@@ -168,6 +174,10 @@ impl Metrics {
         for reason in DefaultReason::ALL {
             let _ = defaults.get_or_create(&ReasonLabels { reason: reason.label() });
         }
+        let _ = queue_size.get_or_create(&QueueLabels {
+            fairness_id: Arc::from(DEFAULT_WORKLOAD_ID),
+            priority: default_criticality,
+        });
         Metrics {
             registry,
             queue_size,
@@ -198,11 +208,12 @@ impl Metrics {
             let max = a.max;
             let len = a.live.len();
             match a.live.get_mut(workload_id) {
+                _ if is_permanent(workload_id) => Some(workload_id.clone()),
                 Some(n) => {
                     *n += 1;
                     Some(workload_id.clone())
                 }
-                None if len < max && **workload_id != *OVERFLOW_WORKLOAD_ID => {
+                None if len < max => {
                     a.live.insert(workload_id.clone(), 1);
                     Some(workload_id.clone())
                 }
@@ -294,6 +305,12 @@ impl Metrics {
             openmetrics_to_prometheus(&text)
         }
     }
+}
+
+/// The default workload and the overflow entry always have their own label: they take no place
+/// in the bound and are never swept.
+fn is_permanent(workload_id: &str) -> bool {
+    workload_id == DEFAULT_WORKLOAD_ID || workload_id == OVERFLOW_WORKLOAD_ID
 }
 
 /// One request's stay in the queue, as the metrics see it. [`Queued::finish`] records its outcome;

@@ -40,7 +40,7 @@ fn queue_series(id: &str, priority: &str) -> String {
 
 #[test]
 fn every_metric_is_exported_in_both_formats() {
-    let m = Arc::new(Metrics::new(10));
+    let m = Arc::new(Metrics::new(10, 3));
     m.enqueue(&Arc::from("chat"), 4).finish(Outcome::Dispatched, Duration::from_millis(3));
     m.count_capped();
     let (view, _table) = view_tracking(&["chat"]);
@@ -67,7 +67,7 @@ fn every_metric_is_exported_in_both_formats() {
 
 #[test]
 fn queue_gauge_follows_requests_and_outcomes_are_counted() {
-    let m = Arc::new(Metrics::new(10));
+    let m = Arc::new(Metrics::new(10, 3));
     let (view, _table) = view_tracking(&["chat"]);
     let id: Arc<str> = Arc::from("chat");
     let a = m.enqueue(&id, 5);
@@ -98,7 +98,7 @@ fn queue_gauge_follows_requests_and_outcomes_are_counted() {
 
 #[test]
 fn labels_beyond_max_tracked_share_the_overflow_label() {
-    let m = Arc::new(Metrics::new(2));
+    let m = Arc::new(Metrics::new(2, 3));
     let guards: Vec<Queued> = ["a", "b", "c", "d"].iter().map(|id| m.enqueue(&Arc::from(*id), 3)).collect();
     assert_eq!(m.admitted(), 2);
     let (view, _table) = view_tracking(&["a", "b", "c", "d"]);
@@ -110,14 +110,15 @@ fn labels_beyond_max_tracked_share_the_overflow_label() {
     drop(guards);
     let text = m.render(&view, false);
     assert_eq!(sample(&text, &queue_series("__overflow__", "3")), Some(0.0));
-    // A client naming itself `__overflow__` does not take a place of its own.
+    // A client naming itself `__overflow__`, and the default workload, take no place.
     let _g = m.enqueue(&Arc::from("__overflow__"), 3);
+    let _d = m.enqueue(&Arc::from("default"), 3);
     assert_eq!(m.admitted(), 2);
 }
 
 #[test]
 fn sweep_forgets_idle_workloads_the_engine_forgot() {
-    let m = Arc::new(Metrics::new(2));
+    let m = Arc::new(Metrics::new(2, 3));
     m.enqueue(&Arc::from("gone"), 2).finish(Outcome::Dispatched, Duration::ZERO);
     m.enqueue(&Arc::from("kept"), 2).finish(Outcome::Dispatched, Duration::ZERO);
     let busy = m.enqueue(&Arc::from("busy"), 2); // over the bound: overflow
@@ -136,7 +137,7 @@ fn sweep_forgets_idle_workloads_the_engine_forgot() {
 
 #[test]
 fn a_workload_with_queued_requests_is_never_swept() {
-    let m = Arc::new(Metrics::new(10));
+    let m = Arc::new(Metrics::new(10, 3));
     let _q = m.enqueue(&Arc::from("waiting"), 3);
     assert_eq!(m.sweep(&HashSet::new()), 0);
     assert_eq!(m.admitted(), 1);
@@ -144,7 +145,7 @@ fn a_workload_with_queued_requests_is_never_swept() {
 
 #[test]
 fn defaults_are_counted_by_reason() {
-    let m = Metrics::new(10);
+    let m = Metrics::new(10, 3);
     let (_, d) = flowgate_engine::WorkloadContext::parse(Some(b"not json"), 3);
     m.count_defaults(d);
     m.count_defaults(Defaults::only(DefaultReason::Missing));
@@ -156,7 +157,7 @@ fn defaults_are_counted_by_reason() {
 
 #[test]
 fn prometheus_text_is_well_formed() {
-    let m = Arc::new(Metrics::new(10));
+    let m = Arc::new(Metrics::new(10, 3));
     let id = "a \"quoted\" \\ id";
     m.enqueue(&Arc::from(id), 3).finish(Outcome::RejectedCapacity, Duration::ZERO);
     let (view, _table) = view_tracking(&[id]);
@@ -211,4 +212,15 @@ fn conversion_renames_counter_families_only() {
         openmetrics_to_prometheus(om),
         "# HELP c_total Help.\n# TYPE c_total counter\nc_total 1\n# HELP g G.\n# TYPE g gauge\ng 2\n"
     );
+}
+
+#[test]
+fn the_queue_gauge_is_exported_before_any_request_and_default_is_never_swept() {
+    let m = Arc::new(Metrics::new(10, 2));
+    let text = m.render(&empty_view(), false);
+    assert_eq!(sample(&text, &queue_series("default", "2")), Some(0.0), "{text}");
+    m.enqueue(&Arc::from("default"), 4).finish(Outcome::Dispatched, Duration::ZERO);
+    assert_eq!(m.sweep(&HashSet::new()), 0);
+    let text = m.render(&empty_view(), false);
+    assert_eq!(sample(&text, &queue_series("default", "4")), Some(0.0), "{text}");
 }

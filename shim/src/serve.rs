@@ -135,7 +135,10 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
             StartError::Executor(e) => ServeError::Engine(format!("shard executor failed to start: {e}")),
         })?;
     let engine = Arc::new(engine);
-    let metrics = Arc::new(Metrics::new(config.engine.workloads.max_tracked));
+    let metrics = Arc::new(Metrics::new(
+        config.engine.workloads.max_tracked,
+        config.engine.workloads.default_criticality,
+    ));
     let shutting_down = Arc::new(AtomicBool::new(false));
     let stop_grpc = CancellationToken::new();
     let stop_http = CancellationToken::new();

@@ -265,9 +265,8 @@ async fn higher_criticality_is_dispatched_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_better_request_displaces_a_worse_one_from_a_full_queue() {
-    // One shard: the engine displaces within a shard only (ids hash to shards with a per-process
-    // seed, so with two shards `low` and `high` may land apart and `high` is refused instead).
-    let mut h = Harness::start_with_shards(1, "queue:\n  max_requests: 1\n").await;
+    // Two shards: the better request may hash to the other shard than the worse one.
+    let mut h = Harness::start("queue:\n  max_requests: 1\n").await;
     let holder = h.dispatched("holder", 3).await;
     let mut low = h.queued(vec![context("low", 1)], 1).await;
     let mut high = h.open(vec![context("high", 5)]).await;

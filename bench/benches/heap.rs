@@ -31,10 +31,7 @@ impl Rng {
     /// A key with a uniform score in [0, 1) and the next arrival number.
     fn key(&mut self, seq: &mut u64) -> Key {
         *seq += 1;
-        Key {
-            score: (self.next() >> 11) as f64 / (1u64 << 53) as f64,
-            seq: *seq,
-        }
+        Key { score: (self.next() >> 11) as f64 / (1u64 << 53) as f64, seq: *seq }
     }
 
     fn value(&mut self) -> Value {
@@ -125,25 +122,16 @@ fn rescore(c: &mut Criterion) {
         // Keep everything; each pass nudges every score by a value-dependent amount (up to ±1e-3,
         // alternating sign so the keys don't drift), which reorders neighbours.
         let mut sign = 1.0;
-        group.bench_with_input(
-            BenchmarkId::new("rescore (rekey_retain keep all)", n),
-            &n,
-            |b, _| {
-                b.iter(|| {
-                    sign = -sign;
-                    heap.rekey_retain(
-                        |v, k| {
-                            Some(Key {
-                                score: k.score + sign * (v[0] % 1000) as f64 * 1e-6,
-                                ..k
-                            })
-                        },
-                        |_| unreachable!("keeps all"),
-                    );
-                    black_box(heap.len())
-                })
-            },
-        );
+        group.bench_with_input(BenchmarkId::new("rescore (rekey_retain keep all)", n), &n, |b, _| {
+            b.iter(|| {
+                sign = -sign;
+                heap.rekey_retain(
+                    |v, k| Some(Key { score: k.score + sign * (v[0] % 1000) as f64 * 1e-6, ..k }),
+                    |_| unreachable!("keeps all"),
+                );
+                black_box(heap.len())
+            })
+        });
     }
     group.finish();
 }

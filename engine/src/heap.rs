@@ -274,10 +274,7 @@ impl<K: Ord + Copy, T> MaxMinHeap<K, T> {
     /// assert!(heap.pop_head().is_none() && heap.pop_tail().is_none());
     /// ```
     pub fn pop_head(&mut self) -> Option<Entry<K, T>> {
-        if self.heap.is_empty() {
-            return None;
-        }
-        Some(self.remove_at(0, true))
+        (!self.heap.is_empty()).then(|| self.remove_at(0, true))
     }
 
     /// Removes and returns the item with the least key. O(log n).
@@ -361,8 +358,8 @@ impl<K: Ord + Copy, T> MaxMinHeap<K, T> {
         mut removed: impl FnMut(Entry<K, T>),
     ) {
         // The guard compacts and rebuilds on the way out, including during unwinding.
-        let guard = Rebuild(self);
-        let heap = &mut *guard.0;
+        let mut guard = Rebuild { heap: self, dead: 0 };
+        let heap = &mut *guard.heap;
         // Pass 1, over the slab in memory order: new keys go into the array in place; deleted items
         // leave a `NIL` tombstone and their slot is freed.
         for index in 0..heap.slab.len() {
@@ -375,6 +372,7 @@ impl<K: Ord + Copy, T> MaxMinHeap<K, T> {
                 None => {
                     let key = heap.heap[pos].0;
                     heap.heap[pos].1 = NIL;
+                    guard.dead += 1;
                     let entry = heap.release(index as u32, key);
                     removed(entry);
                 }
@@ -449,8 +447,12 @@ impl<K: Ord + Copy, T> MaxMinHeap<K, T> {
             return None;
         }
         let slot = self.slab.get(handle.index as usize)?;
-        (slot.generation == handle.generation && slot.value.is_some())
-            .then(|| self.links[handle.index as usize] as usize)
+        if slot.generation != handle.generation || slot.value.is_none() {
+            return None;
+        }
+        let pos = self.links[handle.index as usize] as usize;
+        debug_assert_eq!(self.heap[pos].1, handle.index, "back-link of a live slot");
+        Some(pos)
     }
 
     /// Position of the least key: the root or the lesser of its children.
@@ -644,28 +646,33 @@ impl<K: Ord + Copy, T> MaxMinHeap<K, T> {
 }
 
 /// Finishes [`MaxMinHeap::rekey_retain`] when dropped: drops tombstones, then rebuilds the order.
-struct Rebuild<'a, K: Ord + Copy, T>(&'a mut MaxMinHeap<K, T>);
+struct Rebuild<'a, K: Ord + Copy, T> {
+    /// The heap whose array holds new keys and `dead` tombstones but is not yet in heap order.
+    heap: &'a mut MaxMinHeap<K, T>,
+    /// Number of `NIL` tombstones in the array.
+    dead: usize,
+}
 
 impl<K: Ord + Copy, T> Drop for Rebuild<'_, K, T> {
     fn drop(&mut self) {
-        let heap = &mut *self.0;
-        // Pass 2: compact the array over the tombstones, fixing the back-links of entries that move.
-        let mut write = 0;
-        for read in 0..heap.heap.len() {
-            let entry = heap.heap[read];
-            if entry.1 == NIL {
-                continue;
+        let heap = &mut *self.heap;
+        // Pass 2: compact the array over the tombstones (if any), fixing the back-links of moved
+        // entries.
+        if self.dead > 0 {
+            let mut write = 0;
+            for read in 0..heap.heap.len() {
+                let entry = heap.heap[read];
+                if entry.1 != NIL {
+                    heap.heap[write] = entry;
+                    heap.links[entry.1 as usize] = write as u32;
+                    write += 1;
+                }
             }
-            if write != read {
-                heap.heap[write] = entry;
-                heap.links[entry.1 as usize] = write as u32;
-            }
-            write += 1;
+            heap.heap.truncate(write);
         }
-        heap.heap.truncate(write);
         // Pass 3 (Floyd): sink every internal node, bottom-up; each subtree is then a max-min heap
         // whose root is on the right kind of level. O(n) in total.
-        for pos in (0..write / 2).rev() {
+        for pos in (0..heap.heap.len() / 2).rev() {
             if is_min_level(pos) {
                 heap.sift_down::<true>(pos);
             } else {

@@ -110,14 +110,9 @@ fn keys_of_u32<T>(heap: &MaxMinHeap<u32, T>) -> Vec<u32> {
 #[test]
 fn remove_returns_the_item_and_invalidates_its_handle() {
     let mut heap = MaxMinHeap::with_capacity(8);
-    let hs: Vec<Handle> = (0..8u32)
-        .map(|k| heap.push(k, 10, format!("v{k}")))
-        .collect();
+    let hs: Vec<Handle> = (0..8u32).map(|k| heap.push(k, 10, format!("v{k}"))).collect();
     let e = heap.remove(hs[5]).unwrap();
-    assert_eq!(
-        (e.handle, e.key, e.bytes, e.value.as_str()),
-        (hs[5], 5, 10, "v5")
-    );
+    assert_eq!((e.handle, e.key, e.bytes, e.value.as_str()), (hs[5], 5, 10, "v5"));
     assert!(!heap.contains(hs[5]));
     assert!(heap.get(hs[5]).is_none());
     assert_eq!(heap.remove(hs[5]).unwrap_err(), StaleHandle);
@@ -125,16 +120,10 @@ fn remove_returns_the_item_and_invalidates_its_handle() {
     let fresh = heap.push(42, 1, "new".to_string());
     assert_ne!(fresh, hs[5]);
     assert!(!heap.contains(hs[5]));
-    assert_eq!(
-        heap.get(fresh).map(|(k, v)| (k, v.as_str())),
-        Some((42, "new"))
-    );
+    assert_eq!(heap.get(fresh).map(|(k, v)| (k, v.as_str())), Some((42, "new")));
     // Every other handle survived the sifts.
     for (k, &h) in hs.iter().enumerate().filter(|&(k, _)| k != 5) {
-        assert_eq!(
-            heap.get(h).map(|(key, v)| (key, v.clone())),
-            Some((k as u32, format!("v{k}")))
-        );
+        assert_eq!(heap.get(h).map(|(key, v)| (key, v.clone())), Some((k as u32, format!("v{k}"))));
     }
     heap.check_invariants();
 }
@@ -196,10 +185,8 @@ fn removing_a_middle_item_sifts_the_replacement_up() {
 #[test]
 fn removing_a_middle_item_sifts_the_replacement_up_onto_a_max_level() {
     let mut heap = MaxMinHeap::with_capacity(16);
-    let handles: Vec<Handle> = [100u32, 10, 1, 40, 35, 90, 80, 20, 30, 15, 16, 85]
-        .iter()
-        .map(|&k| heap.push(k, 1, k))
-        .collect();
+    let handles: Vec<Handle> =
+        [100u32, 10, 1, 40, 35, 90, 80, 20, 30, 15, 16, 85].iter().map(|&k| heap.push(k, 1, k)).collect();
     let array: Vec<u32> = heap.iter().map(|(_, k, _)| k).collect();
     assert_eq!(array, [100, 10, 1, 40, 35, 90, 80, 20, 30, 15, 16, 85]);
     // Remove 20 (position 7, min level under the max node 40); the last element, 85, fills the
@@ -249,9 +236,7 @@ fn removing_any_item_of_small_heaps_keeps_the_order() {
 fn rekey_retain_none_all_and_subset() {
     let build = || {
         let mut heap = MaxMinHeap::with_capacity(32);
-        let hs: Vec<Handle> = (0..20u64)
-            .map(|i| heap.push(((i % 3) as u8, i), i, i))
-            .collect();
+        let hs: Vec<Handle> = (0..20u64).map(|i| heap.push(((i % 3) as u8, i), i, i)).collect();
         (heap, hs)
     };
     // Remove none, reversing the order: every handle survives with its new key.
@@ -278,10 +263,7 @@ fn rekey_retain_none_all_and_subset() {
     // Remove a subset (odd values), keep the rest with keys unchanged.
     let (mut heap, hs) = build();
     let mut gone = Vec::new();
-    heap.rekey_retain(
-        |&v, k| (v % 2 == 0).then_some(k),
-        |e: Entry<K, u64>| gone.push(e.value),
-    );
+    heap.rekey_retain(|&v, k| (v % 2 == 0).then_some(k), |e: Entry<K, u64>| gone.push(e.value));
     heap.check_invariants();
     gone.sort();
     assert_eq!(gone, (0..20).filter(|v| v % 2 == 1).collect::<Vec<_>>());
@@ -331,9 +313,7 @@ fn drain_twice() {
     out.sort();
     assert_eq!(out, [0, 1, 2, 3, 4]);
     assert_eq!((heap.len(), heap.bytes()), (0, 0));
-    assert!(hs
-        .iter()
-        .all(|&h| !heap.contains(h) && heap.remove(h).is_err()));
+    assert!(hs.iter().all(|&h| !heap.contains(h) && heap.remove(h).is_err()));
     heap.drain(|_| panic!("already empty"));
     heap.check_invariants();
     // Still usable and allocation-free up to its capacity.
@@ -412,20 +392,12 @@ impl Model {
     }
     /// Moves `id`'s handle to the stale list.
     fn retire(&mut self, id: u64) {
-        let h = self
-            .handles
-            .iter()
-            .position(|&(i, _)| i == id)
-            .expect("id has a handle");
+        let h = self.handles.iter().position(|&(i, _)| i == id).expect("id has a handle");
         let (_, handle) = self.handles.swap_remove(h);
         self.stale.push(handle);
     }
     fn take(&mut self, id: u64) -> (K, u64, u64) {
-        let at = self
-            .items
-            .iter()
-            .position(|&(_, i, _)| i == id)
-            .expect("id in model");
+        let at = self.items.iter().position(|&(_, i, _)| i == id).expect("id in model");
         self.retire(id);
         self.items.remove(at)
     }
@@ -440,11 +412,7 @@ fn rekey(salt: u64, m: u8, id: u64, old: K) -> Option<K> {
     if m > 1 && (h >> 32).is_multiple_of(u64::from(m)) {
         return None;
     }
-    Some(if h & 4 == 0 {
-        old
-    } else {
-        ((h >> 8) as u8 % 4, (h >> 16) % 6)
-    })
+    Some(if h & 4 == 0 { old } else { ((h >> 8) as u8 % 4, (h >> 16) % 6) })
 }
 
 fn run_ops(ops: &[Op]) {
@@ -531,22 +499,10 @@ fn run_ops(ops: &[Op]) {
         // After every step: head, tail, len, bytes, structure.
         heap.check_invariants();
         assert_eq!(heap.len(), model.items.len());
-        assert_eq!(
-            heap.bytes(),
-            model.items.iter().map(|&(_, _, b)| b).sum::<u64>()
-        );
-        assert_eq!(
-            heap.peek_head().map(|(_, k, _)| k),
-            model.items.last().map(|&(k, _, _)| k)
-        );
-        assert_eq!(
-            heap.peek_tail().map(|(_, k, _)| k),
-            model.items.first().map(|&(k, _, _)| k)
-        );
-        assert_eq!(
-            keys_of(&heap),
-            model.items.iter().map(|&(k, _, _)| k).collect::<Vec<_>>()
-        );
+        assert_eq!(heap.bytes(), model.items.iter().map(|&(_, _, b)| b).sum::<u64>());
+        assert_eq!(heap.peek_head().map(|(_, k, _)| k), model.items.last().map(|&(k, _, _)| k));
+        assert_eq!(heap.peek_tail().map(|(_, k, _)| k), model.items.first().map(|&(k, _, _)| k));
+        assert_eq!(keys_of(&heap), model.items.iter().map(|&(k, _, _)| k).collect::<Vec<_>>());
     }
 }
 

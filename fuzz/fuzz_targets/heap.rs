@@ -45,22 +45,14 @@ impl Model {
     }
 
     fn retire(&mut self, id: u64) {
-        let at = self
-            .live
-            .iter()
-            .position(|&(i, _)| i == id)
-            .expect("live id");
+        let at = self.live.iter().position(|&(i, _)| i == id).expect("live id");
         let (_, h) = self.live.swap_remove(at);
         self.stale.push(h);
     }
 
     /// Checks a removed entry against the model and drops it from the model.
     fn removed(&mut self, e: &Entry<K, u64>) {
-        let at = self
-            .items
-            .iter()
-            .position(|&(_, i, _)| i == e.value)
-            .expect("id in model");
+        let at = self.items.iter().position(|&(_, i, _)| i == e.value).expect("id in model");
         let (key, _, bytes) = self.items.remove(at);
         assert_eq!((e.key, e.bytes), (key, bytes));
         let h = self.live.iter().find(|&&(i, _)| i == e.value).unwrap().1;
@@ -74,11 +66,7 @@ fn rekey(salt: u64, modulus: u8, id: u64, old: K) -> Option<K> {
     if modulus > 1 && (h >> 32).is_multiple_of(u64::from(modulus)) {
         return None;
     }
-    Some(if h & 4 == 0 {
-        old
-    } else {
-        ((h >> 8) as u8, (h >> 16) as u8 % 8)
-    })
+    Some(if h & 4 == 0 { old } else { ((h >> 8) as u8, (h >> 16) as u8 % 8) })
 }
 
 fuzz_target!(|ops: Vec<Op>| {
@@ -159,18 +147,9 @@ fuzz_target!(|ops: Vec<Op>| {
         }
         heap.check_invariants();
         assert_eq!(heap.len(), model.items.len());
-        assert_eq!(
-            heap.bytes(),
-            model.items.iter().map(|&(_, _, b)| b).sum::<u64>()
-        );
-        assert_eq!(
-            heap.peek_head().map(|(_, k, _)| k),
-            model.items.last().map(|&(k, _, _)| k)
-        );
-        assert_eq!(
-            heap.peek_tail().map(|(_, k, _)| k),
-            model.items.first().map(|&(k, _, _)| k)
-        );
+        assert_eq!(heap.bytes(), model.items.iter().map(|&(_, _, b)| b).sum::<u64>());
+        assert_eq!(heap.peek_head().map(|(_, k, _)| k), model.items.last().map(|&(k, _, _)| k));
+        assert_eq!(heap.peek_tail().map(|(_, k, _)| k), model.items.first().map(|&(k, _, _)| k));
         let mut keys: Vec<K> = heap.iter().map(|(_, k, _)| k).collect();
         keys.sort_unstable();
         assert!(keys.iter().eq(model.items.iter().map(|(k, _, _)| k)));

@@ -180,6 +180,13 @@ impl WorkloadEntry {
         self.active.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// [`acquire`](Self::acquire), public only under `flowgate_loom` so the loom models
+    /// (`loom-tests`) can stand in for the owning shard.
+    #[cfg(flowgate_loom)]
+    pub fn acquire_as_shard(&self) {
+        self.acquire()
+    }
+
     /// A request stopped being active (shard at eviction, or a permit's drop on any thread).
     pub fn release(&self, now_ns: u64) {
         let before = self.active.fetch_sub(1, Ordering::AcqRel);

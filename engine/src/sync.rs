@@ -13,6 +13,34 @@ pub use loom::sync::{
     Mutex,
 };
 
+/// An `UnsafeCell` whose accesses loom checks for data races (causality) under `flowgate_loom`.
+#[cfg(flowgate_loom)]
+pub use loom::cell::UnsafeCell;
+
+/// `std::cell::UnsafeCell` behind loom's closure API (`with`, `with_mut`), so the same code is
+/// race-checked by loom under `flowgate_loom`. Zero-cost: the closures get the raw pointer.
+#[cfg(not(flowgate_loom))]
+#[derive(Debug, Default)]
+pub struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
+
+#[cfg(not(flowgate_loom))]
+impl<T> UnsafeCell<T> {
+    /// A cell holding `value`.
+    pub const fn new(value: T) -> Self {
+        Self(std::cell::UnsafeCell::new(value))
+    }
+    /// Run `f` with a shared pointer to the contents.
+    #[inline]
+    pub fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+        f(self.0.get())
+    }
+    /// Run `f` with an exclusive pointer to the contents.
+    #[inline]
+    pub fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+        f(self.0.get())
+    }
+}
+
 /// Thread handle and park/unpark, swapped for loom's under `flowgate_loom`.
 pub mod thread {
     #[cfg(not(flowgate_loom))]

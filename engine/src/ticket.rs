@@ -39,7 +39,7 @@ pub struct Slot<P> {
     /// `PENDING`, then `DONE` or `CANCELLED`, never back.
     state: AtomicU8,
     /// Written by the shard before `PENDING → DONE`; read by the caller after it sees `DONE`.
-    result: UnsafeCell<Option<Decision<P>>>,
+    result: crate::sync::UnsafeCell<Option<Decision<P>>>,
     /// The caller's waker, replaced on each poll; taken by the shard after `DONE`.
     waker: Mutex<Option<Waker>>,
     /// Where the request sits in its shard's heap. Written and read only by the one shard thread
@@ -59,7 +59,7 @@ impl<P> Slot<P> {
     pub fn new() -> Self {
         Self {
             state: AtomicU8::new(PENDING),
-            result: UnsafeCell::new(None),
+            result: crate::sync::UnsafeCell::new(None),
             waker: Mutex::new(None),
             position: UnsafeCell::new(None),
         }
@@ -72,7 +72,7 @@ impl<P> Slot<P> {
         }
         // SAFETY: the state is PENDING and only this shard (the one owner of the request) writes
         // `result`; the caller does not read it until it observes DONE, published below.
-        unsafe { *self.result.get() = Some(decision) };
+        self.result.with_mut(|r| unsafe { *r = Some(decision) });
         match self.state.compare_exchange(PENDING, DONE, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => {
                 let waker = self.waker.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -83,7 +83,7 @@ impl<P> Slot<P> {
             }
             // SAFETY: the caller cancelled, so it will never read `result`; we wrote it and take it
             // back before anyone else can look.
-            Err(_) => Err(unsafe { (*self.result.get()).take() }.expect("decision just written")),
+            Err(_) => Err(self.result.with_mut(|r| unsafe { (*r).take() }).expect("decision just written")),
         }
     }
 
@@ -94,7 +94,7 @@ impl<P> Slot<P> {
             Ok(_) => true,
             Err(DONE) => {
                 // SAFETY: DONE was observed with Acquire; the shard no longer touches `result`.
-                drop(unsafe { (*self.result.get()).take() });
+                drop(self.result.with_mut(|r| unsafe { (*r).take() }));
                 false
             }
             Err(_) => false,
@@ -127,7 +127,7 @@ impl<P> Slot<P> {
         if self.state.load(Ordering::Acquire) == DONE {
             // SAFETY: DONE observed with Acquire: the shard's write happened-before, and it will not
             // touch `result` again. Only the one caller (the ticket owner) calls this.
-            unsafe { (*self.result.get()).take() }
+            self.result.with_mut(|r| unsafe { (*r).take() })
         } else {
             None
         }

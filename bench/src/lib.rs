@@ -2,4 +2,10 @@
 //! drivers behind the `flowgate-bench` binary.
 
 pub mod baseline;
+pub mod driver;
+pub mod latency;
+pub mod plot;
+pub mod report;
+pub mod scenarios;
 pub mod stats;
+pub mod throughput;

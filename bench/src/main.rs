@@ -1,1 +1,267 @@
-fn main() {}
+//! `flowgate-bench`: flowgate side by side with the designs it replaces.
+//!
+//! Every subcommand writes `<subcommand>.json` (and SVGs where it plots) under `--out`
+//! (default `bench/results/`) and prints a summary table. `--quick` keeps the whole suite under a
+//! minute on two cores. Targets are reported, never enforced: a slow run is not a failure; a
+//! crash or an invalid result file is.
+
+use clap::{Args, Parser, Subcommand};
+use flowgate_bench::{latency, report, scenarios, throughput};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "flowgate-bench",
+    version,
+    about = "flowgate benchmarks: engine vs the seed's design vs a FIFO"
+)]
+struct Cli {
+    /// Directory for JSON results and SVG plots.
+    #[arg(long, global = true)]
+    out: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug, Clone, Copy)]
+struct Common {
+    /// Short runs (the whole `all --quick` suite takes well under a minute).
+    #[arg(long)]
+    quick: bool,
+    /// Shards of the multi-shard flowgate configuration (N).
+    #[arg(long, default_value_t = 2)]
+    shards: usize,
+    /// Seconds per measurement (default: 0.6 quick, 3 full; scenarios: 3 quick, 12 full).
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Interleaved rounds per measurement (default: 2 quick, 5 full); the median is reported.
+    #[arg(long)]
+    rounds: Option<usize>,
+}
+
+#[derive(Args, Debug, Clone, Copy)]
+struct Load {
+    /// Producer threads at saturation.
+    #[arg(long, default_value_t = 2)]
+    producers: usize,
+    /// Requests each producer submits before waiting on them, at saturation.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Queue depth of the deep-queue variant.
+    #[arg(long, default_value_t = 10_000)]
+    depth: usize,
+    /// Slots cycling in the deep-queue variant.
+    #[arg(long, default_value_t = 128)]
+    deep_slots: u32,
+}
+
+#[derive(Args, Debug, Clone)]
+struct Pool {
+    /// Model-server slots of the simulated pool.
+    #[arg(long, default_value_t = 8)]
+    slots: u32,
+    /// Service time per request, ms.
+    #[arg(long, default_value_t = 20.0)]
+    service_ms: f64,
+    /// Compressed scoring wait cap (and rate window), seconds (default 1.5 quick, 4 full).
+    #[arg(long)]
+    wait_cap: Option<f64>,
+    /// Run only this scenario.
+    #[arg(long)]
+    only: Option<String>,
+    /// Run the implementations one after another (the default in full mode) instead of side by
+    /// side (the default with --quick).
+    #[arg(long)]
+    sequential: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Requests/s through submit → dispatch → release: low load, saturation, 10k queued.
+    Throughput {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        load: Load,
+    },
+    /// p50/p99/p999 submit → dispatched latency with free capacity.
+    Latency {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Saturation throughput vs shards (1, 2, 4), with an SVG plot.
+    Scaling {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        load: Load,
+    },
+    /// The seed's scenarios on a simulated model-server pool.
+    Scenarios {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        pool: Pool,
+    },
+    /// ext_proc load generator (not yet available).
+    Extproc {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Everything, in order.
+    All {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        load: Load,
+        #[command(flatten)]
+        pool: Pool,
+    },
+}
+
+fn tput_options(c: &Common, l: &Load) -> throughput::Options {
+    throughput::Options {
+        quick: c.quick,
+        shards: c.shards,
+        producers: l.producers,
+        batch: l.batch,
+        seconds: c.seconds.unwrap_or(if c.quick { 0.6 } else { 3.0 }),
+        rounds: rounds(c),
+        depth: l.depth,
+        deep_slots: l.deep_slots,
+    }
+}
+
+fn scenario_options(c: &Common, p: &Pool) -> scenarios::Options {
+    scenarios::Options {
+        quick: c.quick,
+        slots: p.slots,
+        service_ms: p.service_ms,
+        shards: c.shards,
+        duration_s: c.seconds.unwrap_or(if c.quick { 3.0 } else { 12.0 }),
+        wait_cap_s: p.wait_cap.unwrap_or(if c.quick { 1.5 } else { 4.0 }),
+        only: p.only.clone(),
+        sequential: p.sequential || !c.quick,
+    }
+}
+
+fn latency_seconds(c: &Common) -> f64 {
+    c.seconds.unwrap_or(if c.quick { 0.6 } else { 3.0 })
+}
+
+fn rounds(c: &Common) -> usize {
+    c.rounds.unwrap_or(if c.quick { 2 } else { 5 })
+}
+
+fn extproc() {
+    println!("extproc: not yet available (the ext_proc load generator comes with the shim)");
+}
+
+/// Read back a result file and check it is the JSON object we meant to write.
+fn validate(dir: &Path, name: &str) -> Result<(), String> {
+    let path = dir.join(format!("{name}.json"));
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let bad = |what: &str| Err(format!("{}: {what}", path.display()));
+    let positive = |x: &serde_json::Value| x.as_f64().is_some_and(|f| f.is_finite() && f > 0.0);
+    match name {
+        "throughput" => {
+            let results = v["results"].as_array().map_or(&[][..], Vec::as_slice);
+            if results.len() < 12 || !results.iter().all(|r| positive(&r["req_per_s"])) {
+                return bad("expected 12 measurements, all with a positive req_per_s");
+            }
+        }
+        "latency" => {
+            let results = v["results"].as_array().map_or(&[][..], Vec::as_slice);
+            if results.is_empty() || !results.iter().all(|r| positive(&r["latency"]["p50_ms"])) {
+                return bad("expected latency results with a positive p50");
+            }
+        }
+        "scaling" => {
+            let points = v["flowgate"].as_array().map_or(&[][..], Vec::as_slice);
+            if points.len() != 3 || !points.iter().all(|p| positive(&p["req_per_s"])) {
+                return bad("expected 3 scaling points");
+            }
+            let svg = v["svg"].as_str().unwrap_or_default();
+            if !std::fs::read_to_string(svg).is_ok_and(|s| s.contains("<svg")) {
+                return bad("scaling plot missing");
+            }
+        }
+        "scenarios" => {
+            let scs = v["scenarios"].as_array().map_or(&[][..], Vec::as_slice);
+            if scs.is_empty() {
+                return bad("no scenario results");
+            }
+            for sc in scs {
+                let results = sc["results"].as_array().map_or(&[][..], Vec::as_slice);
+                if results.len() != 3
+                    || !results.iter().all(|r| r["dispatches"].as_u64().is_some_and(|n| n > 0))
+                {
+                    return bad("every scenario needs 3 implementations with dispatches");
+                }
+                let svg = sc["svg"].as_str().unwrap_or_default();
+                if !std::fs::read_to_string(svg).is_ok_and(|s| s.contains("<svg")) {
+                    return bad("scenario plot missing");
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let out = cli.out.clone().unwrap_or_else(report::default_out_dir);
+    let result: Result<Vec<&str>, std::io::Error> = match &cli.command {
+        Command::Throughput { common, load } => {
+            throughput::run(&tput_options(common, load), &out).map(|_| vec!["throughput"])
+        }
+        Command::Latency { common } => {
+            latency::run(common.quick, common.shards, latency_seconds(common), rounds(common), &out)
+                .map(|_| vec!["latency"])
+        }
+        Command::Scaling { common, load } => {
+            throughput::run_scaling(&tput_options(common, load), &out).map(|_| vec!["scaling"])
+        }
+        Command::Scenarios { common, pool } => {
+            scenarios::run(&scenario_options(common, pool), &out).map(|_| vec!["scenarios"])
+        }
+        Command::Extproc { .. } => {
+            extproc();
+            Ok(vec![])
+        }
+        Command::All { common, load, pool } => (|| {
+            let t = tput_options(common, load);
+            throughput::run(&t, &out)?;
+            latency::run(common.quick, common.shards, latency_seconds(common), rounds(common), &out)?;
+            throughput::run_scaling(&t, &out)?;
+            scenarios::run(&scenario_options(common, pool), &out)?;
+            extproc();
+            Ok(vec!["throughput", "latency", "scaling", "scenarios"])
+        })(),
+    };
+    let written = match result {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("flowgate-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut ok = true;
+    for name in &written {
+        if let Err(e) = validate(&out, name) {
+            eprintln!("flowgate-bench: invalid output: {e}");
+            ok = false;
+        }
+    }
+    if !written.is_empty() {
+        println!("\nresults: {}", out.display());
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

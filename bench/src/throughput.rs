@@ -1,0 +1,465 @@
+//! Throughput: requests/s through submit → dispatch → release, for every implementation.
+//!
+//! - **free capacity**: slots never run out; `producers` threads each submit a batch of `batch`
+//!   requests, wait on every ticket and drop its permit. `low load` is one producer with batches
+//!   of one (one request at a time: a round trip per request); `saturation` is several producers
+//!   with large batches (the most load they can offer).
+//! - **deep queue**: `slots` permits are held and `depth` requests kept queued; each round submits
+//!   `slots` more and drops the held permits, so `slots` heads dispatch out of a queue ~`depth` deep.
+
+use crate::baseline::{Decision, Kind, Req, Spec};
+use crate::driver::{balanced_ids, submit, Rng, Tracker};
+use crate::report::{self, ratio, si, sleep_with, timed_bar, RunInfo, Table};
+use flowgate_engine::Outcome;
+use serde::Serialize;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+/// Distinct workloads requests are spread over.
+pub const WORKLOADS: usize = 64;
+
+/// One measurement.
+#[derive(Clone, Debug, Serialize)]
+pub struct Measurement {
+    /// Implementation.
+    pub implementation: String,
+    /// `low_load`, `saturation` or `deep_queue`.
+    pub mode: String,
+    /// Producer threads.
+    pub producers: usize,
+    /// Requests in flight per producer (submitted before waiting).
+    pub batch: usize,
+    /// Mean queue depth while measuring (deep queue only).
+    pub mean_depth: Option<f64>,
+    /// Requests dispatched.
+    pub requests: u64,
+    /// Seconds measured.
+    pub seconds: f64,
+    /// Dispatches per second (the median over rounds).
+    pub req_per_s: f64,
+    /// Dispatches per second of each round.
+    pub rounds_req_per_s: Vec<f64>,
+}
+
+/// Measure every kind `rounds` times, interleaved (round `r` starts at kind `r mod n`, so no
+/// implementation always runs first or last while the machine's background load drifts); each
+/// result is the median over its rounds.
+pub fn interleaved(
+    kinds: &[Kind],
+    rounds: usize,
+    mut f: impl FnMut(Kind) -> Measurement,
+) -> Vec<Measurement> {
+    let n = kinds.len();
+    let mut per: Vec<Vec<Measurement>> = (0..n).map(|_| Vec::new()).collect();
+    for r in 0..rounds.max(1) {
+        for k in 0..n {
+            let i = (r + k) % n;
+            per[i].push(f(kinds[i]));
+        }
+    }
+    per.into_iter().map(combine).collect()
+}
+
+fn combine(ms: Vec<Measurement>) -> Measurement {
+    let mut rates: Vec<f64> = ms.iter().map(|m| m.req_per_s).collect();
+    let mut sorted = rates.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = if sorted.len() % 2 == 1 {
+        sorted[sorted.len() / 2]
+    } else {
+        (sorted[sorted.len() / 2 - 1] + sorted[sorted.len() / 2]) / 2.0
+    };
+    let depths: Vec<f64> = ms.iter().filter_map(|m| m.mean_depth).collect();
+    let first = &ms[0];
+    let out = Measurement {
+        implementation: first.implementation.clone(),
+        mode: first.mode.clone(),
+        producers: first.producers,
+        batch: first.batch,
+        mean_depth: (!depths.is_empty()).then(|| depths.iter().sum::<f64>() / depths.len() as f64),
+        requests: ms.iter().map(|m| m.requests).sum(),
+        seconds: ms.iter().map(|m| m.seconds).sum(),
+        req_per_s: median,
+        rounds_req_per_s: std::mem::take(&mut rates),
+    };
+    out
+}
+
+fn shards_of(kind: Kind) -> usize {
+    match kind {
+        Kind::Flowgate(n) => n,
+        _ => 1,
+    }
+}
+
+/// A fixed mix of requests: workloads spread over the shards, criticalities 1..=5.
+fn request_mix(kind: Kind, prefix: &str, seed: u64) -> Vec<Req> {
+    let ids = balanced_ids(prefix, WORKLOADS, shards_of(kind));
+    let mut rng = Rng(seed);
+    (0..4096).map(|i| Req::new(&ids[i % ids.len()], 1 + rng.below(5) as u8)).collect()
+}
+
+/// Free-capacity throughput of `kind` with `producers` threads and batches of `batch`.
+pub fn free_capacity(kind: Kind, mode: &str, producers: usize, batch: usize, dur: Duration) -> Measurement {
+    let spec = Spec { slots: (producers * batch * 2).max(1024) as u32, ..Spec::default() };
+    let q = spec.build(kind);
+    let stop = Arc::new(AtomicBool::new(false));
+    let barrier = Arc::new(Barrier::new(producers + 1));
+    let threads: Vec<_> = (0..producers)
+        .map(|p| {
+            let (q, stop, barrier) = (q.clone(), stop.clone(), barrier.clone());
+            let reqs = request_mix(kind, "tput", p as u64 + 1);
+            std::thread::spawn(move || {
+                let mut tickets = Vec::with_capacity(batch);
+                let (mut done, mut i) = (0u64, p * 97);
+                barrier.wait();
+                while !stop.load(Ordering::Relaxed) {
+                    for _ in 0..batch {
+                        i += 1;
+                        match q.submit(&reqs[i % reqs.len()]) {
+                            Ok(t) => tickets.push(t),
+                            Err(_) => break,
+                        }
+                    }
+                    if tickets.is_empty() {
+                        std::thread::yield_now();
+                    }
+                    for t in tickets.drain(..) {
+                        done += u64::from(t.wait().outcome == Outcome::Dispatched);
+                    }
+                }
+                done
+            })
+        })
+        .collect();
+    let bar = timed_bar(&format!("throughput {mode} {}", kind.label()), dur);
+    barrier.wait();
+    let t0 = Instant::now();
+    sleep_with(&bar, dur);
+    stop.store(true, Ordering::Relaxed);
+    let requests: u64 = threads.into_iter().map(|t| t.join().expect("producer")).sum();
+    let seconds = t0.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    q.shutdown();
+    Measurement {
+        implementation: kind.label(),
+        mode: mode.into(),
+        producers,
+        batch,
+        mean_depth: None,
+        requests,
+        seconds,
+        req_per_s: requests as f64 / seconds,
+        rounds_req_per_s: Vec::new(),
+    }
+}
+
+/// Dispatch throughput with `slots` permits cycling and ~`depth` requests kept queued.
+pub fn deep_queue(kind: Kind, depth: usize, slots: u32, dur: Duration) -> Measurement {
+    let spec = Spec { slots, ttl: Duration::from_secs(3600), ..Spec::default() };
+    let q = spec.build(kind);
+    let reqs = request_mix(kind, "deep", 7);
+    let mut i = 0usize;
+    let mut next = || {
+        i += 1;
+        &reqs[i % reqs.len()]
+    };
+    let mut tracker: Tracker<()> = Tracker::new();
+    let mut held: Vec<Decision> = Vec::new();
+    for _ in 0..slots {
+        held.push(submit(&*q, next()).expect("submitted").wait());
+    }
+    let bar = timed_bar(&format!("throughput deep-queue {}", kind.label()), dur);
+    for _ in 0..depth {
+        let t = submit(&*q, next()).expect("submitted");
+        if let Some((d, ())) = tracker.insert(t, ()) {
+            held.push(d);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (q.queued() as usize) < depth && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut out = Vec::new();
+    let (mut requests, mut rounds, mut depth_sum) = (0u64, 0u64, 0f64);
+    let t0 = Instant::now();
+    while t0.elapsed() < dur {
+        for _ in 0..slots {
+            let t = submit(&*q, next()).expect("submitted");
+            if let Some((d, ())) = tracker.insert(t, ()) {
+                held.push(d);
+            }
+        }
+        depth_sum += q.queued() as f64;
+        rounds += 1;
+        held.clear(); // frees every slot: the queue dispatches its best `slots` heads
+        let mut got = 0;
+        while got < slots as usize {
+            tracker.park_until(Instant::now() + Duration::from_millis(10));
+            tracker.collect(&mut out);
+            for (d, ()) in out.drain(..) {
+                if d.outcome == Outcome::Dispatched {
+                    got += 1;
+                    held.push(d);
+                }
+            }
+        }
+        requests += got as u64;
+        bar.set_position(t0.elapsed().as_millis() as u64);
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    tracker.cancel_all();
+    held.clear();
+    q.shutdown();
+    Measurement {
+        implementation: kind.label(),
+        mode: "deep_queue".into(),
+        producers: 1,
+        batch: slots as usize,
+        mean_depth: Some(depth_sum / rounds.max(1) as f64),
+        requests,
+        seconds,
+        req_per_s: requests as f64 / seconds,
+        rounds_req_per_s: Vec::new(),
+    }
+}
+
+/// Options shared by `throughput` and `scaling`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Options {
+    /// Quick mode.
+    pub quick: bool,
+    /// Shards of the multi-shard flowgate (N).
+    pub shards: usize,
+    /// Producer threads at saturation.
+    pub producers: usize,
+    /// Batch per producer at saturation.
+    pub batch: usize,
+    /// Seconds per measurement (split over `rounds`).
+    pub seconds: f64,
+    /// Interleaved rounds per measurement.
+    pub rounds: usize,
+    /// Queue depth of the deep-queue variant.
+    pub depth: usize,
+    /// Slots cycling in the deep-queue variant.
+    pub deep_slots: u32,
+}
+
+/// A target from the issues, checked for the report (never a failure).
+#[derive(Clone, Debug, Serialize)]
+pub struct Target {
+    /// What.
+    pub name: String,
+    /// The bar.
+    pub target: String,
+    /// Measured.
+    pub value: String,
+    /// Whether this run met it.
+    pub met: bool,
+}
+
+/// The `throughput` report.
+#[derive(Debug, Serialize)]
+pub struct ThroughputReport {
+    /// Run facts.
+    pub run: RunInfo,
+    /// Options.
+    pub options: Options,
+    /// Every measurement.
+    pub results: Vec<Measurement>,
+    /// Ratios of flowgate against each baseline, per mode.
+    pub ratios: Vec<RatioRow>,
+    /// Targets from the issues.
+    pub targets: Vec<Target>,
+}
+
+/// One ratio row.
+#[derive(Debug, Serialize)]
+pub struct RatioRow {
+    /// Mode.
+    pub mode: String,
+    /// Numerator (a flowgate configuration).
+    pub implementation: String,
+    /// flowgate / seed baseline.
+    pub vs_seed: f64,
+    /// flowgate / FIFO baseline.
+    pub vs_fifo: f64,
+}
+
+fn find(results: &[Measurement], mode: &str, implementation: &str) -> f64 {
+    results.iter().find(|m| m.mode == mode && m.implementation == implementation).map_or(0.0, |m| m.req_per_s)
+}
+
+/// Run the `throughput` subcommand; writes `throughput.json`, prints a table.
+pub fn run(opts: &Options, out_dir: &Path) -> std::io::Result<ThroughputReport> {
+    let dur = Duration::from_secs_f64(opts.seconds / opts.rounds.max(1) as f64);
+    let kinds = [Kind::Flowgate(1), Kind::Flowgate(opts.shards), Kind::Seed, Kind::Fifo];
+    let mut results = interleaved(&kinds, opts.rounds, |k| free_capacity(k, "low_load", 1, 1, dur));
+    results.extend(interleaved(&kinds, opts.rounds, |k| {
+        free_capacity(k, "saturation", opts.producers, opts.batch, dur)
+    }));
+    results.extend(interleaved(&kinds, opts.rounds, |k| deep_queue(k, opts.depth, opts.deep_slots, dur)));
+    let (one, many) = (Kind::Flowgate(1).label(), Kind::Flowgate(opts.shards).label());
+    let mut ratios = Vec::new();
+    for mode in ["low_load", "saturation", "deep_queue"] {
+        for fg in [&one, &many] {
+            let v = find(&results, mode, fg);
+            ratios.push(RatioRow {
+                mode: mode.into(),
+                implementation: fg.clone(),
+                vs_seed: v / find(&results, mode, "seed-heap").max(f64::MIN_POSITIVE),
+                vs_fifo: v / find(&results, mode, "fifo").max(f64::MIN_POSITIVE),
+            });
+        }
+    }
+    let n = opts.shards;
+    let sat_many = find(&results, "saturation", &many);
+    let sat_one = find(&results, "saturation", &one);
+    let low_many = find(&results, "low_load", &many);
+    let low_one = find(&results, "low_load", &one);
+    let deep_best = find(&results, "deep_queue", &one).max(find(&results, "deep_queue", &many));
+    let deep_seed = find(&results, "deep_queue", "seed-heap");
+    let targets = vec![
+        Target {
+            name: format!("saturation throughput, {n} shards"),
+            target: "≥ 3M req/s".into(),
+            value: si(sat_many),
+            met: sat_many >= 3e6,
+        },
+        Target {
+            name: format!("low load: {n} shards vs 1 shard"),
+            target: "≥ 1.00x (never slower)".into(),
+            value: ratio(low_many, low_one),
+            met: low_many >= low_one,
+        },
+        Target {
+            name: format!("saturation: {n} shards vs 1 shard"),
+            target: "≥ 1.6x".into(),
+            value: ratio(sat_many, sat_one),
+            met: sat_many >= 1.6 * sat_one,
+        },
+        Target {
+            name: format!("{} queued: flowgate vs seed baseline", opts.depth),
+            target: "≥ 5x".into(),
+            value: ratio(deep_best, deep_seed),
+            met: deep_best >= 5.0 * deep_seed,
+        },
+    ];
+    let report =
+        ThroughputReport { run: RunInfo::now(opts.quick), options: opts.clone(), results, ratios, targets };
+    report::write_json(out_dir, "throughput", &report)?;
+    print!("{}", render(&report));
+    Ok(report)
+}
+
+/// The stdout summary.
+pub fn render(r: &ThroughputReport) -> String {
+    let mut t =
+        Table::new(&["mode", "implementation", "producers×batch", "depth", "req/s", "vs seed", "vs fifo"]);
+    for m in &r.results {
+        let seed = find(&r.results, &m.mode, "seed-heap");
+        let fifo = find(&r.results, &m.mode, "fifo");
+        t.row(vec![
+            m.mode.clone(),
+            m.implementation.clone(),
+            format!("{}×{}", m.producers, m.batch),
+            m.mean_depth.map_or("-".into(), |d| format!("{d:.0}")),
+            si(m.req_per_s),
+            ratio(m.req_per_s, seed),
+            ratio(m.req_per_s, fifo),
+        ]);
+    }
+    let mut s = format!("\n== throughput (submit → dispatch → release) ==\n{}", t.render());
+    s.push_str(&render_targets(&r.targets));
+    s
+}
+
+/// Targets as a table.
+pub fn render_targets(targets: &[Target]) -> String {
+    let mut t = Table::new(&["target", "bar", "measured", "met"]);
+    for g in targets {
+        t.row(vec![
+            g.name.clone(),
+            g.target.clone(),
+            g.value.clone(),
+            if g.met { "yes" } else { "no" }.into(),
+        ]);
+    }
+    format!("\n{}", t.render())
+}
+
+/// One point of the scaling curve.
+#[derive(Debug, Serialize)]
+pub struct ScalingPoint {
+    /// Shards.
+    pub shards: usize,
+    /// Saturation throughput.
+    pub req_per_s: f64,
+    /// Low-load throughput (one request at a time).
+    pub low_load_req_per_s: f64,
+}
+
+/// The `scaling` report.
+#[derive(Debug, Serialize)]
+pub struct ScalingReport {
+    /// Run facts.
+    pub run: RunInfo,
+    /// Options.
+    pub options: Options,
+    /// flowgate at 1, 2, 4 shards.
+    pub flowgate: Vec<ScalingPoint>,
+    /// Baselines at saturation (same producers and batch).
+    pub baselines: Vec<Measurement>,
+    /// The plot.
+    pub svg: String,
+}
+
+/// Run the `scaling` subcommand: saturation throughput vs shards; writes JSON and an SVG.
+pub fn run_scaling(opts: &Options, out_dir: &Path) -> std::io::Result<ScalingReport> {
+    let dur = Duration::from_secs_f64(opts.seconds / opts.rounds.max(1) as f64);
+    let kinds = [Kind::Flowgate(1), Kind::Flowgate(2), Kind::Flowgate(4), Kind::Seed, Kind::Fifo];
+    let sat =
+        interleaved(&kinds, opts.rounds, |k| free_capacity(k, "saturation", opts.producers, opts.batch, dur));
+    let low = interleaved(&kinds[..3], opts.rounds, |k| free_capacity(k, "low_load", 1, 1, dur / 2));
+    let flowgate: Vec<ScalingPoint> = [1usize, 2, 4]
+        .iter()
+        .zip(sat.iter().zip(&low))
+        .map(|(&shards, (s, l))| ScalingPoint {
+            shards,
+            req_per_s: s.req_per_s,
+            low_load_req_per_s: l.req_per_s,
+        })
+        .collect();
+    let baselines: Vec<Measurement> = sat.into_iter().skip(3).collect();
+    std::fs::create_dir_all(out_dir)?;
+    let svg = out_dir.join("scaling.svg");
+    crate::plot::scaling(&svg, &flowgate, &baselines).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let report = ScalingReport {
+        run: RunInfo::now(opts.quick),
+        options: opts.clone(),
+        flowgate,
+        baselines,
+        svg: svg.display().to_string(),
+    };
+    report::write_json(out_dir, "scaling", &report)?;
+    let mut t =
+        Table::new(&["implementation", "saturation req/s", "vs 1 shard", "low-load req/s", "vs 1 shard"]);
+    let (base_sat, base_low) = (report.flowgate[0].req_per_s, report.flowgate[0].low_load_req_per_s);
+    for p in &report.flowgate {
+        t.row(vec![
+            Kind::Flowgate(p.shards).label(),
+            si(p.req_per_s),
+            ratio(p.req_per_s, base_sat),
+            si(p.low_load_req_per_s),
+            ratio(p.low_load_req_per_s, base_low),
+        ]);
+    }
+    for m in &report.baselines {
+        t.row(vec![m.implementation.clone(), si(m.req_per_s), "-".into(), "-".into(), "-".into()]);
+    }
+    println!("\n== scaling (throughput vs shards) ==\n{}plot: {}", t.render(), report.svg);
+    Ok(report)
+}

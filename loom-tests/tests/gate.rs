@@ -97,7 +97,7 @@ fn released_slot_wakes_a_sleeping_shard() {
         let permit = dispatch(&gate, &workload).expect("a free slot");
         let releaser = thread::spawn(move || drop(permit));
 
-        // The shard runs on its own thread, so only it is ever unparked by its waker.
+        // The shard waits on its own thread, as a pinned shard executor does.
         let shard = {
             let (gate, workload) = (gate.clone(), workload.clone());
             thread::spawn(move || {

@@ -91,7 +91,7 @@ fn waker_registered_before_completion_is_woken() {
                 slot.complete(decision).expect("the caller never cancels");
             })
         };
-        // The waiting task runs on its own thread (`Ticket::wait`), so only it is ever unparked.
+        // The waiting caller runs on its own thread, as a `Ticket::wait` caller does.
         let caller = thread::spawn(move || {
             block_on(poll_fn(|cx| match slot.poll_take(cx.waker()) {
                 Some(d) => Poll::Ready(d),
@@ -120,7 +120,7 @@ fn repoll_with_new_waker_is_the_one_woken() {
                 slot.complete(decision).expect("the caller never cancels");
             })
         };
-        // The waiting task runs on its own thread (`Ticket::wait`), so only it is ever unparked.
+        // The waiting caller runs on its own thread, as a `Ticket::wait` caller does.
         let caller = thread::spawn(move || {
             block_on(poll_fn(|cx| match slot.poll_take(cx.waker()) {
                 Some(d) => Poll::Ready(d),

@@ -14,7 +14,8 @@
 //!
 //! **Priority inversions** are judged after the run from exact timestamps: at each dispatch time
 //! `t` (submission time + the implementation's queued time), every request submitted at least
-//! `INVERSION_GRACE_NS` (1 ms) before `t` and not yet resolved at `t` is scored with the seed's formula (wait at `t`, its criticality, its
+//! `INVERSION_GRACE_NS` (1 ms) before `t` and not yet resolved by `t + SAME_PASS_NS` (0.2 ms) is
+//! scored with the seed's formula (wait at `t`, its criticality, its
 //! workload's exact sliding-window rate at `t`); the dispatch is an inversion when some pending
 //! request scores more than `INVERSION_EPS` above it, and a severe one when more than
 //! `SEVERE_EPS` (one criticality level) above it.
@@ -44,6 +45,10 @@ pub const SEVERE_EPS: f64 = 0.08;
 /// it: any implementation needs a moment to see a new request (a ring hop, a lock), and a request
 /// that arrives while slots are free is dispatched at once anyway.
 pub const INVERSION_GRACE_NS: u64 = 1_000_000;
+/// Requests resolved within this long after a dispatch count as resolved with it (one dispatch
+/// pass): dispatch times are reconstructed as the driver's submit time plus the implementation's
+/// queued time, which are a few µs apart, so one pass's dispatches can appear slightly reordered.
+pub const SAME_PASS_NS: u64 = 200_000;
 
 /// How a workload offers load.
 #[derive(Clone, Debug, Serialize)]
@@ -672,12 +677,12 @@ pub fn count_inversions(records: &[Record], workloads: usize, scoring: &ScoringC
         let t = records[d].end_ns;
         while ai < by_submit.len() && records[by_submit[ai]].submit_ns + INVERSION_GRACE_NS <= t {
             let r = &records[by_submit[ai]];
-            if r.end_ns > t {
+            if r.end_ns > t + SAME_PASS_NS {
                 pending[r.workload].insert((r.submit_ns, by_submit[ai]));
             }
             ai += 1;
         }
-        while ri < by_end.len() && records[by_end[ri]].end_ns <= t {
+        while ri < by_end.len() && records[by_end[ri]].end_ns <= t + SAME_PASS_NS {
             let r = &records[by_end[ri]];
             pending[r.workload].remove(&(r.submit_ns, by_end[ri]));
             ri += 1;
@@ -776,9 +781,9 @@ fn checks(sc: &Scenario, r: &RunResult) -> Vec<Check> {
         "basic_priority" => {
             let p50 = |c: u8| crit(r, c).map_or(0.0, |s| s.wait.p50_ms);
             check(
-                "p50 wait: crit 5 < crit 3 < crit 1".into(),
+                "p50 wait: crit 5 < crit 3 < crit 1, each by ≥ 20%".into(),
                 format!("{} < {} < {} ms", ms(p50(5)), ms(p50(3)), ms(p50(1))),
-                p50(5) < p50(3) && p50(3) < p50(1),
+                p50(5) <= 0.8 * p50(3) && p50(3) <= 0.8 * p50(1),
             );
         }
         "wait_boost" | "starvation" => {
@@ -933,7 +938,7 @@ pub fn run(opts: &Options, out_dir: &Path) -> std::io::Result<ScenariosReport> {
         run: RunInfo::now(opts.quick),
         options: opts.clone(),
         inversion_rule: format!(
-            "at each dispatch, some request submitted at least {} ms earlier and still pending scored more than {INVERSION_EPS} (severe: {SEVERE_EPS}) above the dispatched one by the seed formula with exact sliding-window rates",
+            "at each dispatch, some request submitted at least {} ms earlier and still pending 0.2 ms later scored more than {INVERSION_EPS} (severe: {SEVERE_EPS}) above the dispatched one by the seed formula with exact sliding-window rates",
             INVERSION_GRACE_NS as f64 / 1e6
         ),
         scenarios: reports,
@@ -1039,9 +1044,11 @@ mod tests {
         assert_eq!(count_inversions(&later, 2, &scoring), (2, 0, 0));
         let racing = vec![Record { submit_ns: 9_500_000, ..rec(1, 5, 0, 20) }, rec(0, 1, 0, 10)];
         assert_eq!(count_inversions(&racing, 2, &scoring), (2, 0, 0));
-        // Dispatched in the same instant: not an inversion.
+        // Dispatched in the same instant (or the same pass): not an inversion.
         let same = vec![rec(0, 1, 0, 10), rec(1, 5, 0, 10)];
         assert_eq!(count_inversions(&same, 2, &scoring), (2, 0, 0));
+        let pass = vec![rec(0, 1, 0, 10), Record { end_ns: 10_100_000, ..rec(1, 5, 0, 0) }];
+        assert_eq!(count_inversions(&pass, 2, &scoring), (2, 0, 0));
         // An unresolved (or shed later) crit-5 request counts as pending.
         let mut shed = rec(1, 5, 0, 0);
         shed.end_ns = u64::MAX;

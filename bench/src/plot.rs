@@ -40,7 +40,13 @@ pub fn scaling(path: &Path, flowgate: &[ScalingPoint], baselines: &[Measurement]
         .x_label_area_size(40)
         .y_label_area_size(60)
         .build_cartesian_2d(0.5f64..xmax, (ymin..ymax).log_scale())?;
-    chart.configure_mesh().x_desc("shards").y_desc("M requests/s").draw()?;
+    chart
+        .configure_mesh()
+        .x_desc("shards")
+        .y_desc("M requests/s")
+        .x_labels(2 * xmax as usize)
+        .x_label_formatter(&|x| if (x - x.round()).abs() < 1e-9 { format!("{x:.0}") } else { String::new() })
+        .draw()?;
     let sat: Vec<(f64, f64)> = flowgate.iter().map(|p| (p.shards as f64, p.req_per_s / 1e6)).collect();
     let low: Vec<(f64, f64)> =
         flowgate.iter().map(|p| (p.shards as f64, p.low_load_req_per_s / 1e6)).collect();
@@ -65,7 +71,7 @@ pub fn scaling(path: &Path, flowgate: &[ScalingPoint], baselines: &[Measurement]
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
+        .position(SeriesLabelPosition::MiddleRight)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()?;

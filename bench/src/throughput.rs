@@ -423,7 +423,7 @@ pub fn run_scaling(opts: &Options, out_dir: &Path) -> std::io::Result<ScalingRep
     let kinds = [Kind::Flowgate(1), Kind::Flowgate(2), Kind::Flowgate(4), Kind::Seed, Kind::Fifo];
     let sat =
         interleaved(&kinds, opts.rounds, |k| free_capacity(k, "saturation", opts.producers, opts.batch, dur));
-    let low = interleaved(&kinds[..3], opts.rounds, |k| free_capacity(k, "low_load", 1, 1, dur / 2));
+    let low = interleaved(&kinds[..3], opts.rounds, |k| free_capacity(k, "low_load", 1, 1, dur));
     let flowgate: Vec<ScalingPoint> = [1usize, 2, 4]
         .iter()
         .zip(sat.iter().zip(&low))

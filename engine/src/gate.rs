@@ -53,6 +53,21 @@ pub struct ShardSignal {
     pub doorbell: Doorbell,
 }
 
+/// A copy of what one shard last published.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ShardState {
+    /// Head score ([`NO_HEAD`] if empty or blocked).
+    pub head: f64,
+    /// Tail score ([`NO_TAIL`] if empty or claimed).
+    pub tail: f64,
+    /// Requests queued.
+    pub queued: u64,
+    /// Head waiting on a criticality ceiling.
+    pub blocked: bool,
+    /// Asleep on its doorbell.
+    pub sleeping: bool,
+}
+
 /// Global capacity and the shards' published heads.
 #[derive(Debug)]
 pub struct Gate {
@@ -108,6 +123,20 @@ impl Gate {
     /// Shard `i`'s signal.
     pub fn shard(&self, i: usize) -> &ShardSignal {
         &self.shards[i]
+    }
+
+    /// What every shard has published, for diagnostics and metrics.
+    pub fn shard_states(&self) -> Vec<ShardState> {
+        self.shards
+            .iter()
+            .map(|s| ShardState {
+                head: s.head.load(Ordering::Relaxed),
+                tail: s.tail.load(Ordering::Relaxed),
+                queued: s.queued.load(Ordering::Relaxed),
+                blocked: s.blocked.load(Ordering::Relaxed),
+                sleeping: s.doorbell.is_sleeping(),
+            })
+            .collect()
     }
 
     /// Number of shards.

@@ -184,7 +184,8 @@ impl Engine {
             let spawned = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(index % cores))
                 .name(&format!("flowgate-shard-{index}"))
                 .io_memory(SHARD_IO_MEMORY_BYTES)
-                .spawn(move || worker.run());
+                // The worker owns the pinned thread; glommio supplies the placement.
+                .spawn(move || async move { worker.run() });
             match spawned {
                 Ok(handle) => executors.push(handle),
                 Err(e) => {
@@ -267,6 +268,11 @@ impl Engine {
     /// In-flight requests per backend, in configuration order.
     pub fn inflight_per_backend(&self) -> Vec<u32> {
         self.shared.gate.inflight_per_backend()
+    }
+
+    /// What each shard last published (head/tail scores, queue length, ceiling-blocked, asleep).
+    pub fn shard_states(&self) -> Vec<crate::gate::ShardState> {
+        self.shared.gate.shard_states()
     }
 
     /// Number of shards running.

@@ -3,7 +3,11 @@
 //! One loop, event-driven and batched: take new submitters, apply cancellations, drain the rings
 //! into the heap, run the rescore/expiry timers, dispatch while slots are free and this shard's
 //! head is the best in the engine, publish the head. When a pass finds nothing to do, the worker
-//! sleeps on its [`Doorbell`](crate::doorbell::Doorbell) or its next timer, never spinning.
+//! sleeps on its [`Doorbell`](crate::doorbell::Doorbell) until rung or until its next timer (the
+//! rescore pass or the earliest TTL deadline), never spinning. The worker owns its pinned
+//! executor's thread and parks it directly (a futex wait, woken by `unpark` in a few µs): an
+//! earlier version awaited the doorbell inside glommio's reactor and, under load here, lost
+//! foreign wake-ups together with their timers, stalling a shard with work queued.
 
 use crate::gate::{Permit, NO_HEAD, NO_TAIL};
 use crate::outcome::{OtherReason, Outcome};
@@ -12,10 +16,8 @@ use crate::runtime::Shared;
 use crate::shard::{Admission, Done, Shard};
 use crate::sync::Ordering;
 use crate::ticket::{Decision, Slot};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Waker;
 use std::time::Duration;
 
 /// Most submissions taken from one ring per pass (fairness between submitters, bounded latency).
@@ -24,6 +26,8 @@ pub const RING_BATCH: usize = 256;
 pub const DISPATCH_BATCH: usize = 256;
 /// Shortest sleep before an expiry scan (a TTL resolution of 1 ms at most).
 const MIN_TIMER_NS: u64 = 1_000_000;
+/// Longest sleep of an empty shard (the idle-workload sweep runs on its passes).
+const IDLE_TIMER_NS: u64 = 1_000_000_000;
 
 type Completion = Arc<Slot<Permit>>;
 
@@ -45,18 +49,18 @@ impl Worker {
         Self { index, shard, shared, inboxes: Vec::new(), next_rescore_ns: rescore_ns, rescore_ns }
     }
 
-    /// The worker's life: passes until shutdown, then the final drain.
-    pub(crate) async fn run(mut self) {
+    /// The worker's life: passes until shutdown, then the final drain. Runs on its pinned
+    /// executor's thread and owns it: nothing else is scheduled there.
+    pub(crate) fn run(mut self) {
+        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
         loop {
             if self.shared.shutting_down.load(Ordering::SeqCst) {
                 self.shut_down();
                 return;
             }
-            if self.pass() {
-                glommio::yield_if_needed().await;
-                continue;
+            if !self.pass() {
+                self.sleep(&waker);
             }
-            self.sleep().await;
         }
     }
 
@@ -225,18 +229,35 @@ impl Worker {
         }
     }
 
-    /// Sleep until rung or until the next timer.
-    async fn sleep(&mut self) {
+    /// Sleep until rung or until the next timer (the next rescore, or the earliest TTL deadline).
+    fn sleep(&mut self, waker: &Waker) {
         let now = self.shared.clock.now_ns();
         let wake_at = if self.shard.is_empty() {
             // Nothing queued: only the idle-workload sweep, driven by the rescore pass.
-            self.next_rescore_ns.max(now + Duration::from_secs(1).as_nanos() as u64)
+            self.next_rescore_ns.max(now + IDLE_TIMER_NS)
         } else {
             self.next_rescore_ns.min(self.shard.next_deadline_ns())
-        };
-        let timeout = Duration::from_nanos(wake_at.saturating_sub(now).max(MIN_TIMER_NS));
-        let timer = glommio::timer::Timer::new(timeout);
-        Sleep { worker: self, timer, prepared: false }.await;
+        }
+        .max(now + MIN_TIMER_NS);
+        let bell = &self.shared.gate.shard(self.index).doorbell;
+        bell.prepare_sleep(waker);
+        // The head was published at the end of the last pass; look for work once more: work that
+        // raced the announcement is either seen here or its publisher sees `sleeping` and rings.
+        if self.has_work() {
+            bell.cancel_sleep();
+            return;
+        }
+        loop {
+            let now = self.shared.clock.now_ns();
+            if now >= wake_at {
+                bell.cancel_sleep();
+                return;
+            }
+            std::thread::park_timeout(Duration::from_nanos(wake_at - now));
+            if bell.rung(waker) {
+                return;
+            }
+        }
     }
 
     /// Final drain: refuse what is in the rings, evict what is queued.
@@ -269,40 +290,15 @@ impl Worker {
     }
 }
 
-/// The sleep future: announce the sleep on the doorbell, look for work once more, then wait for a
-/// ring or the timer.
-struct Sleep<'a> {
-    worker: &'a mut Worker,
-    timer: glommio::timer::Timer,
-    prepared: bool,
-}
+/// Wakes the worker's thread (the doorbell's waker).
+struct Unpark(std::thread::Thread);
 
-impl Future for Sleep<'_> {
-    type Output = ();
+impl std::task::Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = &mut *self;
-        let bell = &this.worker.shared.gate.shard(this.worker.index).doorbell;
-        if !this.prepared {
-            this.prepared = true;
-            bell.prepare_sleep(cx.waker());
-            // Publish (with the gate's fence) and look again: work that raced the announcement is
-            // either seen here or its publisher sees `sleeping` and rings.
-            // The head was published at the end of the last pass; look for work once more: work that
-            // raced the announcement is either seen here or its publisher sees `sleeping` and rings.
-            if this.worker.has_work() {
-                bell.cancel_sleep();
-                return Poll::Ready(());
-            }
-        } else if bell.rung(cx.waker()) {
-            return Poll::Ready(());
-        }
-        match Pin::new(&mut this.timer).poll(cx) {
-            Poll::Ready(_) => {
-                bell.cancel_sleep();
-                Poll::Ready(())
-            }
-            Poll::Pending => Poll::Pending,
-        }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
     }
 }

@@ -39,13 +39,17 @@ pub fn measure(kind: Kind, producers: usize, dur: Duration) -> Hist {
                 let mut h = Hist::default();
                 let mut i = 0;
                 barrier.wait();
-                while !stop.load(Ordering::Relaxed) {
+                // At least one sample, however late this thread gets to run.
+                loop {
                     i += 1;
                     let t = Instant::now();
                     let d = submit(&*q, &reqs[i % reqs.len()]).expect("submitted").wait();
                     let ns = t.elapsed().as_nanos() as u64;
                     assert_eq!(d.outcome, Outcome::Dispatched, "free capacity: everything dispatches");
                     h.record(ns);
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
                 }
                 h
             })

@@ -211,8 +211,28 @@ fn validate(dir: &Path, name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A hung run is a broken harness (or engine), not a slow one: give up loudly long after any
+/// plausible run time.
+fn watchdog(quick: bool) {
+    let limit = std::time::Duration::from_secs(if quick { 600 } else { 3600 });
+    std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        eprintln!("flowgate-bench: watchdog: still running after {} s; something hangs", limit.as_secs());
+        std::process::exit(2);
+    });
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let quick = match &cli.command {
+        Command::Throughput { common, .. }
+        | Command::Latency { common }
+        | Command::Scaling { common, .. }
+        | Command::Scenarios { common, .. }
+        | Command::Extproc { common }
+        | Command::All { common, .. } => common.quick,
+    };
+    watchdog(quick);
     let out = cli.out.clone().unwrap_or_else(report::default_out_dir);
     let result: Result<Vec<&str>, std::io::Error> = match &cli.command {
         Command::Throughput { common, load } => {

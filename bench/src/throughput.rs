@@ -115,7 +115,8 @@ pub fn free_capacity(kind: Kind, mode: &str, producers: usize, batch: usize, dur
                 let mut tickets = Vec::with_capacity(batch);
                 let (mut done, mut i) = (0u64, p * 97);
                 barrier.wait();
-                while !stop.load(Ordering::Relaxed) {
+                // At least one batch, however late this thread gets to run.
+                loop {
                     for _ in 0..batch {
                         i += 1;
                         match q.submit(&reqs[i % reqs.len()]) {
@@ -128,6 +129,9 @@ pub fn free_capacity(kind: Kind, mode: &str, producers: usize, batch: usize, dur
                     }
                     for t in tickets.drain(..) {
                         done += u64::from(t.wait().outcome == Outcome::Dispatched);
+                    }
+                    if stop.load(Ordering::Relaxed) {
+                        break;
                     }
                 }
                 done
@@ -196,7 +200,9 @@ pub fn deep_queue(kind: Kind, depth: usize, slots: u32, dur: Duration) -> Measur
         rounds += 1;
         held.clear(); // frees every slot: the queue dispatches its best `slots` heads
         let mut got = 0;
+        let stall = Instant::now() + Duration::from_secs(60);
         while got < slots as usize {
+            assert!(Instant::now() < stall, "{}: no dispatch for 60 s with free slots", kind.label());
             tracker.park_until(Instant::now() + Duration::from_millis(10));
             tracker.collect(&mut out);
             for (d, ()) in out.drain(..) {

@@ -38,7 +38,7 @@ fuzz_all() {
         cargo install cargo-fuzz --locked
     fi
     local t
-    for t in context heap shard; do
+    for t in $(cd fuzz && cargo fuzz list); do
         bash scripts/fuzz.sh "$t" "$FUZZ_SECONDS" || return 1
     done
 }

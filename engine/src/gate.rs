@@ -22,6 +22,14 @@ use std::sync::Arc;
 
 /// Published head score of a shard with nothing dispatchable.
 pub const NO_HEAD: f64 = f64::NEG_INFINITY;
+/// How much better another shard's head must score before this shard yields its turn to it.
+///
+/// Exact global order would make two shards with interleaving heads hand every dispatch across
+/// (a cross-core wake-up each). A request may therefore be overtaken by one scoring at most this
+/// much lower in another shard: 0.001 is 150 ms of aging with the default weights, an eightieth of
+/// one criticality level, so criticality order and the wait-time boost hold across shards.
+pub const CROSS_SHARD_SLACK: f64 = 0.001;
+
 /// Published tail score of a shard with nothing to displace (or whose tail was just claimed).
 pub const NO_TAIL: f64 = f64::INFINITY;
 
@@ -176,8 +184,8 @@ impl Gate {
         self.free.load(Ordering::Relaxed) > 0
     }
 
-    /// May `shard`, whose head scores `head`, dispatch it now without jumping a better request
-    /// queued elsewhere? Ties go to the lower shard index.
+    /// May `shard`, whose head scores `head`, dispatch it now without jumping a request queued
+    /// elsewhere that scores more than [`CROSS_SHARD_SLACK`] better?
     pub fn may_dispatch(&self, shard: usize, head: f64) -> bool {
         let mut others_queued = 0u64;
         let mut best_elsewhere = true;
@@ -186,8 +194,7 @@ impl Gate {
                 continue;
             }
             others_queued += s.queued.load(Ordering::Relaxed);
-            let h = s.head.load(Ordering::Relaxed);
-            if h > head || (h == head && h != NO_HEAD && i < shard) {
+            if s.head.load(Ordering::Relaxed) > head + CROSS_SHARD_SLACK {
                 best_elsewhere = false;
             }
         }

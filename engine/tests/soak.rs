@@ -125,7 +125,7 @@ fn soak_conserves_outcomes_counters_and_memory() {
                             engine.shutdown(); // mid-load: the others are still submitting
                         }
                         let r = rng.next();
-                        let ttl = (r % 10 == 0).then(|| Duration::from_micros(50 + r % 500));
+                        let ttl = r.is_multiple_of(10).then(|| Duration::from_micros(50 + r % 500));
                         let context = WorkloadContext {
                             workload_id: Arc::from(format!("w{}", r % 50)),
                             criticality: (r >> 8) as u8 % 5 + 1,

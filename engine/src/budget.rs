@@ -105,9 +105,7 @@ fn reserve(counter: &AtomicU64, amount: u64, limit: u64) -> bool {
         return true;
     }
     counter
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            n.checked_add(amount).filter(|&m| m <= limit)
-        })
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_add(amount).filter(|&m| m <= limit))
         .is_ok()
 }
 

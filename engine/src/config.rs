@@ -211,9 +211,8 @@ impl EngineConfig {
     /// ```
     pub fn validate(&self) -> Vec<ConfigError> {
         let mut errors = Vec::new();
-        let mut bad = |path: &str, reason: String| {
-            errors.push(ConfigError { path: path.to_string(), reason })
-        };
+        let mut bad =
+            |path: &str, reason: String| errors.push(ConfigError { path: path.to_string(), reason });
         if self.shards > MAX_SHARDS {
             bad("shards", format!("{} is above the limit of {MAX_SHARDS}", self.shards));
         }

@@ -123,9 +123,7 @@ pub const FAIRNESS_ID_HEADER: &str = "x-gateway-inference-fairness-id";
 /// The shared id of the default workload, allocated once per process.
 fn default_id() -> Arc<str> {
     static DEFAULT: OnceLock<Arc<str>> = OnceLock::new();
-    DEFAULT
-        .get_or_init(|| Arc::from(DEFAULT_WORKLOAD_ID))
-        .clone()
+    DEFAULT.get_or_init(|| Arc::from(DEFAULT_WORKLOAD_ID)).clone()
 }
 
 /// Who is asking, how much it matters and how long it may wait: what the engine knows about a
@@ -358,9 +356,7 @@ impl Defaults {
     /// assert_eq!(d.iter().collect::<Vec<_>>(), [DefaultReason::CriticalityMissing]);
     /// ```
     pub fn iter(self) -> impl Iterator<Item = DefaultReason> {
-        DefaultReason::ALL
-            .into_iter()
-            .filter(move |r| self.contains(*r))
+        DefaultReason::ALL.into_iter().filter(move |r| self.contains(*r))
     }
 
     /// The raw bitset: bit `n` is set when `DefaultReason::ALL[n]` is in the set.
@@ -490,12 +486,7 @@ impl WorkloadContext {
     /// assert!(d.contains(DefaultReason::TtlInvalid));
     /// ```
     pub fn parse(header: Option<&[u8]>, default_criticality: u8) -> (WorkloadContext, Defaults) {
-        let fallback = |reason| {
-            (
-                Self::default_workload(default_criticality),
-                Defaults::only(reason),
-            )
-        };
+        let fallback = |reason| (Self::default_workload(default_criticality), Defaults::only(reason));
         let Some(bytes) = header else {
             return fallback(DefaultReason::Missing);
         };
@@ -529,14 +520,7 @@ impl WorkloadContext {
             defaults.insert(reason);
             ttl
         });
-        (
-            WorkloadContext {
-                workload_id,
-                criticality,
-                ttl,
-            },
-            defaults,
-        )
+        (WorkloadContext { workload_id, criticality, ttl }, defaults)
     }
 
     /// Build a context from the raw value of GIE's `x-gateway-inference-fairness-id` header
@@ -558,12 +542,7 @@ impl WorkloadContext {
     /// assert!(d.contains(DefaultReason::IdEmpty));
     /// ```
     pub fn from_fairness_id(value: &[u8], default_criticality: u8) -> (WorkloadContext, Defaults) {
-        let fallback = |reason| {
-            (
-                Self::default_workload(default_criticality),
-                Defaults::only(reason),
-            )
-        };
+        let fallback = |reason| (Self::default_workload(default_criticality), Defaults::only(reason));
         // Length first: it bounds the work done on anything longer.
         if value.is_empty() {
             return fallback(DefaultReason::IdEmpty);

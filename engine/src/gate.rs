@@ -260,7 +260,11 @@ impl Gate {
                 }
             }
             let (i, n) = pick.expect("a reserved slot exists in some backend");
-            if self.backends[i].inflight.compare_exchange(n, n + 1, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            if self.backends[i]
+                .inflight
+                .compare_exchange(n, n + 1, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
                 return Some(i as u32);
             }
         }

@@ -20,9 +20,9 @@
 
 use crate::config::{WorkloadConfig, RATE_BUCKETS};
 use crate::sync::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Mutex, Ordering};
-use std::sync::Arc;
 use hashbrown::HashTable;
 use std::hash::BuildHasher;
+use std::sync::Arc;
 
 /// The id under which workloads beyond `max_tracked` are counted together.
 pub const OVERFLOW_WORKLOAD_ID: &str = "__overflow__";

@@ -189,13 +189,18 @@ impl Engine {
             match spawned {
                 Ok(handle) => executors.push(handle),
                 Err(e) => {
-                    let engine = Engine { shared: shared.clone(), registry: empty_view(clock), executors: Mutex::new(executors) };
+                    let engine = Engine {
+                        shared: shared.clone(),
+                        registry: empty_view(clock),
+                        executors: Mutex::new(executors),
+                    };
                     engine.shutdown();
                     return Err(StartError::Executor(e.to_string()));
                 }
             }
         }
-        let registry = RegistryView::new(directories, tracked, RateWindow::new(config.scoring.rate_window), clock);
+        let registry =
+            RegistryView::new(directories, tracked, RateWindow::new(config.scoring.rate_window), clock);
         Ok(Engine { shared, registry, executors: Mutex::new(executors) })
     }
 
@@ -292,7 +297,8 @@ impl Engine {
         for i in 0..self.shared.shards() {
             self.shared.gate.shard(i).doorbell.ring();
         }
-        let executors: Vec<_> = std::mem::take(&mut *self.executors.lock().unwrap_or_else(|p| p.into_inner()));
+        let executors: Vec<_> =
+            std::mem::take(&mut *self.executors.lock().unwrap_or_else(|p| p.into_inner()));
         for handle in executors {
             // A worker that panicked has already answered nothing more; surface it loudly.
             if let Err(e) = handle.join() {
@@ -316,5 +322,10 @@ impl std::fmt::Debug for Engine {
 }
 
 fn empty_view(clock: Clock) -> RegistryView {
-    RegistryView::new(Vec::new(), Arc::new(AtomicUsize::new(0)), RateWindow::new(std::time::Duration::from_secs(60)), clock)
+    RegistryView::new(
+        Vec::new(),
+        Arc::new(AtomicUsize::new(0)),
+        RateWindow::new(std::time::Duration::from_secs(60)),
+        clock,
+    )
 }

@@ -89,8 +89,7 @@ impl Scorer {
         // The wait term stops growing at wait_cap: age the request no further back than that.
         let effective_ns = enqueue_ns.max(now_ns.saturating_sub(self.wait_cap_ns));
         let rate_term = (rate_per_s.max(0.0) * self.inv_rate_cap).min(1.0);
-        let score = -(effective_ns as f64) * self.wait_per_ns
-            + f64::from(criticality) * self.crit_per_level
+        let score = -(effective_ns as f64) * self.wait_per_ns + f64::from(criticality) * self.crit_per_level
             - rate_term * self.rate_weight;
         debug_assert!(score.is_finite());
         Key { score, seq }

@@ -232,7 +232,8 @@ impl<C> Shard<C> {
             sink(reject(Outcome::RejectedOther(OtherReason::ExpiredOnArrival), completion));
             return Admission::Rejected;
         }
-        let key = self.scorer.key(arrived_ns, now_ns, criticality, workload.cached_rate_per_s(), self.next_seq);
+        let key =
+            self.scorer.key(arrived_ns, now_ns, criticality, workload.cached_rate_per_s(), self.next_seq);
         self.next_seq += self.seq_stride;
         // 3. Reserve queue room; when full, displace worse requests from the tail while that helps.
         if !self.budget.could_fit(bytes) {

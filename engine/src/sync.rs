@@ -80,7 +80,13 @@ impl AtomicF64 {
         self.0.store(v.to_bits(), order)
     }
     /// Replace `current` with `new` if it is still there.
-    pub fn compare_exchange(&self, current: f64, new: f64, success: Ordering, failure: Ordering) -> Result<f64, f64> {
+    pub fn compare_exchange(
+        &self,
+        current: f64,
+        new: f64,
+        success: Ordering,
+        failure: Ordering,
+    ) -> Result<f64, f64> {
         self.0
             .compare_exchange(current.to_bits(), new.to_bits(), success, failure)
             .map(f64::from_bits)

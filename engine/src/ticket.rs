@@ -13,8 +13,8 @@
 //! `result` is only written by the shard before a successful `PENDING → DONE` and only read by the
 //! caller after observing `DONE`, which is what makes the `UnsafeCell` sound.
 
-use crate::outcome::Outcome;
 use crate::heap::Handle;
+use crate::outcome::Outcome;
 use crate::sync::{AtomicU8, Mutex, Ordering};
 use std::cell::UnsafeCell;
 use std::task::Waker;
@@ -221,7 +221,10 @@ impl std::task::Wake for ThreadWaker {
 impl std::future::Future for Ticket {
     type Output = Decision<crate::gate::Permit>;
 
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
         let slot = self.slot.as_ref().expect("ticket polled after it resolved");
         match slot.poll_take(cx.waker()) {
             Some(d) => {
@@ -296,7 +299,8 @@ mod tests {
     fn cancel_after_done_drops_the_permit() {
         let slot = Slot::new();
         let permit = Arc::new(());
-        slot.complete(Decision { outcome: Outcome::Dispatched, permit: Some(permit.clone()), queued_ns: 0 }).unwrap();
+        slot.complete(Decision { outcome: Outcome::Dispatched, permit: Some(permit.clone()), queued_ns: 0 })
+            .unwrap();
         assert!(!slot.cancel());
         assert_eq!(Arc::strong_count(&permit), 1);
     }

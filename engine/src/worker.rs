@@ -166,7 +166,8 @@ impl Worker {
         let mut dispatched = 0;
         let mut blocked = false;
         while dispatched < DISPATCH_BATCH {
-            let (Some(key), Some(criticality)) = (self.shard.head_key(), self.shard.head_criticality()) else {
+            let (Some(key), Some(criticality)) = (self.shard.head_key(), self.shard.head_criticality())
+            else {
                 break;
             };
             if !gate.may_dispatch(self.index, key.score) {
@@ -180,7 +181,8 @@ impl Worker {
             };
             let done = self.shard.dispatch_next(now).expect("head exists");
             let permit = Permit::new(gate.clone(), backend, done.workload.clone());
-            let decision = Decision { outcome: Outcome::Dispatched, permit: Some(permit), queued_ns: done.queued_ns };
+            let decision =
+                Decision { outcome: Outcome::Dispatched, permit: Some(permit), queued_ns: done.queued_ns };
             match done.completion.complete(decision) {
                 Ok(()) => self.shared.outcomes[self.index].count(Outcome::Dispatched),
                 // The caller cancelled as we dispatched: its permit drops here, freeing the slot.
@@ -277,8 +279,13 @@ impl Worker {
                 } else {
                     Outcome::RejectedOther(OtherReason::ShuttingDown)
                 };
-                let decision = Decision { outcome, permit: None, queued_ns: now.saturating_sub(arrival.arrived_ns) };
-                let counted = if arrival.completion.complete(decision).is_ok() { outcome } else { Outcome::EvictedCancelled };
+                let decision =
+                    Decision { outcome, permit: None, queued_ns: now.saturating_sub(arrival.arrived_ns) };
+                let counted = if arrival.completion.complete(decision).is_ok() {
+                    outcome
+                } else {
+                    Outcome::EvictedCancelled
+                };
                 self.shared.outcomes[self.index].count(counted);
             }
         }

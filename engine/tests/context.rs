@@ -32,17 +32,9 @@ fn reasons(d: Defaults) -> Vec<DefaultReason> {
 fn assert_valid(ctx: &WorkloadContext) {
     let id: &str = &ctx.workload_id;
     assert!(!id.is_empty(), "empty id");
-    assert!(
-        id.len() <= MAX_WORKLOAD_ID_BYTES,
-        "id of {} bytes",
-        id.len()
-    );
+    assert!(id.len() <= MAX_WORKLOAD_ID_BYTES, "id of {} bytes", id.len());
     assert!(!id.chars().any(char::is_control), "control char in {id:?}");
-    assert!(
-        (1..=5).contains(&ctx.criticality),
-        "criticality {}",
-        ctx.criticality
-    );
+    assert!((1..=5).contains(&ctx.criticality), "criticality {}", ctx.criticality);
     if let Some(ttl) = ctx.ttl {
         assert!(!ttl.is_zero() && ttl <= MAX_TTL, "ttl {ttl:?}");
     }
@@ -51,28 +43,14 @@ fn assert_valid(ctx: &WorkloadContext) {
 /// The whole header was refused for exactly `reason`.
 fn assert_whole_default(header: &[u8], reason: DefaultReason) {
     let (ctx, d) = parse(header);
-    assert_eq!(
-        ctx,
-        WorkloadContext::default_workload(DC),
-        "{:?}",
-        String::from_utf8_lossy(header)
-    );
-    assert!(Arc::ptr_eq(
-        &ctx.workload_id,
-        &WorkloadContext::default_workload(DC).workload_id
-    ));
-    assert_eq!(
-        reasons(d),
-        [reason],
-        "{:?}",
-        String::from_utf8_lossy(header)
-    );
+    assert_eq!(ctx, WorkloadContext::default_workload(DC), "{:?}", String::from_utf8_lossy(header));
+    assert!(Arc::ptr_eq(&ctx.workload_id, &WorkloadContext::default_workload(DC).workload_id));
+    assert_eq!(reasons(d), [reason], "{:?}", String::from_utf8_lossy(header));
 }
 
 /// Id and ttl kept, criticality defaulted for exactly `reason`.
 fn assert_criticality_default(criticality_json: &str, reason: DefaultReason) {
-    let header =
-        format!(r#"{{"workload_id":"chat","criticality":{criticality_json},"ttl_ms":100}}"#);
+    let header = format!(r#"{{"workload_id":"chat","criticality":{criticality_json},"ttl_ms":100}}"#);
     let (ctx, d) = parse_str(&header);
     assert_eq!(&*ctx.workload_id, "chat", "{header}");
     assert_eq!(ctx.criticality, DC, "{header}");
@@ -94,8 +72,7 @@ fn assert_ttl(ttl_json: &str, ttl: Option<Duration>, expected: &[DefaultReason])
 
 #[test]
 fn valid_header() {
-    let (ctx, d) =
-        parse_str(r#"{"workload_id": "chat-frontend", "criticality": 4, "ttl_ms": 5000}"#);
+    let (ctx, d) = parse_str(r#"{"workload_id": "chat-frontend", "criticality": 4, "ttl_ms": 5000}"#);
     assert_eq!(&*ctx.workload_id, "chat-frontend");
     assert_eq!(ctx.criticality, 4);
     assert_eq!(ctx.ttl, Some(Duration::from_secs(5)));
@@ -106,10 +83,7 @@ fn valid_header() {
 #[test]
 fn valid_without_ttl() {
     let (ctx, d) = parse_str(r#"{"workload_id":"batch","criticality":1}"#);
-    assert_eq!(
-        (&*ctx.workload_id, ctx.criticality, ctx.ttl),
-        ("batch", 1, None)
-    );
+    assert_eq!((&*ctx.workload_id, ctx.criticality, ctx.ttl), ("batch", 1, None));
     assert!(d.is_empty());
 }
 
@@ -126,10 +100,7 @@ fn every_valid_criticality() {
 fn whitespace_and_key_order_do_not_matter() {
     let (ctx, d) =
         parse_str(" \n\t{ \"ttl_ms\" : 1 , \"criticality\" : 2 ,\r\n \"workload_id\" : \"x\" } \n");
-    assert_eq!(
-        (&*ctx.workload_id, ctx.criticality, ctx.ttl),
-        ("x", 2, Some(Duration::from_millis(1)))
-    );
+    assert_eq!((&*ctx.workload_id, ctx.criticality, ctx.ttl), ("x", 2, Some(Duration::from_millis(1))));
     assert!(d.is_empty());
 }
 
@@ -138,10 +109,7 @@ fn unknown_keys_are_ignored() {
     let (ctx, d) = parse_str(
         r#"{"workload_id":"chat","extra":{"deep":[1,2,{"x":null}]},"criticality":2,"zzz":"s","ttl_ms":10,"other":1.5}"#,
     );
-    assert_eq!(
-        (&*ctx.workload_id, ctx.criticality, ctx.ttl),
-        ("chat", 2, Some(Duration::from_millis(10)))
-    );
+    assert_eq!((&*ctx.workload_id, ctx.criticality, ctx.ttl), ("chat", 2, Some(Duration::from_millis(10))));
     assert!(d.is_empty());
 }
 
@@ -154,23 +122,15 @@ fn keys_are_case_sensitive() {
 
 #[test]
 fn duplicate_keys_last_wins() {
-    let (ctx, d) =
-        parse_str(r#"{"workload_id":"a","criticality":1,"workload_id":"b","criticality":5}"#);
+    let (ctx, d) = parse_str(r#"{"workload_id":"a","criticality":1,"workload_id":"b","criticality":5}"#);
     assert_eq!((&*ctx.workload_id, ctx.criticality), ("b", 5));
     assert!(d.is_empty());
 }
 
 #[test]
 fn unicode_ids_are_accepted() {
-    for id in [
-        "チャット",
-        "modèle-🚀",
-        "Ω≈ç√",
-        "тенант",
-        "عربى",
-        "a\u{200b}b",
-        "😀😀😀😀",
-    ] {
+    for id in ["チャット", "modèle-🚀", "Ω≈ç√", "тенант", "عربى", "a\u{200b}b", "😀😀😀😀"]
+    {
         let (ctx, d) = parse_str(&format!(r#"{{"workload_id":"{id}","criticality":2}}"#));
         assert_eq!(&*ctx.workload_id, id);
         assert!(d.is_empty(), "{id}: {d:?}");
@@ -194,14 +154,8 @@ fn ids_are_not_trimmed() {
 #[test]
 fn explicit_default_id_shares_the_default_arc() {
     let (ctx, d) = parse_str(r#"{"workload_id":"default","criticality":5}"#);
-    assert_eq!(
-        (&*ctx.workload_id, ctx.criticality),
-        (DEFAULT_WORKLOAD_ID, 5)
-    );
-    assert!(Arc::ptr_eq(
-        &ctx.workload_id,
-        &WorkloadContext::default_workload(1).workload_id
-    ));
+    assert_eq!((&*ctx.workload_id, ctx.criticality), (DEFAULT_WORKLOAD_ID, 5));
+    assert!(Arc::ptr_eq(&ctx.workload_id, &WorkloadContext::default_workload(1).workload_id));
     assert!(d.is_empty());
 }
 
@@ -281,16 +235,7 @@ fn deep_nesting_is_invalid_json_not_a_stack_overflow() {
 
 #[test]
 fn top_level_not_an_object() {
-    for h in [
-        "[]",
-        r#"["workload_id","a"]"#,
-        r#""str""#,
-        "5",
-        "-1.5",
-        "null",
-        "true",
-        "false",
-    ] {
+    for h in ["[]", r#"["workload_id","a"]"#, r#""str""#, "5", "-1.5", "null", "true", "false"] {
         assert_whole_default(h.as_bytes(), NotAnObject);
     }
 }
@@ -327,16 +272,10 @@ fn too_large_header() {
 
 #[test]
 fn id_of_64_kib_is_handled_as_default() {
-    let h = format!(
-        r#"{{"workload_id":"{}","criticality":5}}"#,
-        "a".repeat(64 * 1024)
-    );
+    let h = format!(r#"{{"workload_id":"{}","criticality":5}}"#, "a".repeat(64 * 1024));
     assert_whole_default(h.as_bytes(), TooLarge);
     // Even a 1 MiB value.
-    let h = format!(
-        r#"{{"workload_id":"{}","criticality":5}}"#,
-        "a".repeat(1 << 20)
-    );
+    let h = format!(r#"{{"workload_id":"{}","criticality":5}}"#, "a".repeat(1 << 20));
     assert_whole_default(h.as_bytes(), TooLarge);
 }
 
@@ -350,15 +289,7 @@ fn id_missing() {
 
 #[test]
 fn id_wrong_type() {
-    for id in [
-        "42",
-        "4.5",
-        "true",
-        "null",
-        "[]",
-        r#"["a"]"#,
-        r#"{"id":"a"}"#,
-    ] {
+    for id in ["42", "4.5", "true", "null", "[]", r#"["a"]"#, r#"{"id":"a"}"#] {
         let h = format!(r#"{{"workload_id":{id},"criticality":5,"ttl_ms":100}}"#);
         assert_whole_default(h.as_bytes(), IdWrongType);
     }
@@ -366,10 +297,7 @@ fn id_wrong_type() {
 
 #[test]
 fn id_empty() {
-    assert_whole_default(
-        br#"{"workload_id":"","criticality":5,"ttl_ms":100}"#,
-        IdEmpty,
-    );
+    assert_whole_default(br#"{"workload_id":"","criticality":5,"ttl_ms":100}"#, IdEmpty);
 }
 
 #[test]
@@ -395,32 +323,18 @@ fn id_of_exactly_max_bytes_is_accepted() {
 #[test]
 fn id_one_byte_over_max_is_refused() {
     let id = "a".repeat(MAX_WORKLOAD_ID_BYTES + 1);
-    assert_whole_default(
-        format!(r#"{{"workload_id":"{id}","criticality":5}}"#).as_bytes(),
-        IdTooLong,
-    );
+    assert_whole_default(format!(r#"{{"workload_id":"{id}","criticality":5}}"#).as_bytes(), IdTooLong);
     // 85 three-byte chars + 2 bytes = 257 bytes, only 87 chars.
     let id = format!("{}ab", "あ".repeat(85));
     assert_eq!(id.len(), 257);
-    assert_whole_default(
-        format!(r#"{{"workload_id":"{id}","criticality":5}}"#).as_bytes(),
-        IdTooLong,
-    );
+    assert_whole_default(format!(r#"{{"workload_id":"{id}","criticality":5}}"#).as_bytes(), IdTooLong);
 }
 
 #[test]
 fn id_with_control_chars_is_refused() {
-    for escaped in [
-        r"a\nb",
-        r"\u0000",
-        r"a\u0000",
-        r"\t",
-        r"a\rb",
-        r"\u001b[31m",
-        r"x\u007f",
-        r"\u0085",
-        r"\u009f",
-    ] {
+    for escaped in
+        [r"a\nb", r"\u0000", r"a\u0000", r"\t", r"a\rb", r"\u001b[31m", r"x\u007f", r"\u0085", r"\u009f"]
+    {
         let h = format!(r#"{{"workload_id":"{escaped}","criticality":5}}"#);
         assert_whole_default(h.as_bytes(), IdControlChars);
     }
@@ -442,10 +356,7 @@ fn id_problem_defaults_criticality_and_ttl_too() {
 #[test]
 fn criticality_missing() {
     let (ctx, d) = parse_str(r#"{"workload_id":"chat","ttl_ms":100}"#);
-    assert_eq!(
-        (&*ctx.workload_id, ctx.criticality, ctx.ttl),
-        ("chat", DC, Some(Duration::from_millis(100)))
-    );
+    assert_eq!((&*ctx.workload_id, ctx.criticality, ctx.ttl), ("chat", DC, Some(Duration::from_millis(100))));
     assert_eq!(reasons(d), [CriticalityMissing]);
 }
 
@@ -537,10 +448,7 @@ fn ttl_invalid() {
 #[test]
 fn several_reasons_at_once() {
     let (ctx, d) = parse_str(r#"{"workload_id":"chat","ttl_ms":0}"#);
-    assert_eq!(
-        (&*ctx.workload_id, ctx.criticality, ctx.ttl),
-        ("chat", DC, None)
-    );
+    assert_eq!((&*ctx.workload_id, ctx.criticality, ctx.ttl), ("chat", DC, None));
     assert_eq!(reasons(d), [CriticalityMissing, TtlInvalid]);
     assert_eq!(d.len(), 2);
 
@@ -557,10 +465,7 @@ fn several_reasons_at_once() {
 #[test]
 fn fairness_id_valid() {
     let (ctx, d) = WorkloadContext::from_fairness_id(b"tenant-a", 4);
-    assert_eq!(
-        (&*ctx.workload_id, ctx.criticality, ctx.ttl),
-        ("tenant-a", 4, None)
-    );
+    assert_eq!((&*ctx.workload_id, ctx.criticality, ctx.ttl), ("tenant-a", 4, None));
     assert_eq!(reasons(d), [CriticalityMissing]);
     let (ctx, _) = WorkloadContext::from_fairness_id("チャット 🚀".as_bytes(), DC);
     assert_eq!(&*ctx.workload_id, "チャット 🚀");
@@ -569,10 +474,7 @@ fn fairness_id_valid() {
     assert_eq!(&*ctx.workload_id, r#" {"workload_id":"x"} "#);
     // "default" is the shared default id.
     let (ctx, _) = WorkloadContext::from_fairness_id(b"default", DC);
-    assert!(Arc::ptr_eq(
-        &ctx.workload_id,
-        &WorkloadContext::default_workload(DC).workload_id
-    ));
+    assert!(Arc::ptr_eq(&ctx.workload_id, &WorkloadContext::default_workload(DC).workload_id));
 }
 
 #[test]
@@ -590,12 +492,7 @@ fn fairness_id_refused() {
     ];
     for (value, reason) in cases {
         let (ctx, d) = WorkloadContext::from_fairness_id(value, DC);
-        assert_eq!(
-            ctx,
-            WorkloadContext::default_workload(DC),
-            "{:?}",
-            String::from_utf8_lossy(value)
-        );
+        assert_eq!(ctx, WorkloadContext::default_workload(DC), "{:?}", String::from_utf8_lossy(value));
         assert_eq!(reasons(d), [reason], "{:?}", String::from_utf8_lossy(value));
     }
 }
@@ -615,10 +512,7 @@ fn default_workload_shares_one_arc() {
     let a = WorkloadContext::default_workload(1);
     let b = WorkloadContext::default_workload(5);
     assert!(Arc::ptr_eq(&a.workload_id, &b.workload_id));
-    assert_eq!(
-        (&*a.workload_id, a.criticality, a.ttl),
-        ("default", 1, None)
-    );
+    assert_eq!((&*a.workload_id, a.criticality, a.ttl), ("default", 1, None));
     assert_eq!(b.criticality, 5);
     let (c, _) = WorkloadContext::parse(Some(b"[]"), 2);
     assert!(Arc::ptr_eq(&a.workload_id, &c.workload_id));

@@ -147,7 +147,8 @@ fn a_full_queue_displaces_a_worse_request_queued_in_another_shard() {
 fn shutdown_answers_queued_requests_and_refuses_new_ones() {
     let engine = Engine::start(config(2, 1)).unwrap();
     let _holder = hold_slot(&engine);
-    let tickets: Vec<_> = (0..20).map(|i| engine.submit(request(&format!("w{i}"), 3, None)).unwrap()).collect();
+    let tickets: Vec<_> =
+        (0..20).map(|i| engine.submit(request(&format!("w{i}"), 3, None)).unwrap()).collect();
     until("20 queued", || engine.stats().queued == 20);
     engine.shutdown();
     for t in tickets {
@@ -222,7 +223,9 @@ fn many_submitters_random_cancels_ttls_and_a_shutdown_conserve_outcomes() {
     // or as whatever had already been decided).
     let waited: u64 = Outcome::ALL.iter().map(|o| get(o.label())).sum();
     assert_eq!(waited + get("dropped"), submitted);
-    for o in [Outcome::EvictedTtl, Outcome::RejectedCapacity, Outcome::EvictedShutdown, Outcome::EvictedDisplaced] {
+    for o in
+        [Outcome::EvictedTtl, Outcome::RejectedCapacity, Outcome::EvictedShutdown, Outcome::EvictedDisplaced]
+    {
         assert!(count(&engine, o) >= get(o.label()), "{o:?}");
     }
     assert!(get("refused_shutdown") > 0, "the shutdown landed mid-load");

@@ -41,7 +41,14 @@ impl Harness {
         self.submit_full(workload, crit, None, 0, now_ns)
     }
 
-    fn submit_full(&mut self, workload: &str, crit: u8, ttl: Option<Duration>, bytes: u64, now_ns: u64) -> (u64, Admission) {
+    fn submit_full(
+        &mut self,
+        workload: &str,
+        crit: u8,
+        ttl: Option<Duration>,
+        bytes: u64,
+        now_ns: u64,
+    ) -> (u64, Admission) {
         let id = self.next_id;
         self.next_id += 1;
         let arrival = Arrival {

@@ -43,6 +43,7 @@ use flowgate_engine::runtime::{Engine, Permit, Request, SubmitError};
 use flowgate_engine::{Outcome, WorkloadContext};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 use tracing::{debug, debug_span};
@@ -60,6 +61,9 @@ pub const OWN_HEADER_PREFIX: &str = "x-flowgate-";
 /// Most messages buffered from a stream while its request is queued (Envoy sends none in its
 /// default modes); a stream sending more is refused.
 const MAX_PENDING_MESSAGES: usize = 1024;
+/// Answers buffered per stream towards Envoy (the headers answer plus a few CONTINUEs; Envoy
+/// waits for each answer).
+const STREAM_ANSWERS: usize = 8;
 
 /// The ext_proc service.
 #[derive(Clone)]
@@ -107,22 +111,45 @@ impl ExternalProcessor for FlowControl {
         request: tonic::Request<Streaming<ProcessingRequest>>,
     ) -> Result<tonic::Response<Self::ProcessStream>, Status> {
         let inbound = request.into_inner();
-        // Room for the headers answer plus a few CONTINUEs; Envoy waits for each answer.
-        let (tx, rx) = mpsc::channel(8);
-        let shared = self.shared.clone();
-        tokio::spawn(async move {
-            let mut stream =
-                StreamState { shared, inbound, tx, permit: None, answered: false, pending: VecDeque::new() };
-            stream.run().await;
-        });
+        let (tx, rx) = mpsc::channel(STREAM_ANSWERS);
+        let service = self.clone();
+        tokio::spawn(async move { service.serve_stream(inbound, tx).await });
         Ok(tonic::Response::new(ReceiverStream::new(rx)))
     }
 }
 
+impl FlowControl {
+    /// Serve one ext_proc stream (one HTTP request): read `inbound` until it ends (or fails, or
+    /// `outbound` is closed, or flow control closes it), answering on `outbound`. Returns once
+    /// the stream is over; by then its backend slot (if it got one) is released and a request
+    /// still queued is cancelled.
+    ///
+    /// [`ExternalProcessor::process`] runs this on a task with tonic's [`Streaming`] as `inbound`;
+    /// any other stream of requests works the same (tests and the fuzz target drive it directly).
+    pub async fn serve_stream<S>(
+        &self,
+        inbound: S,
+        outbound: mpsc::Sender<Result<ProcessingResponse, Status>>,
+    ) where
+        S: Stream<Item = Result<ProcessingRequest, Status>>,
+    {
+        let inbound = pin!(inbound);
+        let mut stream = StreamState {
+            shared: self.shared.clone(),
+            inbound,
+            tx: outbound,
+            permit: None,
+            answered: false,
+            pending: VecDeque::new(),
+        };
+        stream.run().await;
+    }
+}
+
 /// One ext_proc stream (one HTTP request).
-struct StreamState {
+struct StreamState<S> {
     shared: Arc<Shared>,
-    inbound: Streaming<ProcessingRequest>,
+    inbound: S,
     tx: mpsc::Sender<Result<ProcessingResponse, Status>>,
     /// The backend slot while the request is in flight.
     permit: Option<Permit>,
@@ -138,7 +165,10 @@ enum Flow {
     Close,
 }
 
-impl StreamState {
+impl<S> StreamState<S>
+where
+    S: Stream<Item = Result<ProcessingRequest, Status>> + Unpin,
+{
     async fn run(&mut self) {
         loop {
             if let Some(message) = self.pending.pop_front() {
@@ -148,14 +178,14 @@ impl StreamState {
                 continue;
             }
             let next = tokio::select! {
-                m = self.inbound.message() => m,
+                m = self.inbound.next() => m,
                 // Streams waiting for nothing from flow control close on shutdown.
                 _ = self.shared.shutdown.cancelled(), if self.answered => break,
             };
             let message = match next {
-                Ok(Some(m)) => m,
-                Ok(None) => break,
-                Err(status) => {
+                Some(Ok(m)) => m,
+                None => break,
+                Some(Err(status)) => {
                     debug!(%status, "ext_proc stream ended with an error");
                     break;
                 }
@@ -246,8 +276,8 @@ impl StreamState {
             tokio::select! {
                 biased;
                 decision = &mut ticket => break Some(decision),
-                m = self.inbound.message() => match m {
-                    Ok(Some(m)) if self.pending.len() < MAX_PENDING_MESSAGES => self.pending.push_back(m),
+                m = self.inbound.next() => match m {
+                    Some(Ok(m)) if self.pending.len() < MAX_PENDING_MESSAGES => self.pending.push_back(m),
                     _ => break None,
                 },
                 _ = self.tx.closed() => break None,

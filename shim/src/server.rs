@@ -349,17 +349,19 @@ fn read_context(shared: &Shared, headers: &HttpHeaders) -> (WorkloadContext, Vec
         shared.metrics.count_capped();
         context.criticality = criticality;
     }
-    let mut own: Vec<String> = list
-        .iter()
-        .filter(|h| {
-            h.key.len() >= OWN_HEADER_PREFIX.len()
-                && h.key[..OWN_HEADER_PREFIX.len()].eq_ignore_ascii_case(OWN_HEADER_PREFIX)
-        })
-        .map(|h| h.key.to_ascii_lowercase())
-        .collect();
+    let mut own: Vec<String> =
+        list.iter().filter(|h| is_own_header(&h.key)).map(|h| h.key.to_ascii_lowercase()).collect();
     own.sort();
     own.dedup();
     (context, own)
+}
+
+/// Is `key` one of flowgate's own headers (`x-flowgate-*`, any letter case)? Compared as bytes:
+/// a name is any string, and a non-ASCII character may straddle the prefix's end.
+pub fn is_own_header(key: &str) -> bool {
+    key.as_bytes()
+        .get(..OWN_HEADER_PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(OWN_HEADER_PREFIX.as_bytes()))
 }
 
 fn set_header(key: &str, value: &str) -> HeaderValueOption {
@@ -434,6 +436,21 @@ pub fn rejected(outcome: Outcome, ttl: Duration) -> Option<ProcessingResponse> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_headers_by_prefix_in_any_case_and_any_name() {
+        assert!(is_own_header("x-flowgate-drop-reason"));
+        assert!(is_own_header("X-Flowgate-Anything"));
+        assert!(is_own_header("x-flowgate-"));
+        assert!(!is_own_header("x-flowgate"));
+        assert!(!is_own_header("x-gateway-destination-endpoint"));
+        assert!(!is_own_header(""));
+        // A multi-byte character across the prefix's end (found by the extproc fuzz target: it
+        // used to panic on slicing inside the character).
+        assert!(!is_own_header("x-flowgate\u{5c4}"));
+        assert!(!is_own_header("x-flowgat\u{e9}-x"));
+        assert!(is_own_header("x-flowgate-\u{e9}"));
+    }
 
     #[test]
     fn retry_after_per_reason() {

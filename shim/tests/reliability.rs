@@ -1,0 +1,798 @@
+//! Reliability under attack and faults, through the ext_proc protocol (servers started in-process
+//! on 127.0.0.1:0 as in `protocol.rs`, or as a real `flowgate serve` process for SIGTERM):
+//!
+//! * **cardinality attack**: a flood of distinct workload ids (`CARDINALITY_IDS`, default
+//!   80 000; `CARDINALITY_IDS=1000000 cargo test --release -p flowgate --test reliability
+//!   cardinality` for the full million) keeps tracked workloads, `/api/v1/workloads` and the
+//!   `fairness_id` label values within `max_tracked`, and the process RSS bounded; idle workloads
+//!   are forgotten after `idle_timeout`;
+//! * **hung slot holders**: a dispatched stream that never answers holds its slot only until the
+//!   stream (or its connection) closes; meanwhile queued requests get `ttl-expired` 503s within
+//!   their TTL. The server has no stream idle timeout of its own: in production Envoy's route and
+//!   stream timeouts reset the HTTP request, which closes the ext_proc stream;
+//! * **shutdown under load**: every queued stream gets its `shutting-down` 503 (in-process
+//!   shutdown and a real SIGTERM), streams opened during shutdown end one way or another, none
+//!   hangs;
+//! * **back-pressure**: a full submission ring refuses at once (`SubmitError::Backpressure`, never
+//!   a block), and the server answers a refused submission with a 429 `capacity` at once.
+//!
+//! Synchronisation is by real signals only: awaited responses, and engine state or metrics polled
+//! until they show the expected state, with a deadline. The tests take one lock so that they run
+//! one at a time (the RSS figure is this process's).
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Msg;
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as Reply;
+use envoy_types::pb::envoy::service::ext_proc::v3::{HttpHeaders, ProcessingRequest, ProcessingResponse};
+use flowgate::config::ServeConfig;
+use flowgate::metrics::{sample, Metrics};
+use flowgate::serve::{self, Running};
+use flowgate::server::FlowControl;
+use flowgate_engine::config::{BackendConfig, EngineConfig};
+use flowgate_engine::runtime::{Engine, Request, SubmitError};
+use flowgate_engine::{Outcome, WorkloadContext};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Streaming;
+
+/// The backend named in answers (never contacted).
+const BACKEND: &str = "127.0.0.1:8000";
+/// Longest wait for any single expected event.
+const DEADLINE: Duration = Duration::from_secs(30);
+/// The tests run one at a time (they are heavy, and the RSS bound is per process).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+type Client = ExternalProcessorClient<Channel>;
+
+/// A server started in-process.
+struct Server {
+    running: Option<Running>,
+    grpc: SocketAddr,
+    metrics: SocketAddr,
+}
+
+impl Server {
+    /// One backend of `slots` slots, `shards` shards, plus `extra` YAML sections.
+    async fn start(shards: usize, slots: u32, extra: &str) -> Server {
+        let yaml = format!(
+            "listen: 127.0.0.1:0\nmetrics_listen: 127.0.0.1:0\nshards: {shards}\nbackends:\n  - address: {BACKEND}\n    max_inflight: {slots}\n{extra}"
+        );
+        let config = ServeConfig::from_yaml(&yaml).unwrap_or_else(|e| panic!("{yaml}: {e:?}"));
+        let running = serve::start(config).await.expect("server starts");
+        let (grpc, metrics) = (running.grpc_addr(), running.metrics_addr());
+        Server { running: Some(running), grpc, metrics }
+    }
+
+    fn engine(&self) -> Arc<Engine> {
+        self.running.as_ref().unwrap().engine().clone()
+    }
+
+    async fn client(&self) -> Client {
+        connect(self.grpc).await
+    }
+
+    async fn wait_metric(&self, series: &str, value: f64) {
+        wait_metric(self.metrics, series, value).await
+    }
+
+    async fn shutdown(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+}
+
+/// A new HTTP/2 connection to `addr`.
+async fn connect(addr: SocketAddr) -> Client {
+    let channel = Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.expect("connects");
+    ExternalProcessorClient::new(channel)
+}
+
+/// One ext_proc stream, as Envoy holds it for one HTTP request.
+struct Stream {
+    /// The request side, held open until the stream is dropped.
+    _tx: mpsc::Sender<ProcessingRequest>,
+    rx: Streaming<ProcessingResponse>,
+}
+
+impl Stream {
+    /// Open a stream on `client` and send request headers for workload `id`.
+    async fn open(client: &mut Client, id: &str, criticality: u8) -> Stream {
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(request_headers(id, criticality)).await.unwrap();
+        let rx = tokio::time::timeout(DEADLINE, client.process(ReceiverStream::new(rx)))
+            .await
+            .expect("stream opens in time")
+            .expect("stream opens")
+            .into_inner();
+        Stream { _tx: tx, rx }
+    }
+
+    /// The next answer (panics after the deadline, on an error or at the end of the stream).
+    async fn next(&mut self) -> ProcessingResponse {
+        tokio::time::timeout(DEADLINE, self.rx.message())
+            .await
+            .expect("no answer before the deadline")
+            .expect("stream failed")
+            .expect("stream ended without an answer")
+    }
+}
+
+fn header(key: &str, value: &[u8]) -> HeaderValue {
+    HeaderValue { key: key.into(), raw_value: value.to_vec(), ..Default::default() }
+}
+
+fn request_headers(id: &str, criticality: u8) -> ProcessingRequest {
+    let context = format!(r#"{{"workload_id":"{id}","criticality":{criticality}}}"#);
+    let headers = vec![
+        header("x-workload-context", context.as_bytes()),
+        header(":method", b"POST"),
+        header(":path", b"/v1/chat/completions"),
+    ];
+    ProcessingRequest {
+        request: Some(Msg::RequestHeaders(HttpHeaders {
+            headers: Some(HeaderMap { headers }),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// The destination a dispatched answer sets.
+fn destination(r: &ProcessingResponse) -> Option<String> {
+    let Some(Reply::RequestHeaders(h)) = &r.response else {
+        return None;
+    };
+    let m = h.response.as_ref()?.header_mutation.as_ref()?;
+    let set =
+        m.set_headers.iter().find(|o| o.header.as_ref().unwrap().key == "x-gateway-destination-endpoint")?;
+    Some(String::from_utf8(set.header.as_ref().unwrap().raw_value.clone()).unwrap())
+}
+
+/// `(status, x-flowgate-drop-reason, retry-after)` of an immediate response.
+fn immediate(r: &ProcessingResponse) -> Option<(i32, String, String)> {
+    let Some(Reply::ImmediateResponse(i)) = &r.response else {
+        return None;
+    };
+    let get = |key: &str| {
+        let h = i.headers.as_ref()?.set_headers.iter().find(|o| o.header.as_ref().unwrap().key == key)?;
+        Some(String::from_utf8(h.header.as_ref().unwrap().raw_value.clone()).unwrap())
+    };
+    Some((i.status?.code, get("x-flowgate-drop-reason")?, get("retry-after")?))
+}
+
+/// A minimal HTTP/1.1 GET: (status, body).
+async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut raw)).await.expect("HTTP answer in time").unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    (head.split(' ').nth(1).unwrap().parse().unwrap(), body.to_string())
+}
+
+/// Poll `/metrics` until `series` reads `value` (deadline: [`DEADLINE`]).
+async fn wait_metric(metrics: SocketAddr, series: &str, value: f64) {
+    let start = Instant::now();
+    loop {
+        let text = http_get(metrics, "/metrics").await.1;
+        let got = sample(&text, series);
+        if got == Some(value) {
+            return;
+        }
+        assert!(start.elapsed() < DEADLINE, "{series} stayed at {got:?}, expected {value}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Distinct `fairness_id` label values in a `/metrics` rendering.
+fn fairness_ids(text: &str) -> HashSet<&str> {
+    text.lines()
+        .filter_map(|l| {
+            let rest = &l[l.find("fairness_id=\"")? + "fairness_id=\"".len()..];
+            Some(&rest[..rest.find('"')?])
+        })
+        .collect()
+}
+
+/// Resident set size of this process, bytes (`/proc/self/statm`, 4 KiB pages).
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+const MIB: u64 = 1 << 20;
+
+// ---------------------------------------------------------------------------------------------
+// Cardinality attack
+// ---------------------------------------------------------------------------------------------
+
+/// Distinct ids the attack sends by default (about a minute in a debug build on 2 cores).
+const DEFAULT_CARDINALITY_IDS: usize = 80_000;
+const MAX_TRACKED: usize = 1000;
+const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Concurrent streams in the attack, spread over a few connections.
+const ATTACKERS: usize = 64;
+const CONNECTIONS: usize = 4;
+/// Most the process may be resident at any point of the attack (debug build, client included).
+const RSS_LIMIT: u64 = 256 * MIB;
+/// Most the RSS may grow from the end of the first tenth of the attack to its end: memory must
+/// not grow with the number of distinct ids.
+const RSS_GROWTH_LIMIT: u64 = 32 * MIB;
+/// Longest the whole attack may take, whatever its size.
+const ATTACK_DEADLINE: Duration = Duration::from_secs(1800);
+
+fn cardinality_ids() -> usize {
+    match std::env::var("CARDINALITY_IDS") {
+        Ok(v) => v.parse().unwrap_or_else(|_| panic!("CARDINALITY_IDS={v:?} is not a count")),
+        Err(_) => DEFAULT_CARDINALITY_IDS,
+    }
+}
+
+/// What the watcher saw during the attack.
+#[derive(Debug, Default)]
+struct Watch {
+    samples: u64,
+    scrapes: u64,
+    max_tracked: usize,
+    max_api_workloads: usize,
+    max_fairness_ids: usize,
+    max_rss: u64,
+    /// RSS once a tenth of the ids were sent.
+    rss_at_tenth: Option<u64>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cardinality_attack_stays_bounded_and_idle_workloads_are_collected() {
+    let _serial = SERIAL.lock().await;
+    let ids = cardinality_ids();
+    let server = Server::start(
+        2,
+        4096,
+        &format!(
+            "queue:\n  max_requests: 100000\nworkloads:\n  max_tracked: {MAX_TRACKED}\n  idle_timeout: {}ms\n",
+            IDLE_TIMEOUT.as_millis()
+        ),
+    )
+    .await;
+    let engine = server.engine();
+    let rss_start = rss_bytes();
+    let started = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let dispatched = Arc::new(AtomicUsize::new(0));
+    let done = CancellationToken::new();
+
+    // The watcher: engine state every 10 ms, `/metrics` and `/api/v1/workloads` every 500 ms.
+    let watcher = {
+        let (engine, next, done, metrics) = (engine.clone(), next.clone(), done.clone(), server.metrics);
+        tokio::spawn(async move {
+            let mut w = Watch::default();
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            let mut last_scrape = Instant::now();
+            loop {
+                let stop = tokio::select! {
+                    _ = done.cancelled() => true,
+                    _ = tick.tick() => false,
+                };
+                assert!(started.elapsed() < ATTACK_DEADLINE, "the attack took over {ATTACK_DEADLINE:?}");
+                let tracked = engine.registry().tracked();
+                assert!(tracked <= MAX_TRACKED, "{tracked} workloads tracked (max_tracked {MAX_TRACKED})");
+                let rss = rss_bytes();
+                assert!(rss <= RSS_LIMIT, "RSS {} MiB over the {} MiB bound", rss / MIB, RSS_LIMIT / MIB);
+                if w.rss_at_tenth.is_none() && next.load(Ordering::Relaxed) >= ids / 10 {
+                    w.rss_at_tenth = Some(rss);
+                }
+                w.samples += 1;
+                w.max_tracked = w.max_tracked.max(tracked);
+                w.max_rss = w.max_rss.max(rss);
+                if stop || last_scrape.elapsed() >= Duration::from_millis(500) {
+                    last_scrape = Instant::now();
+                    let (status, text) = http_get(metrics, "/metrics").await;
+                    assert_eq!(status, 200);
+                    let labels = fairness_ids(&text).len();
+                    assert!(labels <= MAX_TRACKED + 2, "{labels} fairness_id label values");
+                    let (status, body) = http_get(metrics, "/api/v1/workloads").await;
+                    assert_eq!(status, 200);
+                    let listed = serde_json::from_str::<Vec<serde_json::Value>>(&body).unwrap().len();
+                    // Tracked workloads plus the shared overflow entry.
+                    assert!(listed <= MAX_TRACKED + 1, "{listed} workloads listed");
+                    w.scrapes += 1;
+                    w.max_fairness_ids = w.max_fairness_ids.max(labels);
+                    w.max_api_workloads = w.max_api_workloads.max(listed);
+                }
+                if stop {
+                    return w;
+                }
+            }
+        })
+    };
+
+    // The attack: each stream is a new workload id, dispatched at once; the stream then closes
+    // (the HTTP request is over), which releases its slot.
+    let mut clients = Vec::new();
+    for _ in 0..CONNECTIONS {
+        clients.push(server.client().await);
+    }
+    let mut attackers = tokio::task::JoinSet::new();
+    for a in 0..ATTACKERS {
+        let mut client = clients[a % CONNECTIONS].clone();
+        let (next, dispatched) = (next.clone(), dispatched.clone());
+        attackers.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= ids {
+                    return;
+                }
+                let mut s = Stream::open(&mut client, &format!("attacker-{i:07}"), (i % 5) as u8 + 1).await;
+                let r = s.next().await;
+                assert_eq!(destination(&r).as_deref(), Some(BACKEND), "{r:?}");
+                dispatched.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    while let Some(a) = attackers.join_next().await {
+        a.unwrap();
+    }
+    let attack_time = started.elapsed();
+    assert_eq!(dispatched.load(Ordering::Relaxed), ids);
+    server.wait_metric("flowgate_requests_total{outcome=\"dispatched\"}", ids as f64).await;
+    done.cancel();
+    let watch = watcher.await.unwrap();
+    let rss_end = rss_bytes();
+    let tracked_at_end = engine.registry().tracked();
+
+    // Idle workloads are forgotten: within idle_timeout (plus the sweep period and scheduling
+    // slack) nothing is tracked, listed or labelled any more but the permanent series.
+    let idle_start = Instant::now();
+    let (collected_in, labels_after) = loop {
+        let (_, text) = http_get(server.metrics, "/metrics").await;
+        let labels: HashSet<String> = fairness_ids(&text).into_iter().map(str::to_string).collect();
+        let (_, body) = http_get(server.metrics, "/api/v1/workloads").await;
+        let listed = serde_json::from_str::<Vec<serde_json::Value>>(&body).unwrap().len();
+        let stats = engine.stats();
+        if engine.registry().tracked() == 0 && listed == 0 && labels.len() <= 2 && stats.inflight == 0 {
+            break (idle_start.elapsed(), labels);
+        }
+        assert!(
+            idle_start.elapsed() < IDLE_TIMEOUT + DEADLINE,
+            "idle workloads not collected: {} tracked, {listed} listed, {} labels, {stats:?}",
+            engine.registry().tracked(),
+            labels.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let expected_labels: HashSet<String> = ["default", "__overflow__"].map(String::from).into();
+    assert!(labels_after.is_subset(&expected_labels), "{labels_after:?}");
+
+    let rss_tenth = watch.rss_at_tenth.expect("sampled at a tenth of the attack");
+    assert!(
+        rss_end.saturating_sub(rss_tenth) <= RSS_GROWTH_LIMIT,
+        "RSS grew from {} MiB to {} MiB",
+        rss_tenth / MIB,
+        rss_end / MIB
+    );
+    assert!(watch.samples > 0 && watch.scrapes > 0);
+    println!(
+        "cardinality: {ids} ids in {:.1} s ({:.0} streams/s, {ATTACKERS} concurrent over {CONNECTIONS} connections); \
+         max tracked {} / {MAX_TRACKED} ({} samples), max listed {}, max fairness_id labels {} ({} scrapes); \
+         RSS start {} MiB, at a tenth {} MiB, max {} MiB, end {} MiB; tracked at end {tracked_at_end}, \
+         all collected {:.2} s after the attack (idle_timeout {IDLE_TIMEOUT:?})",
+        attack_time.as_secs_f64(),
+        ids as f64 / attack_time.as_secs_f64(),
+        watch.max_tracked,
+        watch.samples,
+        watch.max_api_workloads,
+        watch.max_fairness_ids,
+        watch.scrapes,
+        rss_start / MIB,
+        rss_tenth / MIB,
+        watch.max_rss / MIB,
+        rss_end / MIB,
+        collected_in.as_secs_f64(),
+    );
+    server.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hung slot holders
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_slot_holder_holds_its_slot_only_until_its_stream_closes() {
+    let _serial = SERIAL.lock().await;
+    const TTL: Duration = Duration::from_millis(300);
+    const WAITERS: usize = 8;
+    let server = Server::start(1, 1, &format!("queue:\n  ttl: {}ms\n", TTL.as_millis())).await;
+    let engine = server.engine();
+    let inflight = format!("flowgate_inflight{{backend=\"{BACKEND}\"}}");
+    let mut client = server.client().await;
+
+    // A dispatched request whose model server never answers: the stream stays open, silent.
+    let mut hung = Stream::open(&mut client, "hung", 5).await;
+    assert_eq!(destination(&hung.next().await).as_deref(), Some(BACKEND));
+    let held_since = Instant::now();
+
+    // Requests queued behind it are answered 503 ttl-expired, no sooner than their TTL and
+    // not much later, for as long as the slot is held (three rounds: over 3 TTLs in all).
+    let mut latencies = Vec::new();
+    for round in 0..3 {
+        let mut waiters = tokio::task::JoinSet::new();
+        for i in 0..WAITERS {
+            let mut client = client.clone();
+            waiters.spawn(async move {
+                let opened = Instant::now();
+                let mut s = Stream::open(&mut client, &format!("waiter-{round}-{i}"), 3).await;
+                let r = s.next().await;
+                let waited = opened.elapsed();
+                assert_eq!(immediate(&r), Some((503, "ttl-expired".into(), "1".into())), "{r:?}");
+                waited
+            });
+        }
+        while let Some(w) = waiters.join_next().await {
+            latencies.push(w.unwrap());
+        }
+    }
+    let (min, max) = (*latencies.iter().min().unwrap(), *latencies.iter().max().unwrap());
+    assert!(min >= TTL, "expired after {min:?}, before the {TTL:?} TTL");
+    assert!(max <= TTL + Duration::from_secs(2), "expired after {max:?} (TTL {TTL:?})");
+    // The server has no stream idle timeout of its own: the hung stream still holds the slot.
+    let held_for = held_since.elapsed();
+    assert!(held_for >= 3 * TTL);
+    assert_eq!(engine.stats().inflight, 1);
+    server.wait_metric(&inflight, 1.0).await;
+    server.wait_metric("flowgate_requests_total{outcome=\"evicted_ttl\"}", (3 * WAITERS) as f64).await;
+
+    // A request queued now, then the hung stream goes away (Envoy's timeout resets it): the slot
+    // is freed and the queued request dispatched.
+    let mut next = Stream::open(&mut client, "next", 3).await;
+    server.wait_metric("flowgate_queued_requests", 1.0).await;
+    let closed_at = Instant::now();
+    drop(hung);
+    let r = next.next().await;
+    let handed_over = closed_at.elapsed();
+    assert_eq!(destination(&r).as_deref(), Some(BACKEND), "{r:?}");
+
+    // Same with a whole connection that dies while its stream holds the slot.
+    drop(next);
+    server.wait_metric(&inflight, 0.0).await;
+    let mut lone = server.client().await;
+    let mut hung = Stream::open(&mut lone, "hung-connection", 5).await;
+    assert_eq!(destination(&hung.next().await).as_deref(), Some(BACKEND));
+    let mut after = Stream::open(&mut client, "after", 3).await;
+    server.wait_metric("flowgate_queued_requests", 1.0).await;
+    drop((hung, lone));
+    let r = after.next().await;
+    assert_eq!(destination(&r).as_deref(), Some(BACKEND), "{r:?}");
+    drop(after);
+    server.wait_metric(&inflight, 0.0).await;
+    println!(
+        "hung holder: {} queued requests expired 503 ttl-expired after {:?}..{:?} (TTL {TTL:?}) while the slot \
+         stayed held {:?}; closing the hung stream dispatched the next request {:?} later",
+        latencies.len(),
+        min,
+        max,
+        held_for,
+        handed_over
+    );
+    server.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shutdown under load
+// ---------------------------------------------------------------------------------------------
+
+/// How a stream opened around shutdown ended.
+#[derive(Debug, Default)]
+struct Endings {
+    dispatched: usize,
+    shutting_down: usize,
+    /// The server refused or reset the stream (no ext_proc answer: Envoy applies its failure mode).
+    refused: usize,
+}
+
+/// Open a stream and wait until it ends one way or another (never past the deadline).
+async fn open_and_end(mut client: Client, id: String) -> Result<ProcessingResponse, tonic::Status> {
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(request_headers(&id, 3)).await.unwrap();
+    let mut rx = tokio::time::timeout(DEADLINE, client.process(ReceiverStream::new(rx)))
+        .await
+        .expect("the stream opens or is refused in time")?
+        .into_inner();
+    let r = tokio::time::timeout(DEADLINE, rx.message()).await.expect("an answer or an end in time");
+    drop(tx);
+    r?.ok_or_else(|| tonic::Status::unavailable("stream ended without an answer"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_under_load_answers_every_queued_stream() {
+    let _serial = SERIAL.lock().await;
+    const QUEUED: usize = 1000;
+    const LATE: usize = 200;
+    let server = Server::start(2, 1, "queue:\n  ttl: 1h\n  max_requests: 100000\n").await;
+    let engine = server.engine();
+    let client = server.client().await;
+    let mut holder_client = client.clone();
+    let mut holder = Stream::open(&mut holder_client, "holder", 5).await;
+    assert_eq!(destination(&holder.next().await).as_deref(), Some(BACKEND));
+
+    let mut queued = tokio::task::JoinSet::new();
+    for i in 0..QUEUED {
+        queued.spawn(open_and_end(client.clone(), format!("queued-{}", i % 50)));
+    }
+    server.wait_metric("flowgate_queued_requests", QUEUED as f64).await;
+
+    // Shut down while every one of them waits, and keep opening streams meanwhile.
+    let mut server = server;
+    let running = server.running.take().unwrap();
+    let started = Instant::now();
+    let shutdown = tokio::spawn(running.shutdown());
+    let mut late = tokio::task::JoinSet::new();
+    for i in 0..LATE {
+        late.spawn(open_and_end(client.clone(), format!("late-{i}")));
+    }
+
+    let mut answered = 0;
+    while let Some(r) = queued.join_next().await {
+        let r = r.unwrap().expect("a queued stream is answered, not dropped");
+        assert_eq!(immediate(&r), Some((503, "shutting-down".into(), "1".into())), "{r:?}");
+        answered += 1;
+    }
+    let all_answered_in = started.elapsed();
+    assert_eq!(answered, QUEUED);
+    let mut endings = Endings::default();
+    while let Some(r) = late.join_next().await {
+        match r.unwrap() {
+            Ok(r) if destination(&r).is_some() => endings.dispatched += 1,
+            Ok(r) => {
+                assert_eq!(immediate(&r), Some((503, "shutting-down".into(), "1".into())), "{r:?}");
+                endings.shutting_down += 1;
+            }
+            Err(_) => endings.refused += 1,
+        }
+    }
+    // The holder's slot was granted: its stream is closed by the server (Envoy carries on).
+    let end = tokio::time::timeout(DEADLINE, holder.rx.message()).await.expect("the holder's stream closes");
+    assert!(!matches!(end, Ok(Some(_))), "{end:?}");
+    tokio::time::timeout(DEADLINE, shutdown).await.expect("shutdown finishes").unwrap();
+    let shutdown_time = started.elapsed();
+    let counts: std::collections::HashMap<Outcome, u64> = engine.outcome_counts().into_iter().collect();
+    // The queued ones, plus late ones that were queued before the engine stopped taking work.
+    let evicted = counts[&Outcome::EvictedShutdown];
+    assert!((QUEUED as u64..=(QUEUED + LATE) as u64).contains(&evicted), "{evicted} evicted by shutdown");
+    assert_eq!(engine.stats().queued, 0);
+    println!(
+        "shutdown under load: {QUEUED} queued streams all answered 503 shutting-down in {:?}; {LATE} streams opened \
+         during shutdown: {endings:?}; shutdown done in {shutdown_time:?}",
+        all_answered_in
+    );
+}
+
+/// Kills the child process (by its own id) if the test ends early.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The value of `key=` in a log line.
+fn field(line: &str, key: &str) -> Option<SocketAddr> {
+    let start = line.find(&format!("{key}="))? + key.len() + 1;
+    line[start..].split_whitespace().next()?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_answers_every_queued_stream_of_a_real_process() {
+    let _serial = SERIAL.lock().await;
+    const QUEUED: usize = 300;
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("flowgate-reliability");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join(format!("sigterm-{}.yaml", std::process::id()));
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:0\nmetrics_listen: 127.0.0.1:0\nshards: 2\nbackends:\n  - address: {BACKEND}\n    max_inflight: 1\nqueue:\n  ttl: 1h\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_flowgate"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = child.0.stderr.take().unwrap();
+    let (addrs_tx, addrs_rx) = tokio::sync::oneshot::channel();
+    let log = std::thread::spawn(move || {
+        let mut lines = BufReader::new(stderr).lines();
+        let mut addrs_tx = Some(addrs_tx);
+        let mut rest = Vec::new();
+        for line in lines.by_ref().map_while(Result::ok) {
+            if line.contains("flowgate serving") {
+                if let Some(tx) = addrs_tx.take() {
+                    let _ = tx.send((field(&line, "grpc_addr"), field(&line, "metrics_addr")));
+                }
+            }
+            rest.push(line);
+        }
+        rest
+    });
+    let (grpc, metrics) = tokio::time::timeout(DEADLINE, addrs_rx).await.expect("serve started").unwrap();
+    let (grpc, metrics) = (grpc.unwrap(), metrics.unwrap());
+    let mut client = connect(grpc).await;
+    let mut holder = Stream::open(&mut client, "holder", 5).await;
+    assert_eq!(destination(&holder.next().await).as_deref(), Some(BACKEND));
+    let mut queued = tokio::task::JoinSet::new();
+    for i in 0..QUEUED {
+        queued.spawn(open_and_end(client.clone(), format!("queued-{}", i % 20)));
+    }
+    wait_metric(metrics, "flowgate_queued_requests", QUEUED as f64).await;
+
+    let started = Instant::now();
+    let kill =
+        std::process::Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    while let Some(r) = queued.join_next().await {
+        let r = r.unwrap().expect("a queued stream is answered, not dropped");
+        assert_eq!(immediate(&r), Some((503, "shutting-down".into(), "1".into())), "{r:?}");
+    }
+    let answered_in = started.elapsed();
+    let end = tokio::time::timeout(DEADLINE, holder.rx.message()).await.expect("the holder's stream closes");
+    assert!(!matches!(end, Ok(Some(_))), "{end:?}");
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < DEADLINE, "serve did not exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(status.code(), Some(0));
+    let exited_in = started.elapsed();
+    let log = log.join().unwrap();
+    assert!(log.iter().any(|l| l.contains("SIGTERM received")), "{log:?}");
+    println!(
+        "SIGTERM: {QUEUED} queued streams of a real process all answered 503 shutting-down in {answered_in:?}; \
+         exit 0 after {exited_in:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Back-pressure
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_full_submission_ring_refuses_promptly() {
+    let _serial = SERIAL.lock().await;
+    const BURST: usize = 10_000;
+    const MAX_BURSTS: usize = 20;
+    let mut config = EngineConfig {
+        shards: 1,
+        ring_capacity: 1,
+        backends: vec![BackendConfig { address: BACKEND.into(), max_inflight: 1 << 20 }],
+        ..Default::default()
+    };
+    config.queue.max_requests = 0;
+    let engine = Engine::start(config).expect("engine starts");
+
+    // Bursts from this one thread (one ring of one place): every submission returns at once,
+    // with a ticket or a refusal; until the shard has fallen behind at least once.
+    let (mut tickets, mut refused, mut bursts) = (Vec::new(), 0usize, 0usize);
+    let mut slowest = Duration::ZERO;
+    let started = Instant::now();
+    while refused == 0 && bursts < MAX_BURSTS {
+        bursts += 1;
+        for _ in 0..BURST {
+            let t0 = Instant::now();
+            let r = engine.submit(Request { context: WorkloadContext::default_workload(3), bytes: 0 });
+            slowest = slowest.max(t0.elapsed());
+            match r {
+                Ok(t) => tickets.push(t),
+                Err(SubmitError::Backpressure(_)) => refused += 1,
+                Err(e @ SubmitError::ShuttingDown(_)) => panic!("{e}"),
+            }
+        }
+    }
+    let burst_time = started.elapsed();
+    assert!(refused > 0, "{bursts} bursts of {BURST} never found the ring full");
+    assert!(slowest < Duration::from_millis(100), "a submission took {slowest:?}");
+
+    // Every accepted request has its one outcome (dispatched: there are slots for all).
+    let accepted = tickets.len();
+    for t in tickets {
+        let d = tokio::time::timeout(DEADLINE, t).await.expect("decided");
+        assert_eq!(d.outcome, Outcome::Dispatched);
+    }
+    let stats = engine.stats();
+    assert_eq!((stats.queued, stats.inflight), (0, 0));
+    engine.shutdown();
+    println!(
+        "ring back-pressure: ring_capacity 1, {bursts} burst(s) of {BURST} from one thread in {burst_time:?}: \
+         {accepted} accepted (all dispatched), {refused} refused with Backpressure; slowest submit {slowest:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_submissions_are_answered_429_capacity_at_once() {
+    let _serial = SERIAL.lock().await;
+    // An engine that takes a few submitters only, all held by this test: every submission from
+    // the server's threads is refused with back-pressure (as from a full ring).
+    const SUBMITTERS: usize = 4;
+    let config = EngineConfig {
+        shards: 1,
+        max_submitters: SUBMITTERS,
+        backends: vec![BackendConfig { address: BACKEND.into(), max_inflight: 64 }],
+        ..Default::default()
+    };
+    let engine = Arc::new(Engine::start(config).expect("engine starts"));
+    let blockers: Vec<_> = (0..SUBMITTERS).map(|_| engine.submitter().expect("a submitter place")).collect();
+    let metrics = Arc::new(Metrics::new(1000, 3));
+    let stop = CancellationToken::new();
+    let service = FlowControl::new(engine.clone(), metrics, stop.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let grpc_stop = stop.clone();
+    let grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(ExternalProcessorServer::new(service))
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                async move { grpc_stop.cancelled().await },
+            ),
+    );
+    let client = connect(addr).await;
+
+    const STREAMS: usize = 200;
+    let started = Instant::now();
+    let mut streams = tokio::task::JoinSet::new();
+    for i in 0..STREAMS {
+        let client = client.clone();
+        streams.spawn(async move {
+            let opened = Instant::now();
+            let r = open_and_end(client, format!("w{i}")).await.expect("answered");
+            (r, opened.elapsed())
+        });
+    }
+    let mut slowest = Duration::ZERO;
+    while let Some(r) = streams.join_next().await {
+        let (r, took) = r.unwrap();
+        assert_eq!(immediate(&r), Some((429, "capacity".into(), "1".into())), "{r:?}");
+        slowest = slowest.max(took);
+    }
+    let all_in = started.elapsed();
+    assert!(slowest < Duration::from_secs(2), "a refusal took {slowest:?}");
+    let counts: std::collections::HashMap<Outcome, u64> = engine.outcome_counts().into_iter().collect();
+    assert_eq!(counts[&Outcome::Dispatched], 0);
+
+    // Once the places are free, the server's threads register and requests are dispatched.
+    drop(blockers);
+    let r = open_and_end(client.clone(), "after".into()).await.expect("answered");
+    assert_eq!(destination(&r).as_deref(), Some(BACKEND), "{r:?}");
+    stop.cancel();
+    tokio::time::timeout(DEADLINE, grpc).await.expect("server stops").unwrap().unwrap();
+    engine.shutdown();
+    println!(
+        "submission back-pressure: {STREAMS} concurrent streams all answered 429 capacity in {all_in:?} \
+         (slowest {slowest:?}); dispatching again once a submitter place was free"
+    );
+}

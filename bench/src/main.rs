@@ -10,6 +10,8 @@ use flowgate_bench::{latency, report, scenarios, throughput};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod extproc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "flowgate-bench",
@@ -32,7 +34,8 @@ struct Common {
     /// Shards of the multi-shard flowgate configuration (N).
     #[arg(long, default_value_t = 2)]
     shards: usize,
-    /// Seconds per measurement (default: 0.6 quick, 3 full; scenarios: 3 quick, 12 full).
+    /// Seconds per measurement (default: 0.6 quick, 3 full; scenarios: 3 quick, 12 full; extproc:
+    /// 1.5 quick, 10 full per server).
     #[arg(long)]
     seconds: Option<f64>,
     /// Interleaved rounds per measurement (default: 2 quick, 5 full); the median is reported.
@@ -76,6 +79,26 @@ struct Pool {
     sequential: bool,
 }
 
+#[derive(Args, Debug, Clone)]
+struct ExtprocLoad {
+    /// Offered ext_proc load, requests/s (open loop).
+    #[arg(long, default_value_t = 10_000.0)]
+    rate: f64,
+    /// Concurrent ext_proc client streams (one request in flight each).
+    #[arg(long, default_value_t = 256)]
+    streams: usize,
+    /// HTTP/2 connections per server the streams share.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Worker threads of the ext_proc client runtime.
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
+    /// Drive an external `flowgate serve` at this address (host:port) instead of an in-process
+    /// server; give it free capacity: every request must be dispatched.
+    #[arg(long)]
+    addr: Option<String>,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Requests/s through submit → dispatch → release: low load, saturation, 10k queued.
@@ -104,10 +127,12 @@ enum Command {
         #[command(flatten)]
         pool: Pool,
     },
-    /// ext_proc load generator (not yet available).
+    /// ext_proc load generator: flowgate's added latency over a bare ext_proc server (open loop).
     Extproc {
         #[command(flatten)]
         common: Common,
+        #[command(flatten)]
+        ext: ExtprocLoad,
     },
     /// Everything, in order.
     All {
@@ -117,6 +142,8 @@ enum Command {
         load: Load,
         #[command(flatten)]
         pool: Pool,
+        #[command(flatten)]
+        ext: ExtprocLoad,
     },
 }
 
@@ -154,8 +181,18 @@ fn rounds(c: &Common) -> usize {
     c.rounds.unwrap_or(if c.quick { 2 } else { 5 })
 }
 
-fn extproc() {
-    println!("extproc: not yet available (the ext_proc load generator comes with the shim)");
+fn extproc_options(c: &Common, e: &ExtprocLoad) -> extproc::Options {
+    extproc::Options {
+        quick: c.quick,
+        rate: e.rate,
+        streams: e.streams,
+        connections: e.connections,
+        client_threads: e.client_threads,
+        seconds: c.seconds.unwrap_or(if c.quick { 1.5 } else { 10.0 }),
+        rounds: rounds(c),
+        shards: c.shards,
+        addr: e.addr.clone(),
+    }
 }
 
 /// Read back a result file and check it is the JSON object we meant to write.
@@ -206,6 +243,18 @@ fn validate(dir: &Path, name: &str) -> Result<(), String> {
                 }
             }
         }
+        "extproc" => {
+            let results = v["results"].as_array().map_or(&[][..], Vec::as_slice);
+            if results.len() != 2
+                || !results.iter().all(|r| {
+                    positive(&r["latency"]["p50_ms"])
+                        && r["failed"].as_u64() == Some(0)
+                        && r["not_dispatched"].as_u64() == Some(0)
+                })
+            {
+                return bad("expected baseline and flowgate results, no failures, a positive p50");
+            }
+        }
         _ => {}
     }
     Ok(())
@@ -229,7 +278,7 @@ fn main() -> ExitCode {
         | Command::Latency { common }
         | Command::Scaling { common, .. }
         | Command::Scenarios { common, .. }
-        | Command::Extproc { common }
+        | Command::Extproc { common, .. }
         | Command::All { common, .. } => common.quick,
     };
     watchdog(quick);
@@ -248,18 +297,17 @@ fn main() -> ExitCode {
         Command::Scenarios { common, pool } => {
             scenarios::run(&scenario_options(common, pool), &out).map(|_| vec!["scenarios"])
         }
-        Command::Extproc { .. } => {
-            extproc();
-            Ok(vec![])
+        Command::Extproc { common, ext } => {
+            extproc::run(&extproc_options(common, ext), &out).map(|_| vec!["extproc"])
         }
-        Command::All { common, load, pool } => (|| {
+        Command::All { common, load, pool, ext } => (|| {
             let t = tput_options(common, load);
             throughput::run(&t, &out)?;
             latency::run(common.quick, common.shards, latency_seconds(common), rounds(common), &out)?;
             throughput::run_scaling(&t, &out)?;
             scenarios::run(&scenario_options(common, pool), &out)?;
-            extproc();
-            Ok(vec!["throughput", "latency", "scaling", "scenarios"])
+            extproc::run(&extproc_options(common, ext), &out)?;
+            Ok(vec!["throughput", "latency", "scaling", "scenarios", "extproc"])
         })(),
     };
     let written = match result {

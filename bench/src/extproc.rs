@@ -53,8 +53,11 @@ pub const TARGET_ADDED_P99_US: f64 = 300.0;
 pub const TARGET_RATE: f64 = 10_000.0;
 /// ... over this many concurrent streams.
 pub const TARGET_STREAMS: usize = 256;
-/// A server sustains the offered load when it completes at least this share of it.
+/// A server sustains the offered load when it completes at least this share of it ...
 pub const SUSTAINED_SHARE: f64 = 0.95;
+/// ... and the client sends on schedule: p99 send lag at most this (ms). Past it the client or
+/// the machine is saturated and latencies measure its backlog, not the server.
+pub const SUSTAINED_LAG_P99_MS: f64 = 1.0;
 /// Longest a single request (all of its stream) may take before it counts as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// After the load window, requests still waiting for their worker this much longer are skipped
@@ -111,6 +114,8 @@ pub struct TargetResult {
     pub latency: Summary,
     /// Scheduled time → headers answer (includes the client's lag).
     pub from_schedule: Summary,
+    /// Scheduled time → send: the client's own lag behind the schedule.
+    pub send_lag: Summary,
     /// The first failure seen, if any.
     pub first_error: Option<String>,
 }
@@ -155,7 +160,8 @@ pub struct ExtprocReport {
     pub added: Added,
     /// The target on added p99, µs.
     pub target_added_p99_us: f64,
-    /// Whether both servers sustained the offered load (achieved ≥ 95 % of offered); when not,
+    /// Whether both servers sustained the offered load (achieved ≥ 95 % of offered, p99 send lag
+    /// ≤ 1 ms); when not,
     /// the client (or the machine) is the bottleneck and latencies include its backlog.
     pub sustained: bool,
     /// Whether this run met the target (reported, never enforced); `null` when the run is not at
@@ -407,12 +413,13 @@ impl Tally {
     }
 }
 
-/// A worker's record: its tally and `(send → answer, schedule → answer)` samples in ns (a plain
+/// A worker's record: its tally and `(send → answer, schedule → answer, schedule → send)`
+/// samples in ns (a plain
 /// vector: a histogram per worker would be ~0.5 MB each).
 #[derive(Default)]
 struct WorkerRecord {
     tally: Tally,
-    samples: Vec<(u64, u64)>,
+    samples: Vec<(u64, u64, u64)>,
 }
 
 /// A phase's (or a server's) figures.
@@ -421,13 +428,15 @@ struct Measured {
     tally: Tally,
     latency: Hist,
     from_schedule: Hist,
+    send_lag: Hist,
 }
 
 impl Measured {
     fn add_worker(&mut self, w: WorkerRecord) {
-        for (latency, from_schedule) in w.samples {
+        for (latency, from_schedule, send_lag) in w.samples {
             self.latency.record(latency);
             self.from_schedule.record(from_schedule);
+            self.send_lag.record(send_lag);
         }
         self.tally.merge(w.tally);
     }
@@ -435,6 +444,7 @@ impl Measured {
     fn merge(&mut self, o: Measured) {
         self.latency.add(&o.latency);
         self.from_schedule.add(&o.from_schedule);
+        self.send_lag.add(&o.send_lag);
         self.tally.merge(o.tally);
     }
 }
@@ -468,6 +478,7 @@ async fn worker(
                 samples.push((
                     (answered - sent).as_nanos() as u64,
                     answered.saturating_duration_since(scheduled).as_nanos() as u64,
+                    sent.saturating_duration_since(scheduled).as_nanos() as u64,
                 ));
                 t.last_done = Some(Instant::now());
             }
@@ -645,10 +656,13 @@ pub fn run(o: &Options, out_dir: &Path) -> io::Result<ExtprocReport> {
             skipped: m.tally.skipped,
             latency: m.latency.summary(),
             from_schedule: m.from_schedule.summary(),
+            send_lag: m.send_lag.summary(),
             first_error: m.tally.first_error,
         })
         .collect();
-    let sustained = results.iter().all(|r| r.achieved_rps >= SUSTAINED_SHARE * r.offered_rps);
+    let sustained = results.iter().all(|r| {
+        r.achieved_rps >= SUSTAINED_SHARE * r.offered_rps && r.send_lag.p99_ms <= SUSTAINED_LAG_P99_MS
+    });
     let (b, f) = (&results[0].latency, &results[1].latency);
     let added = Added {
         p50_us: (f.p50_ms - b.p50_ms) * 1e3,
@@ -713,7 +727,8 @@ fn print_table(r: &ExtprocReport) {
         "p99 µs",
         "p999 µs",
         "max µs",
-        "p99 from sched µs",
+        "p99 sched→answer µs",
+        "p99 send lag µs",
     ]);
     for x in &r.results {
         t.row(vec![
@@ -728,6 +743,7 @@ fn print_table(r: &ExtprocReport) {
             us(x.latency.p999_ms),
             us(x.latency.max_ms),
             us(x.from_schedule.p99_ms),
+            us(x.send_lag.p99_ms),
         ]);
     }
     let a = &r.added;
@@ -754,10 +770,14 @@ fn print_table(r: &ExtprocReport) {
     let verdict = match r.target_met {
         Some(true) => "met".to_string(),
         Some(false) => "missed".to_string(),
-        None if !r.sustained => {
-            format!("not assessed: the offered {} rps was not sustained", report::si(r.rate))
+        None if r.rate < TARGET_RATE || r.streams < TARGET_STREAMS => {
+            format!("not assessed at {} rps over {} streams", report::si(r.rate), r.streams)
         }
-        None => format!("not assessed at {} rps over {} streams", report::si(r.rate), r.streams),
+        None => format!(
+            "not assessed: the offered load was not sustained (achieved < {:.0} % or p99 send lag > {} ms: the client/machine is saturated)",
+            SUSTAINED_SHARE * 100.0,
+            SUSTAINED_LAG_P99_MS
+        ),
     };
     println!(
         "p99 flowgate / baseline: {:.2}x (added {:+.0} µs); target: flowgate adds ≤ {:.0} µs at p99 at {} rps over {} streams: {verdict}",

@@ -10,7 +10,8 @@
 //!      (overwriting whatever the client sent), removing client-sent `x-flowgate-*` headers, with
 //!      `clear_route_cache`, plus the same address in dynamic metadata under `envoy.lb`;
 //!    * not dispatched → `ImmediateResponse` (429 or 503) with `x-flowgate-drop-reason` and
-//!      `retry-after`, then the stream is closed.
+//!      `retry-after`, then the answers end; the stream is let go once the client ends its side
+//!      (Envoy does at once), or after [`REJECTED_LINGER`].
 //! 2. Every other message is answered with CONTINUE.
 //! 3. The dispatched request's permit (its backend slot) is held until the response's end of
 //!    stream (response headers or body with `end_of_stream`, or response trailers), or until the
@@ -61,6 +62,9 @@ pub const OWN_HEADER_PREFIX: &str = "x-flowgate-";
 /// Most messages buffered from a stream while its request is queued (Envoy sends none in its
 /// default modes); a stream sending more is refused.
 const MAX_PENDING_MESSAGES: usize = 1024;
+/// Longest a stream answered with an immediate response waits for the client to end it (Envoy
+/// does at once); see [`FlowControl::serve_stream`].
+pub const REJECTED_LINGER: Duration = Duration::from_secs(1);
 /// Answers buffered per stream towards Envoy (the headers answer plus a few CONTINUEs; Envoy
 /// waits for each answer).
 const STREAM_ANSWERS: usize = 8;
@@ -140,9 +144,21 @@ impl FlowControl {
             tx: outbound,
             permit: None,
             answered: false,
+            rejected: false,
             pending: VecDeque::new(),
         };
         stream.run().await;
+        if stream.rejected {
+            // End the answers, then wait (bounded) for the client to end its side of the stream
+            // before letting go of it. Otherwise a connection closed at shutdown, right after the
+            // last rejections were written, races the client's own ends of stream: a peer still
+            // sending into a closed socket gets a TCP reset, and the reset destroys answers it
+            // has not read yet.
+            let StreamState { mut inbound, tx, .. } = stream;
+            drop(tx);
+            let drain = async { while let Some(Ok(_)) = inbound.next().await {} };
+            let _ = tokio::time::timeout(REJECTED_LINGER, drain).await;
+        }
     }
 }
 
@@ -155,6 +171,8 @@ struct StreamState<S> {
     permit: Option<Permit>,
     /// Whether the request headers were answered (flow control is done for this stream).
     answered: bool,
+    /// Whether the request was answered with an immediate response (the stream is over).
+    rejected: bool,
     /// Messages that arrived while the request was queued, answered after the decision.
     pending: VecDeque<ProcessingRequest>,
 }
@@ -315,7 +333,7 @@ where
     async fn reject(&mut self, outcome: Outcome, ttl: Duration, silent: bool) -> Flow {
         if let Some(response) = rejected(outcome, ttl) {
             if !silent {
-                self.send(response).await;
+                self.rejected = matches!(self.send(response).await, Flow::Continue);
             }
         }
         Flow::Close

@@ -331,12 +331,13 @@ impl WorkloadTable {
         let forgotten = before - self.map.len();
         let overflow_idle = self.overflow_listed && is_idle(&self.overflow);
         if forgotten > 0 || overflow_idle {
-            self.tracked.fetch_sub(forgotten, Ordering::AcqRel);
             if overflow_idle {
                 self.overflow_listed = false;
             }
-            let mut dir = self.directory.lock().unwrap_or_else(|p| p.into_inner());
-            dir.retain(|e| !is_idle(e));
+            // Out of the readers' directory first, then give the places back, so the directories
+            // together never list more than max_tracked workloads (plus overflow entries).
+            self.directory.lock().unwrap_or_else(|p| p.into_inner()).retain(|e| !is_idle(e));
+            self.tracked.fetch_sub(forgotten, Ordering::AcqRel);
         }
         forgotten
     }

@@ -2,9 +2,9 @@
 //! global across shards.
 //!
 //! Capacity is the sum of every backend's slots. A shard that wants to dispatch its head first
-//! asks [`Gate::may_dispatch`]: its head must be the best published head of any shard, unless there
-//! are more free slots than requests queued in all other shards together (then nobody better can be
-//! refused by this dispatch). It then reserves a slot with [`Gate::try_acquire`] (one CAS on the free
+//! asks [`Gate::may_dispatch`]: no other shard may publish a head better by more than
+//! [`CROSS_SHARD_SLACK`], unless there are more free slots than requests queued in all other shards
+//! together (then nobody better can be refused by this dispatch). It then reserves a slot with [`Gate::try_acquire`] (one CAS on the free
 //! count, honouring per-criticality ceilings), picks the least-loaded backend, and wraps it in a
 //! [`Permit`] whose drop gives the slot back and wakes the shard with the best head.
 //!

@@ -1,7 +1,7 @@
 //! The running engine: pinned shard executors, submission, capacity, shutdown.
 //!
 //! [`Engine::start`] launches one glommio executor per shard, pinned to a CPU (`shard i` on CPU
-//! `i mod cores`), each running one [`crate::worker`] task that owns its shard's heap and workload
+//! `i mod cores`), each running one worker (`worker.rs`) that owns its shard's heap and workload
 //! table. Producers submit through per-thread [`Submitter`]s (or [`Engine::submit`], which keeps
 //! one per thread); tickets resolve to a [`Decision`]; a dispatched decision carries a [`Permit`]
 //! whose drop frees the backend slot.

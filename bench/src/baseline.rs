@@ -147,6 +147,21 @@ impl Kind {
     }
 }
 
+/// The engine's `spin_before_park` for every flowgate built in this process, when set (the
+/// bench's `--spin-before-park-us`; unset = the engine's default).
+static SPIN_BEFORE_PARK: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+
+/// Set the `spin_before_park` every flowgate engine built from now on uses; once per process.
+/// Returns `false` if it was set already.
+pub fn set_spin_before_park(spin: Duration) -> bool {
+    SPIN_BEFORE_PARK.set(spin).is_ok()
+}
+
+/// The `spin_before_park` set by [`set_spin_before_park`], if any.
+pub fn spin_before_park() -> Option<Duration> {
+    SPIN_BEFORE_PARK.get().copied()
+}
+
 /// What every implementation is configured with.
 #[derive(Clone, Debug)]
 pub struct Spec {
@@ -175,6 +190,9 @@ impl Spec {
         c.queue.max_bytes = 0;
         c.queue.ttl = self.ttl;
         c.scoring = self.scoring.clone();
+        if let Some(spin) = spin_before_park() {
+            c.spin_before_park = spin;
+        }
         c
     }
 

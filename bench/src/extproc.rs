@@ -252,8 +252,11 @@ fn start_flowgate(shards: usize) -> io::Result<(Server, SocketAddr)> {
     let yaml = format!(
         "listen: 127.0.0.1:0\nmetrics_listen: 127.0.0.1:0\nshards: {shards}\nbackends:\n  - address: {BACKEND}\n    max_inflight: 100000\nqueue:\n  max_requests: 100000\n"
     );
-    let config = ServeConfig::from_yaml(&yaml)
+    let mut config = ServeConfig::from_yaml(&yaml)
         .map_err(|e| io::Error::other(format!("extproc: flowgate config: {e:?}")))?;
+    if let Some(spin) = flowgate_bench::baseline::spin_before_park() {
+        config.engine.spin_before_park = spin;
+    }
     let running = rt
         .block_on(serve::start(config))
         .map_err(|e| io::Error::other(format!("extproc: flowgate did not start: {e}")))?;

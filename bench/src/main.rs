@@ -6,7 +6,7 @@
 //! crash or an invalid result file is.
 
 use clap::{Args, Parser, Subcommand};
-use flowgate_bench::{latency, report, scenarios, throughput};
+use flowgate_bench::{baseline, latency, report, scenarios, throughput};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -41,6 +41,10 @@ struct Common {
     /// Interleaved rounds per measurement (default: 2 quick, 5 full); the median is reported.
     #[arg(long)]
     rounds: Option<usize>,
+    /// flowgate's `spin_before_park` in µs (default: the engine's, 50; 0 parks an idle shard and
+    /// a waiting caller at once).
+    #[arg(long)]
+    spin_before_park_us: Option<u64>,
 }
 
 #[derive(Args, Debug, Clone, Copy)]
@@ -282,6 +286,17 @@ fn main() -> ExitCode {
         | Command::All { common, .. } => common.quick,
     };
     watchdog(quick);
+    let spin = match &cli.command {
+        Command::Throughput { common, .. }
+        | Command::Latency { common }
+        | Command::Scaling { common, .. }
+        | Command::Scenarios { common, .. }
+        | Command::Extproc { common, .. }
+        | Command::All { common, .. } => common.spin_before_park_us,
+    };
+    if let Some(us) = spin {
+        baseline::set_spin_before_park(std::time::Duration::from_micros(us));
+    }
     let out = cli.out.clone().unwrap_or_else(report::default_out_dir);
     let result: Result<Vec<&str>, std::io::Error> = match &cli.command {
         Command::Throughput { common, load } => {

@@ -65,8 +65,20 @@ impl<P> Slot<P> {
         }
     }
 
-    /// Shard side: deliver `decision`. Returns it back if the caller had already cancelled.
+    /// Shard side: deliver `decision` and wake the caller. Returns it back if the caller had
+    /// already cancelled.
     pub fn complete(&self, decision: Decision<P>) -> Result<(), Decision<P>> {
+        if let Some(w) = self.complete_deferred(decision)? {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// Shard side: deliver `decision`, and hand back the caller's waker (if it registered one) for
+    /// the shard to wake later, so a batch of completions costs the caller one wake-up, not one
+    /// per request. The decision is visible to the caller at once; only the wake is deferred.
+    /// Returns the decision back if the caller had already cancelled.
+    pub fn complete_deferred(&self, decision: Decision<P>) -> Result<Option<Waker>, Decision<P>> {
         if self.state.load(Ordering::Acquire) != PENDING {
             return Err(decision);
         }
@@ -74,13 +86,7 @@ impl<P> Slot<P> {
         // `result`; the caller does not read it until it observes DONE, published below.
         self.result.with_mut(|r| unsafe { *r = Some(decision) });
         match self.state.compare_exchange(PENDING, DONE, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => {
-                let waker = self.waker.lock().unwrap_or_else(|p| p.into_inner()).take();
-                if let Some(w) = waker {
-                    w.wake();
-                }
-                Ok(())
-            }
+            Ok(_) => Ok(self.waker.lock().unwrap_or_else(|p| p.into_inner()).take()),
             // SAFETY: the caller cancelled, so it will never read `result`; we wrote it and take it
             // back before anyone else can look.
             Err(_) => Err(self.result.with_mut(|r| unsafe { (*r).take() }).expect("decision just written")),
@@ -191,9 +197,21 @@ impl Ticket {
     /// queued; if it had been dispatched already, its permit is dropped, freeing the slot.
     pub fn cancel(self) {}
 
-    /// Block this thread until the decision (for callers outside an async runtime).
+    /// Block this thread until the decision (for callers outside an async runtime). Polls for up
+    /// to `spin_before_park` (yielding the core between polls), then parks until the shard wakes it.
     pub fn wait(mut self) -> Decision<crate::gate::Permit> {
         let slot = self.slot.take().expect("ticket already resolved");
+        let clock = &self.shared.clock;
+        let until_ns = clock.now_ns().saturating_add(self.shared.config.spin_before_park.as_nanos() as u64);
+        loop {
+            if let Some(d) = slot.try_take() {
+                return d;
+            }
+            if clock.now_ns() >= until_ns {
+                break;
+            }
+            std::thread::yield_now();
+        }
         let waker = std::task::Waker::from(std::sync::Arc::new(ThreadWaker(std::thread::current())));
         loop {
             if let Some(d) = slot.poll_take(&waker) {

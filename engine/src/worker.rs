@@ -24,6 +24,9 @@ use std::time::Duration;
 pub const RING_BATCH: usize = 256;
 /// Most dispatches per pass.
 pub const DISPATCH_BATCH: usize = 256;
+/// Most callers' wake-ups a pass holds back before waking them (each caller wakes once per batch of
+/// its decisions instead of once per decision; the first waits at most this many deliveries).
+pub const WAKE_BATCH: usize = 32;
 /// Shortest sleep before an expiry scan (a TTL resolution of 1 ms at most).
 const MIN_TIMER_NS: u64 = 1_000_000;
 /// Longest sleep of an empty shard (the idle-workload sweep runs on its passes).
@@ -41,27 +44,61 @@ pub(crate) struct Worker {
     /// When the next rescore pass is due, ns since the epoch.
     next_rescore_ns: u64,
     rescore_ns: u64,
+    /// How long to keep polling after the last pass that did work before parking
+    /// (`EngineConfig::spin_before_park`).
+    spin_ns: u64,
+    /// Wakers of callers whose decisions were delivered in this pass, woken at its end (or when
+    /// [`WAKE_BATCH`] are held). Invariant: `len() < WAKE_BATCH` between deliveries.
+    wakers: Vec<Waker>,
 }
 
 impl Worker {
     pub(crate) fn new(index: usize, shard: Shard<Completion>, shared: Arc<Shared>) -> Self {
         let rescore_ns = shared.config.scoring.rescore_interval.as_nanos() as u64;
-        Self { index, shard, shared, inboxes: Vec::new(), next_rescore_ns: rescore_ns, rescore_ns }
+        let spin_ns = shared.config.spin_before_park.as_nanos() as u64;
+        Self {
+            index,
+            shard,
+            shared,
+            inboxes: Vec::new(),
+            next_rescore_ns: rescore_ns,
+            rescore_ns,
+            spin_ns,
+            wakers: Vec::with_capacity(WAKE_BATCH),
+        }
     }
 
     /// The worker's life: passes until shutdown, then the final drain. Runs on its pinned
     /// executor's thread and owns it: nothing else is scheduled there.
     pub(crate) fn run(mut self) {
         let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+        // When the last pass that did anything ended: the spin window runs from here.
+        let mut worked_ns = 0;
         loop {
             if self.shared.shutting_down.load(Ordering::SeqCst) {
                 self.shut_down();
                 return;
             }
-            if !self.pass() {
+            if self.pass() {
+                worked_ns = self.shared.clock.now_ns();
+            } else if !self.spin(worked_ns.saturating_add(self.spin_ns)) {
                 self.sleep(&waker);
             }
         }
+    }
+
+    /// Poll for work, read-only, until `until_ns`; `true` as soon as there is some. Busy traffic
+    /// (the next request within the window) never pays for a park and its futex wake-up; an idle
+    /// engine spins at most once per burst, then parks. Each poll yields the core: a producer
+    /// sharing it runs at once instead of waiting out a time slice.
+    fn spin(&self, until_ns: u64) -> bool {
+        while self.shared.clock.now_ns() < until_ns {
+            if self.has_work() {
+                return true;
+            }
+            std::thread::yield_now();
+        }
+        false
     }
 
     /// One pass over every source of work; `true` if it did anything.
@@ -121,8 +158,9 @@ impl Worker {
             self.shard.expire(now, &mut |d| done.push(d));
             done.into_iter().for_each(|d| self.finish(d));
         }
-        // 6. Dispatch.
+        // 6. Dispatch, then wake the callers whose decisions this pass delivered.
         worked |= self.dispatch(now);
+        self.flush_wakes();
         worked
     }
 
@@ -183,7 +221,7 @@ impl Worker {
             let permit = Permit::new(gate.clone(), backend, done.workload.clone());
             let decision =
                 Decision { outcome: Outcome::Dispatched, permit: Some(permit), queued_ns: done.queued_ns };
-            match done.completion.complete(decision) {
+            match self.deliver(&done.completion, decision) {
                 Ok(()) => self.shared.outcomes[self.index].count(Outcome::Dispatched),
                 // The caller cancelled as we dispatched: its permit drops here, freeing the slot.
                 Err(_) => self.shared.outcomes[self.index].count(Outcome::EvictedCancelled),
@@ -200,11 +238,28 @@ impl Worker {
         dispatched > 0
     }
 
+    /// Hand `decision` to its caller; its wake-up waits for [`flush_wakes`](Self::flush_wakes).
+    /// Returns the decision back if the caller had cancelled.
+    fn deliver(&mut self, slot: &Slot<Permit>, decision: Decision<Permit>) -> Result<(), Decision<Permit>> {
+        if let Some(waker) = slot.complete_deferred(decision)? {
+            self.wakers.push(waker);
+            if self.wakers.len() == WAKE_BATCH {
+                self.flush_wakes();
+            }
+        }
+        Ok(())
+    }
+
+    /// Wake every caller whose decision this pass delivered.
+    fn flush_wakes(&mut self) {
+        self.wakers.drain(..).for_each(Waker::wake);
+    }
+
     /// Deliver a non-dispatch outcome to its caller and count it.
     fn finish(&mut self, done: Done<Completion>) {
         debug_assert_ne!(done.outcome, Outcome::Dispatched);
         let decision = Decision { outcome: done.outcome, permit: None, queued_ns: done.queued_ns };
-        let counted = match done.completion.complete(decision) {
+        let counted = match self.deliver(&done.completion, decision) {
             Ok(()) => done.outcome,
             Err(_) => Outcome::EvictedCancelled,
         };
@@ -281,7 +336,7 @@ impl Worker {
                 };
                 let decision =
                     Decision { outcome, permit: None, queued_ns: now.saturating_sub(arrival.arrived_ns) };
-                let counted = if arrival.completion.complete(decision).is_ok() {
+                let counted = if self.deliver(&arrival.completion, decision).is_ok() {
                     outcome
                 } else {
                     Outcome::EvictedCancelled
@@ -294,6 +349,7 @@ impl Worker {
         done.into_iter().for_each(|d| self.finish(d));
         while self.shared.cancels[self.index].pop().is_some() {}
         self.shared.gate.publish(self.index, NO_HEAD, NO_TAIL, 0, false);
+        self.flush_wakes();
     }
 }
 

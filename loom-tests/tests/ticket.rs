@@ -132,3 +132,44 @@ fn repoll_with_new_waker_is_the_one_woken() {
         assert_eq!(d.permit, Some(7));
     });
 }
+
+/// The shard delivers two decisions with `complete_deferred` and wakes only at the end of its pass
+/// (worker.rs batches wake-ups). The caller, waiting on both, must never sleep through either: a
+/// decision is visible as soon as it is delivered, and each registered waker is woken by the
+/// flush. A lost wake-up parks the caller forever, which loom reports as a deadlock.
+#[test]
+fn deferred_wakes_reach_every_waiter() {
+    model(|| {
+        let slots: [Arc<Slot<u32>>; 2] = [Arc::new(Slot::new()), Arc::new(Slot::new())];
+        let shard = {
+            let slots = slots.clone();
+            thread::spawn(move || {
+                let mut held = Vec::new();
+                for (i, slot) in slots.iter().enumerate() {
+                    let decision =
+                        Decision { outcome: Outcome::Dispatched, permit: Some(i as u32), queued_ns: 0 };
+                    held.extend(slot.complete_deferred(decision).expect("the caller never cancels"));
+                }
+                held.into_iter().for_each(Waker::wake);
+            })
+        };
+        let caller = thread::spawn(move || {
+            let mut got = [None, None];
+            block_on(poll_fn(|cx| {
+                for (g, slot) in got.iter_mut().zip(&slots) {
+                    if g.is_none() {
+                        *g = slot.poll_take(cx.waker()).map(|d| d.permit);
+                    }
+                }
+                if got.iter().all(Option::is_some) {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            }));
+            got
+        });
+        shard.join().unwrap();
+        assert_eq!(caller.join().unwrap(), [Some(Some(0)), Some(Some(1))]);
+    });
+}

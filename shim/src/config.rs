@@ -6,7 +6,7 @@
 //! * Unknown keys are an error, at every level.
 //! * A missing key or section takes its default (the engine's defaults); a section written with
 //!   nothing under it (`queue:`) counts as missing, so does an empty file.
-//! * Durations are **strings** with a unit: `250ms`, `30s`, `5m`, `1h` (a decimal such as `1.5s`
+//! * Durations are **strings** with a unit: `50us`, `250ms`, `30s`, `5m`, `1h` (a decimal such as `1.5s`
 //!   is fine). A bare number is refused, because `ttl: 30` could mean seconds or milliseconds.
 //! * Sizes are a plain integer of bytes (`1048576`), or a string with a unit: `64KiB`, `512MiB`,
 //!   `1GiB`, `1TiB` (powers of 1024), `KB`/`MB`/`GB`/`TB` (powers of 1000) or `B`.
@@ -181,12 +181,13 @@ fn parse_error(e: serde_path_to_error::Error<serde_yaml::Error>) -> ConfigError 
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Dur(Duration);
 
-/// Parse `250ms`, `30s`, `1.5s`, `5m`, `1h`.
+/// Parse `50us` (or `50µs`), `250ms`, `30s`, `1.5s`, `5m`, `1h`.
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let t = text.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
     let (number, unit) = t.split_at(split);
     let unit_s = match unit.trim_start() {
+        "us" | "µs" => 1e-6,
         "ms" => 1e-3,
         "s" => 1.0,
         "m" => 60.0,
@@ -349,6 +350,7 @@ struct RawConfig {
     #[serde(deserialize_with = "nullable")]
     workloads: RawWorkloads,
     ceilings: [f64; 5],
+    spin_before_park: Dur,
 }
 
 impl Default for RawConfig {
@@ -368,6 +370,7 @@ impl Default for RawConfig {
             scoring: RawScoring::default(),
             workloads: RawWorkloads::default(),
             ceilings: e.ceilings,
+            spin_before_park: Dur(e.spin_before_park),
         }
     }
 }
@@ -408,6 +411,7 @@ impl RawConfig {
                     .collect(),
             },
             ceilings: self.ceilings,
+            spin_before_park: self.spin_before_park.0,
             ..EngineConfig::default()
         }
     }

@@ -88,6 +88,8 @@ workloads:
 #[test]
 fn every_duration_form() {
     for (text, expected) in [
+        ("50us", Duration::from_micros(50)),
+        ("2µs", Duration::from_micros(2)),
         ("250ms", Duration::from_millis(250)),
         ("30s", Duration::from_secs(30)),
         ("5m", Duration::from_secs(300)),
@@ -264,9 +266,12 @@ fn listeners_accept_ipv6_and_port_zero() {
 
 #[test]
 fn ceilings_and_ring_capacity_are_optional_knobs() {
-    let c = ok("ring_capacity: 64\nceilings: [0.5, 0.6, 0.7, 0.9, 1]\n");
+    let c = ok("ring_capacity: 64\nceilings: [0.5, 0.6, 0.7, 0.9, 1]\nspin_before_park: 0s\n");
     assert_eq!(c.engine.ring_capacity, 64);
     assert_eq!(c.engine.ceilings, [0.5, 0.6, 0.7, 0.9, 1.0]);
+    assert_eq!(c.engine.spin_before_park, Duration::ZERO);
+    assert_eq!(ServeConfig::embedded_default().engine.spin_before_park, Duration::from_micros(50));
+    assert_eq!(error_path("spin_before_park: 11ms\n"), "spin_before_park");
 }
 
 #[test]

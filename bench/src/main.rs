@@ -12,6 +12,10 @@ use std::process::ExitCode;
 
 mod extproc;
 
+/// The allocator `flowgate serve` ships with, for every implementation measured here alike.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "flowgate-bench",

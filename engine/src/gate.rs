@@ -338,7 +338,8 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.workload.release(self.gate.clock.now_ns());
+        // Last activity needs ms, not ns: the coarse clock spares the caller a clock read.
+        self.workload.release(self.gate.clock.coarse_now_ns());
         self.gate.release(self.backend);
     }
 }

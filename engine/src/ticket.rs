@@ -19,6 +19,10 @@ use crate::sync::{AtomicU8, Mutex, Ordering};
 use std::cell::UnsafeCell;
 use std::task::Waker;
 
+/// Polls of a spinning [`Ticket::wait`] between two clock reads.
+#[cfg(not(flowgate_loom))]
+const WAIT_POLLS_PER_CLOCK: u32 = 4;
+
 const PENDING: u8 = 0;
 const DONE: u8 = 1;
 const CANCELLED: u8 = 2;
@@ -201,16 +205,22 @@ impl Ticket {
     /// to `spin_before_park` (yielding the core between polls), then parks until the shard wakes it.
     pub fn wait(mut self) -> Decision<crate::gate::Permit> {
         let slot = self.slot.take().expect("ticket already resolved");
+        if let Some(d) = slot.try_take() {
+            return d; // the common case under load: no clock read, no registration
+        }
         let clock = &self.shared.clock;
         let until_ns = clock.now_ns().saturating_add(self.shared.config.spin_before_park.as_nanos() as u64);
+        // The clock is read once per WAIT_POLLS_PER_CLOCK polls: a poll is a yield (a few hundred ns).
+        let mut polls = 0u32;
         loop {
+            std::thread::yield_now();
             if let Some(d) = slot.try_take() {
                 return d;
             }
-            if clock.now_ns() >= until_ns {
+            polls += 1;
+            if polls % WAIT_POLLS_PER_CLOCK == 0 && clock.now_ns() >= until_ns {
                 break;
             }
-            std::thread::yield_now();
         }
         let waker = std::task::Waker::from(std::sync::Arc::new(ThreadWaker(std::thread::current())));
         loop {

@@ -218,7 +218,7 @@ impl Ticket {
                 return d;
             }
             polls += 1;
-            if polls % WAIT_POLLS_PER_CLOCK == 0 && clock.now_ns() >= until_ns {
+            if polls.is_multiple_of(WAIT_POLLS_PER_CLOCK) && clock.now_ns() >= until_ns {
                 break;
             }
         }

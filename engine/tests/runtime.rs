@@ -160,11 +160,40 @@ fn shutdown_answers_queued_requests_and_refuses_new_ones() {
 
 #[test]
 fn many_submitters_random_cancels_ttls_and_a_shutdown_conserve_outcomes() {
+    conservation_under_load(EngineConfig::default().spin_before_park);
+}
+
+/// The same with shards and callers parking at once: every hand-off is a doorbell or a waker.
+#[test]
+fn outcomes_are_conserved_when_nothing_spins() {
+    conservation_under_load(Duration::ZERO);
+}
+
+/// A shard polls for `spin_before_park` after its last work, then parks; a submission wakes it.
+#[test]
+fn shards_park_after_the_spin_window_and_wake_on_a_submission() {
+    let mut c = config(2, 4);
+    c.spin_before_park = Duration::from_millis(2);
+    let engine = Engine::start(c).unwrap();
+    for round in 0..3 {
+        for shard in 0..2 {
+            let id = id_on_shard(&format!("r{round}"), shard, 2);
+            let d = engine.submit(request(&id, 3, None)).unwrap().wait();
+            assert_eq!(d.outcome, Outcome::Dispatched);
+        }
+        // A bounded spin: every shard ends up asleep on its doorbell (10 s deadline in `until`).
+        until("every shard asleep", || engine.shard_states().iter().all(|s| s.sleeping));
+    }
+    assert_eq!(count(&engine, Outcome::Dispatched), 6);
+}
+
+fn conservation_under_load(spin_before_park: Duration) {
     const THREADS: usize = 4;
     const PER_THREAD: usize = 5_000;
     // 8 slots and at most one held per thread while it waits: waits can always be served.
     let mut c = config(2, 8);
     c.queue.max_requests = 200;
+    c.spin_before_park = spin_before_park;
     let engine = Arc::new(Engine::start(c).unwrap());
     let observed: Vec<HashMap<String, u64>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..THREADS)

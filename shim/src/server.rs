@@ -18,7 +18,8 @@
 //!    stream closes, whichever comes first.
 //!
 //! A stream that closes (or is reset) while its request is queued drops the engine ticket at once,
-//! which cancels the request. On shutdown, streams already answered are closed (Envoy carries on
+//! which cancels the request. A stream that sends no request headers within [`HEADERS_TIMEOUT`] is
+//! closed. On shutdown, streams already answered are closed (Envoy carries on
 //! without the processor); queued ones get their `shutting-down` answer from the engine first.
 
 use std::collections::VecDeque;
@@ -65,6 +66,10 @@ const MAX_PENDING_MESSAGES: usize = 1024;
 /// Longest a stream answered with an immediate response waits for the client to end it (Envoy
 /// does at once); see [`FlowControl::serve_stream`].
 pub const REJECTED_LINGER: Duration = Duration::from_secs(1);
+/// Longest a stream may stay open without sending its request headers (Envoy sends them as soon
+/// as it opens the stream); it is then closed, so streams that never ask for anything cannot pile
+/// up. Once the headers arrive the stream lives as long as its request (queued, then in flight).
+pub const HEADERS_TIMEOUT: Duration = Duration::from_secs(10);
 /// Answers buffered per stream towards Envoy (the headers answer plus a few CONTINUEs; Envoy
 /// waits for each answer).
 const STREAM_ANSWERS: usize = 8;
@@ -188,6 +193,7 @@ where
     S: Stream<Item = Result<ProcessingRequest, Status>> + Unpin,
 {
     async fn run(&mut self) {
+        let headers_deadline = tokio::time::Instant::now() + HEADERS_TIMEOUT;
         loop {
             if let Some(message) = self.pending.pop_front() {
                 if let Flow::Close = self.handle(message).await {
@@ -199,6 +205,10 @@ where
                 m = self.inbound.next() => m,
                 // Streams waiting for nothing from flow control close on shutdown.
                 _ = self.shared.shutdown.cancelled(), if self.answered => break,
+                _ = tokio::time::sleep_until(headers_deadline), if !self.answered => {
+                    debug!(timeout = ?HEADERS_TIMEOUT, "no request headers in time: stream closed");
+                    break;
+                }
             };
             let message = match next {
                 Some(Ok(m)) => m,
@@ -454,6 +464,28 @@ pub fn rejected(outcome: Outcome, ttl: Duration) -> Option<ProcessingResponse> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn service() -> FlowControl {
+        let engine = Arc::new(Engine::start(flowgate_engine::config::EngineConfig::default()).unwrap());
+        FlowControl::new(engine, Arc::new(Metrics::new(100, 3)), CancellationToken::new())
+    }
+
+    /// A stream that never sends its request headers is closed at `HEADERS_TIMEOUT`, not before.
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_without_request_headers_is_closed_at_the_timeout() {
+        let service = service();
+        let (tx, mut rx) = mpsc::channel(STREAM_ANSWERS);
+        let start = tokio::time::Instant::now();
+        let served = tokio::spawn(async move {
+            service.serve_stream(tokio_stream::pending::<Result<ProcessingRequest, Status>>(), tx).await
+        });
+        tokio::time::sleep(HEADERS_TIMEOUT - Duration::from_millis(1)).await;
+        assert!(!served.is_finished(), "closed before the timeout");
+        let closed = tokio::time::timeout(HEADERS_TIMEOUT, served).await;
+        assert!(closed.expect("still open long after the timeout").is_ok());
+        assert!(start.elapsed() >= HEADERS_TIMEOUT);
+        assert!(rx.recv().await.is_none(), "closed without an answer");
+    }
 
     #[test]
     fn own_headers_by_prefix_in_any_case_and_any_name() {

@@ -5,43 +5,33 @@
 //! Synchronisation is by real signals only: awaited responses, and metrics polled until they show
 //! the expected state (with a deadline).
 
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+mod common;
 
-use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{
+    connect, context, destination, header, http_get, immediate, request_headers, start_server, Client,
+    Stream, BACKEND,
+};
 use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
-use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Msg;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as Reply;
-use envoy_types::pb::envoy::service::ext_proc::v3::{
-    HttpBody, HttpHeaders, HttpTrailers, ProcessingRequest, ProcessingResponse,
-};
-use envoy_types::pb::google::protobuf::value::Kind;
-use flowgate::config::ServeConfig;
+use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, HttpHeaders, HttpTrailers, ProcessingRequest};
 use flowgate::metrics::{sample, series, QUEUE_SIZE};
-use flowgate::serve::{self, Running};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use flowgate::serve::Running;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
-use tonic::Streaming;
 
-/// The only backend: never contacted, only named in answers.
-const BACKEND: &str = "127.0.0.1:8000";
 /// Longest wait for any expected event.
 const DEADLINE: Duration = Duration::from_secs(20);
 
 /// A server plus a client connection to it.
 struct Harness {
     running: Option<Running>,
-    client: ExternalProcessorClient<Channel>,
+    client: Client,
     metrics_addr: SocketAddr,
-}
-
-/// One ext_proc stream, as Envoy holds it for one HTTP request.
-struct Stream {
-    tx: mpsc::Sender<ProcessingRequest>,
-    rx: Streaming<ProcessingResponse>,
 }
 
 impl Harness {
@@ -52,24 +42,15 @@ impl Harness {
 
     /// A server with 1 backend of 1 slot, `shards` shards, and `extra` YAML sections.
     async fn start_with_shards(shards: usize, extra: &str) -> Harness {
-        let yaml = format!(
-            "listen: 127.0.0.1:0\nmetrics_listen: 127.0.0.1:0\nshards: {shards}\nbackends:\n  - address: {BACKEND}\n    max_inflight: 1\n{extra}"
-        );
-        let config = ServeConfig::from_yaml(&yaml).unwrap_or_else(|e| panic!("{yaml}: {e:?}"));
-        let running = serve::start(config).await.expect("server starts");
-        let client = ExternalProcessorClient::connect(format!("http://{}", running.grpc_addr()))
-            .await
-            .expect("client connects");
+        let running = start_server(shards, 1, extra).await;
+        let client = connect(running.grpc_addr()).await;
         let metrics_addr = running.metrics_addr();
         Harness { running: Some(running), client, metrics_addr }
     }
 
     /// Open a stream and send its request headers.
     async fn open(&mut self, headers: Vec<HeaderValue>) -> Stream {
-        let (tx, rx) = mpsc::channel(16);
-        tx.send(request_headers(headers)).await.unwrap();
-        let rx = self.client.process(ReceiverStream::new(rx)).await.expect("stream opens").into_inner();
-        Stream { tx, rx }
+        Stream::open(&mut self.client, headers, DEADLINE).await
     }
 
     /// Open a stream for workload `id` at `criticality` and expect it dispatched.
@@ -88,21 +69,12 @@ impl Harness {
     }
 
     async fn metrics(&self) -> String {
-        http_get(self.metrics_addr, "/metrics").await.1
+        http_get(self.metrics_addr, "/metrics", DEADLINE).await.1
     }
 
     /// Poll `/metrics` until `series` reads `value`.
     async fn wait_metric(&self, series: &str, value: f64) {
-        let start = Instant::now();
-        loop {
-            let text = self.metrics().await;
-            let got = sample(&text, series);
-            if got == Some(value) {
-                return;
-            }
-            assert!(start.elapsed() < DEADLINE, "{series} stayed at {got:?}, expected {value}\n{text}");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        common::wait_metric(self.metrics_addr, series, value, DEADLINE).await
     }
 
     async fn shutdown(mut self) {
@@ -112,18 +84,10 @@ impl Harness {
     }
 }
 
+/// What these tests do with a stream besides [`Stream::next`].
 impl Stream {
     async fn send(&self, request: ProcessingRequest) {
         self.tx.send(request).await.expect("stream open");
-    }
-
-    /// The next response (panics after the deadline or if the stream ended).
-    async fn next(&mut self) -> ProcessingResponse {
-        tokio::time::timeout(DEADLINE, self.rx.message())
-            .await
-            .expect("no response before the deadline")
-            .expect("stream failed")
-            .expect("stream ended")
     }
 
     /// Finish the HTTP response: response headers with end of stream; expect CONTINUE.
@@ -137,29 +101,6 @@ impl Stream {
     async fn expect_closed(mut self) {
         let end = tokio::time::timeout(DEADLINE, self.rx.message()).await.expect("stream not closed");
         assert!(matches!(end, Ok(None)), "{end:?}");
-    }
-}
-
-fn header(key: &str, value: &[u8]) -> HeaderValue {
-    HeaderValue { key: key.into(), raw_value: value.to_vec(), ..Default::default() }
-}
-
-fn context(id: &str, criticality: u8) -> HeaderValue {
-    header(
-        "x-workload-context",
-        format!(r#"{{"workload_id":"{id}","criticality":{criticality}}}"#).as_bytes(),
-    )
-}
-
-fn request_headers(mut headers: Vec<HeaderValue>) -> ProcessingRequest {
-    headers.extend([header(":method", b"POST"), header(":path", b"/v1/chat/completions")]);
-    ProcessingRequest {
-        request: Some(Msg::RequestHeaders(HttpHeaders {
-            headers: Some(HeaderMap { headers }),
-            end_of_stream: false,
-            ..Default::default()
-        })),
-        ..Default::default()
     }
 }
 
@@ -180,55 +121,9 @@ fn body(response: bool, end_of_stream: bool) -> ProcessingRequest {
     ProcessingRequest { request: Some(request), ..Default::default() }
 }
 
-/// The destination a dispatched answer sets, checking the answer's whole shape.
-fn destination(r: &ProcessingResponse) -> Option<String> {
-    let Some(Reply::RequestHeaders(h)) = &r.response else {
-        return None;
-    };
-    let common = h.response.as_ref()?;
-    assert!(common.clear_route_cache);
-    let m = common.header_mutation.as_ref()?;
-    let set: Vec<_> = m
-        .set_headers
-        .iter()
-        .filter(|o| o.header.as_ref().unwrap().key == "x-gateway-destination-endpoint")
-        .collect();
-    assert_eq!(set.len(), 1, "{r:?}");
-    assert_eq!(set[0].append_action, HeaderAppendAction::OverwriteIfExistsOrAdd as i32);
-    let address = String::from_utf8(set[0].header.as_ref().unwrap().raw_value.clone()).unwrap();
-    let md = r.dynamic_metadata.as_ref().expect("dynamic metadata");
-    let Some(Kind::StructValue(lb)) = &md.fields["envoy.lb"].kind else { panic!("{md:?}") };
-    assert_eq!(lb.fields["x-gateway-destination-endpoint"].kind, Some(Kind::StringValue(address.clone())));
-    Some(address)
-}
-
-/// `(status, x-flowgate-drop-reason, retry-after)` of an immediate response.
-fn immediate(r: &ProcessingResponse) -> Option<(i32, String, String)> {
-    let Some(Reply::ImmediateResponse(i)) = &r.response else {
-        return None;
-    };
-    let get = |key: &str| {
-        let h = i.headers.as_ref()?.set_headers.iter().find(|o| o.header.as_ref().unwrap().key == key)?;
-        Some(String::from_utf8(h.header.as_ref().unwrap().raw_value.clone()).unwrap())
-    };
-    Some((i.status?.code, get("x-flowgate-drop-reason")?, get("retry-after")?))
-}
-
-/// A minimal HTTP/1.1 GET: (status, body).
-async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
-    let raw = String::from_utf8(raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    (head.split(' ').nth(1).unwrap().parse().unwrap(), body.to_string())
-}
-
 /// `(total, criticality)` of one workload from the workload API.
 async fn workload(h: &Harness, id: &str) -> Option<(u64, u8)> {
-    let (status, body) = http_get(h.metrics_addr, &format!("/api/v1/workload/{id}/metrics")).await;
+    let (status, body) = http_get(h.metrics_addr, &format!("/api/v1/workload/{id}/metrics"), DEADLINE).await;
     if status == 404 {
         return None;
     }
@@ -337,7 +232,7 @@ async fn closing_a_queued_stream_cancels_its_request() {
 async fn half_closing_a_queued_stream_cancels_too() {
     let mut h = Harness::start("").await;
     let holder = h.dispatched("holder", 3).await;
-    let Stream { tx, mut rx } = h.queued(vec![context("half", 4)], 1).await;
+    let Stream { tx, mut rx, .. } = h.queued(vec![context("half", 4)], 1).await;
     drop(tx); // end of the request stream, response side still open
     h.wait_metric("flowgate_queued_requests", 0.0).await;
     let end = tokio::time::timeout(DEADLINE, rx.message()).await.expect("stream closed");
@@ -410,7 +305,7 @@ async fn malformed_contexts_are_served_as_the_default_workload() {
         assert!(sample(&text, &s).unwrap() >= 1.0, "{s}\n{text}");
     }
     // Still serving.
-    let (status, _) = http_get(h.metrics_addr, "/healthz").await;
+    let (status, _) = http_get(h.metrics_addr, "/healthz", DEADLINE).await;
     assert_eq!(status, 200);
     h.dispatched("after", 3).await.finish().await;
     h.shutdown().await;
@@ -569,7 +464,7 @@ async fn many_concurrent_streams_each_get_exactly_one_answer() {
             let ctx = context(&format!("w{}", i % 7), (i % 5) as u8 + 1);
             tx.send(request_headers(vec![ctx])).await.unwrap();
             let rx = client.process(ReceiverStream::new(rx)).await.unwrap().into_inner();
-            let mut s = Stream { tx, rx };
+            let mut s = Stream { tx, rx, deadline: DEADLINE };
             let r = s.next().await;
             assert_eq!(destination(&r).as_deref(), Some(BACKEND), "{r:?}");
             s.finish().await;

@@ -20,6 +20,8 @@
 //! until they show the expected state, with a deadline. The tests take one lock so that they run
 //! one at a time (the RSS figure is this process's).
 
+mod common;
+
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -27,34 +29,26 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
-use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
+use common::{
+    connect, context, destination_header, http_get, immediate, request_headers, start_server, Client, Stream,
+    BACKEND,
+};
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
-use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Msg;
-use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as Reply;
-use envoy_types::pb::envoy::service::ext_proc::v3::{HttpHeaders, ProcessingRequest, ProcessingResponse};
-use flowgate::config::ServeConfig;
-use flowgate::metrics::{sample, Metrics};
-use flowgate::serve::{self, Running};
+use envoy_types::pb::envoy::service::ext_proc::v3::ProcessingResponse;
+use flowgate::metrics::Metrics;
+use flowgate::serve::Running;
 use flowgate::server::FlowControl;
 use flowgate_engine::config::{BackendConfig, EngineConfig};
 use flowgate_engine::runtime::{Engine, Request, SubmitError};
 use flowgate_engine::{Outcome, WorkloadContext};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
-use tonic::Streaming;
 
-/// The backend named in answers (never contacted).
-const BACKEND: &str = "127.0.0.1:8000";
 /// Longest wait for any single expected event.
 const DEADLINE: Duration = Duration::from_secs(30);
 /// The tests run one at a time (they are heavy, and the RSS bound is per process).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-type Client = ExternalProcessorClient<Channel>;
 
 /// A server started in-process.
 struct Server {
@@ -66,11 +60,7 @@ struct Server {
 impl Server {
     /// One backend of `slots` slots, `shards` shards, plus `extra` YAML sections.
     async fn start(shards: usize, slots: u32, extra: &str) -> Server {
-        let yaml = format!(
-            "listen: 127.0.0.1:0\nmetrics_listen: 127.0.0.1:0\nshards: {shards}\nbackends:\n  - address: {BACKEND}\n    max_inflight: {slots}\n{extra}"
-        );
-        let config = ServeConfig::from_yaml(&yaml).unwrap_or_else(|e| panic!("{yaml}: {e:?}"));
-        let running = serve::start(config).await.expect("server starts");
+        let running = start_server(shards, slots, extra).await;
         let (grpc, metrics) = (running.grpc_addr(), running.metrics_addr());
         Server { running: Some(running), grpc, metrics }
     }
@@ -84,7 +74,7 @@ impl Server {
     }
 
     async fn wait_metric(&self, series: &str, value: f64) {
-        wait_metric(self.metrics, series, value).await
+        common::wait_metric(self.metrics, series, value, DEADLINE).await
     }
 
     async fn shutdown(mut self) {
@@ -94,109 +84,9 @@ impl Server {
     }
 }
 
-/// A new HTTP/2 connection to `addr`.
-async fn connect(addr: SocketAddr) -> Client {
-    let channel = Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.expect("connects");
-    ExternalProcessorClient::new(channel)
-}
-
-/// One ext_proc stream, as Envoy holds it for one HTTP request.
-struct Stream {
-    /// The request side, held open until the stream is dropped.
-    _tx: mpsc::Sender<ProcessingRequest>,
-    rx: Streaming<ProcessingResponse>,
-}
-
-impl Stream {
-    /// Open a stream on `client` and send request headers for workload `id`.
-    async fn open(client: &mut Client, id: &str, criticality: u8) -> Stream {
-        let (tx, rx) = mpsc::channel(4);
-        tx.send(request_headers(id, criticality)).await.unwrap();
-        let rx = tokio::time::timeout(DEADLINE, client.process(ReceiverStream::new(rx)))
-            .await
-            .expect("stream opens in time")
-            .expect("stream opens")
-            .into_inner();
-        Stream { _tx: tx, rx }
-    }
-
-    /// The next answer (panics after the deadline, on an error or at the end of the stream).
-    async fn next(&mut self) -> ProcessingResponse {
-        tokio::time::timeout(DEADLINE, self.rx.message())
-            .await
-            .expect("no answer before the deadline")
-            .expect("stream failed")
-            .expect("stream ended without an answer")
-    }
-}
-
-fn header(key: &str, value: &[u8]) -> HeaderValue {
-    HeaderValue { key: key.into(), raw_value: value.to_vec(), ..Default::default() }
-}
-
-fn request_headers(id: &str, criticality: u8) -> ProcessingRequest {
-    let context = format!(r#"{{"workload_id":"{id}","criticality":{criticality}}}"#);
-    let headers = vec![
-        header("x-workload-context", context.as_bytes()),
-        header(":method", b"POST"),
-        header(":path", b"/v1/chat/completions"),
-    ];
-    ProcessingRequest {
-        request: Some(Msg::RequestHeaders(HttpHeaders {
-            headers: Some(HeaderMap { headers }),
-            ..Default::default()
-        })),
-        ..Default::default()
-    }
-}
-
-/// The destination a dispatched answer sets.
-fn destination(r: &ProcessingResponse) -> Option<String> {
-    let Some(Reply::RequestHeaders(h)) = &r.response else {
-        return None;
-    };
-    let m = h.response.as_ref()?.header_mutation.as_ref()?;
-    let set =
-        m.set_headers.iter().find(|o| o.header.as_ref().unwrap().key == "x-gateway-destination-endpoint")?;
-    Some(String::from_utf8(set.header.as_ref().unwrap().raw_value.clone()).unwrap())
-}
-
-/// `(status, x-flowgate-drop-reason, retry-after)` of an immediate response.
-fn immediate(r: &ProcessingResponse) -> Option<(i32, String, String)> {
-    let Some(Reply::ImmediateResponse(i)) = &r.response else {
-        return None;
-    };
-    let get = |key: &str| {
-        let h = i.headers.as_ref()?.set_headers.iter().find(|o| o.header.as_ref().unwrap().key == key)?;
-        Some(String::from_utf8(h.header.as_ref().unwrap().raw_value.clone()).unwrap())
-    };
-    Some((i.status?.code, get("x-flowgate-drop-reason")?, get("retry-after")?))
-}
-
-/// A minimal HTTP/1.1 GET: (status, body).
-async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut raw)).await.expect("HTTP answer in time").unwrap();
-    let raw = String::from_utf8(raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    (head.split(' ').nth(1).unwrap().parse().unwrap(), body.to_string())
-}
-
-/// Poll `/metrics` until `series` reads `value` (deadline: [`DEADLINE`]).
-async fn wait_metric(metrics: SocketAddr, series: &str, value: f64) {
-    let start = Instant::now();
-    loop {
-        let text = http_get(metrics, "/metrics").await.1;
-        let got = sample(&text, series);
-        if got == Some(value) {
-            return;
-        }
-        assert!(start.elapsed() < DEADLINE, "{series} stayed at {got:?}, expected {value}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+/// Open a stream on `client` and send request headers for workload `id`.
+async fn open(client: &mut Client, id: &str, criticality: u8) -> Stream {
+    Stream::open(client, vec![context(id, criticality)], DEADLINE).await
 }
 
 /// Distinct `fairness_id` label values in a `/metrics` rendering.
@@ -303,11 +193,11 @@ async fn cardinality_attack_stays_bounded_and_idle_workloads_are_collected() {
                 w.max_rss = w.max_rss.max(rss);
                 if stop || last_scrape.elapsed() >= Duration::from_millis(500) {
                     last_scrape = Instant::now();
-                    let (status, text) = http_get(metrics, "/metrics").await;
+                    let (status, text) = http_get(metrics, "/metrics", DEADLINE).await;
                     assert_eq!(status, 200);
                     let labels = fairness_ids(&text).len();
                     assert!(labels <= MAX_TRACKED + 2, "{labels} fairness_id label values");
-                    let (status, body) = http_get(metrics, "/api/v1/workloads").await;
+                    let (status, body) = http_get(metrics, "/api/v1/workloads", DEADLINE).await;
                     assert_eq!(status, 200);
                     let listed = serde_json::from_str::<Vec<serde_json::Value>>(&body).unwrap().len();
                     // Tracked workloads plus the shared overflow entry. The listing reads the
@@ -343,9 +233,9 @@ async fn cardinality_attack_stays_bounded_and_idle_workloads_are_collected() {
                 if i >= ids {
                     return;
                 }
-                let mut s = Stream::open(&mut client, &format!("attacker-{i:07}"), (i % 5) as u8 + 1).await;
+                let mut s = open(&mut client, &format!("attacker-{i:07}"), (i % 5) as u8 + 1).await;
                 let r = s.next().await;
-                assert_eq!(destination(&r).as_deref(), Some(BACKEND), "{r:?}");
+                assert_eq!(destination_header(&r).as_deref(), Some(BACKEND), "{r:?}");
                 dispatched.fetch_add(1, Ordering::Relaxed);
             }
         });
@@ -365,9 +255,9 @@ async fn cardinality_attack_stays_bounded_and_idle_workloads_are_collected() {
     // slack) nothing is tracked, listed or labelled any more but the permanent series.
     let idle_start = Instant::now();
     let (collected_in, labels_after) = loop {
-        let (_, text) = http_get(server.metrics, "/metrics").await;
+        let (_, text) = http_get(server.metrics, "/metrics", DEADLINE).await;
         let labels: HashSet<String> = fairness_ids(&text).into_iter().map(str::to_string).collect();
-        let (_, body) = http_get(server.metrics, "/api/v1/workloads").await;
+        let (_, body) = http_get(server.metrics, "/api/v1/workloads", DEADLINE).await;
         let listed = serde_json::from_str::<Vec<serde_json::Value>>(&body).unwrap().len();
         let stats = engine.stats();
         if engine.registry().tracked() == 0 && listed == 0 && labels.len() <= 2 && stats.inflight == 0 {
@@ -428,8 +318,8 @@ async fn a_hung_slot_holder_holds_its_slot_only_until_its_stream_closes() {
     let mut client = server.client().await;
 
     // A dispatched request whose model server never answers: the stream stays open, silent.
-    let mut hung = Stream::open(&mut client, "hung", 5).await;
-    assert_eq!(destination(&hung.next().await).as_deref(), Some(BACKEND));
+    let mut hung = open(&mut client, "hung", 5).await;
+    assert_eq!(destination_header(&hung.next().await).as_deref(), Some(BACKEND));
     let held_since = Instant::now();
 
     // Requests queued behind it are answered 503 ttl-expired, no sooner than their TTL and
@@ -441,7 +331,7 @@ async fn a_hung_slot_holder_holds_its_slot_only_until_its_stream_closes() {
             let mut client = client.clone();
             waiters.spawn(async move {
                 let opened = Instant::now();
-                let mut s = Stream::open(&mut client, &format!("waiter-{round}-{i}"), 3).await;
+                let mut s = open(&mut client, &format!("waiter-{round}-{i}"), 3).await;
                 let r = s.next().await;
                 let waited = opened.elapsed();
                 assert_eq!(immediate(&r), Some((503, "ttl-expired".into(), "1".into())), "{r:?}");
@@ -464,25 +354,25 @@ async fn a_hung_slot_holder_holds_its_slot_only_until_its_stream_closes() {
 
     // A request queued now, then the hung stream goes away (Envoy's timeout resets it): the slot
     // is freed and the queued request dispatched.
-    let mut next = Stream::open(&mut client, "next", 3).await;
+    let mut next = open(&mut client, "next", 3).await;
     server.wait_metric("flowgate_queued_requests", 1.0).await;
     let closed_at = Instant::now();
     drop(hung);
     let r = next.next().await;
     let handed_over = closed_at.elapsed();
-    assert_eq!(destination(&r).as_deref(), Some(BACKEND), "{r:?}");
+    assert_eq!(destination_header(&r).as_deref(), Some(BACKEND), "{r:?}");
 
     // Same with a whole connection that dies while its stream holds the slot.
     drop(next);
     server.wait_metric(&inflight, 0.0).await;
     let mut lone = server.client().await;
-    let mut hung = Stream::open(&mut lone, "hung-connection", 5).await;
-    assert_eq!(destination(&hung.next().await).as_deref(), Some(BACKEND));
-    let mut after = Stream::open(&mut client, "after", 3).await;
+    let mut hung = open(&mut lone, "hung-connection", 5).await;
+    assert_eq!(destination_header(&hung.next().await).as_deref(), Some(BACKEND));
+    let mut after = open(&mut client, "after", 3).await;
     server.wait_metric("flowgate_queued_requests", 1.0).await;
     drop((hung, lone));
     let r = after.next().await;
-    assert_eq!(destination(&r).as_deref(), Some(BACKEND), "{r:?}");
+    assert_eq!(destination_header(&r).as_deref(), Some(BACKEND), "{r:?}");
     drop(after);
     server.wait_metric(&inflight, 0.0).await;
     println!(
@@ -513,7 +403,7 @@ struct Endings {
 /// Open a stream and wait until it ends one way or another (never past the deadline).
 async fn open_and_end(mut client: Client, id: String) -> Result<ProcessingResponse, tonic::Status> {
     let (tx, rx) = mpsc::channel(1);
-    tx.send(request_headers(&id, 3)).await.unwrap();
+    tx.send(request_headers(vec![context(&id, 3)])).await.unwrap();
     let mut rx = tokio::time::timeout(DEADLINE, client.process(ReceiverStream::new(rx)))
         .await
         .expect("the stream opens or is refused in time")?
@@ -532,8 +422,8 @@ async fn shutdown_under_load_answers_every_queued_stream() {
     let engine = server.engine();
     let client = server.client().await;
     let mut holder_client = client.clone();
-    let mut holder = Stream::open(&mut holder_client, "holder", 5).await;
-    assert_eq!(destination(&holder.next().await).as_deref(), Some(BACKEND));
+    let mut holder = open(&mut holder_client, "holder", 5).await;
+    assert_eq!(destination_header(&holder.next().await).as_deref(), Some(BACKEND));
 
     let mut queued = tokio::task::JoinSet::new();
     for i in 0..QUEUED {
@@ -562,7 +452,7 @@ async fn shutdown_under_load_answers_every_queued_stream() {
     let mut endings = Endings::default();
     while let Some(r) = late.join_next().await {
         match r.unwrap() {
-            Ok(r) if destination(&r).is_some() => endings.dispatched += 1,
+            Ok(r) if destination_header(&r).is_some() => endings.dispatched += 1,
             Ok(r) => {
                 assert_eq!(immediate(&r), Some((503, "shutting-down".into(), "1".into())), "{r:?}");
                 endings.shutting_down += 1;
@@ -646,13 +536,13 @@ async fn sigterm_answers_every_queued_stream_of_a_real_process() {
     let (grpc, metrics) = tokio::time::timeout(DEADLINE, addrs_rx).await.expect("serve started").unwrap();
     let (grpc, metrics) = (grpc.unwrap(), metrics.unwrap());
     let mut client = connect(grpc).await;
-    let mut holder = Stream::open(&mut client, "holder", 5).await;
-    assert_eq!(destination(&holder.next().await).as_deref(), Some(BACKEND));
+    let mut holder = open(&mut client, "holder", 5).await;
+    assert_eq!(destination_header(&holder.next().await).as_deref(), Some(BACKEND));
     let mut queued = tokio::task::JoinSet::new();
     for i in 0..QUEUED {
         queued.spawn(open_and_end(client.clone(), format!("queued-{}", i % 20)));
     }
-    wait_metric(metrics, "flowgate_queued_requests", QUEUED as f64).await;
+    common::wait_metric(metrics, "flowgate_queued_requests", QUEUED as f64, DEADLINE).await;
 
     let started = Instant::now();
     let kill =
@@ -792,7 +682,7 @@ async fn refused_submissions_are_answered_429_capacity_at_once() {
     // Once the places are free, the server's threads register and requests are dispatched.
     drop(blockers);
     let r = open_and_end(client.clone(), "after".into()).await.expect("answered");
-    assert_eq!(destination(&r).as_deref(), Some(BACKEND), "{r:?}");
+    assert_eq!(destination_header(&r).as_deref(), Some(BACKEND), "{r:?}");
     stop.cancel();
     tokio::time::timeout(DEADLINE, grpc).await.expect("server stops").unwrap().unwrap();
     engine.shutdown();

@@ -1,0 +1,309 @@
+//! What flowgate replaces, behind the same interface as the engine, so scenarios run identically.
+//!
+//! Every implementation is a [`Queue`]: [`Queue::submit`] returns a [`Ticket`] (a future, or
+//! [`Ticket::wait`] to block) resolving to a [`Decision`]; a dispatched decision carries a
+//! [`Permit`] whose drop frees the model-server slot. Four implementations:
+//!
+//! - [`EngineQueue`]: `flowgate_engine::Engine` with 1 or N shards.
+//! - [`SeedQueue`]: the seed's design, modelled faithfully: one `Mutex`-guarded binary max-heap
+//!   whose comparator, **on every comparison**, reads the clock (`Instant::now()`, once per side as
+//!   the seed's `Less` calls `time.Now()` twice) and looks the workload's rate up in a
+//!   `Mutex`-guarded registry (`HashMap<String, WorkloadMetrics>` with a sliding-window count),
+//!   computing `w_wait·min(wait/cap,1) + w_crit·crit/5 − w_rate·min(rate/rate_cap,1)`; plus the
+//!   seed's registry updates per request (`IncrementActive` at arrival, `DecrementActive` at
+//!   completion). The registry lock is taken inside the heap lock, as in the seed.
+//! - [`FifoQueue`]: upstream's default: one global `Mutex<VecDeque>`.
+//!
+//! Both locked baselines ([`SeedQueue`], [`FifoQueue`]) are instances of [`Locked`], one
+//! `Mutex`-guarded queue with a dispatcher thread; they differ only in their ordering
+//! [`Discipline`].
+//!
+//! This file holds the interface ([`Queue`], [`Req`], [`Ticket`], [`Decision`], [`Permit`],
+//! [`Kind`], [`Spec`]) and [`EngineQueue`]; `locked.rs` the locked baselines' shared machinery,
+//! `seed.rs` the seed's design, `fifo.rs` the FIFO.
+
+mod fifo;
+mod locked;
+mod seed;
+
+pub use fifo::{Fifo, FifoQueue};
+pub use locked::{Discipline, Locked, LockedPermit, LockedSlot, LockedTicket, Waiting};
+pub use seed::{Seed, SeedCore, SeedHeap, SeedItem, SeedQueue, SeedRegistry, SeedScore, WorkloadMetrics};
+
+use flowgate_engine::config::{EngineConfig, ScoringConfig};
+use flowgate_engine::{Engine, Outcome, Request, SubmitError, WorkloadContext};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// A request as every implementation receives it.
+#[derive(Clone, Debug)]
+pub struct Req {
+    /// Workload id.
+    pub workload: Arc<str>,
+    /// Criticality 1..=5.
+    pub criticality: u8,
+    /// Per-request TTL (`None` = the queue's default).
+    pub ttl: Option<Duration>,
+}
+
+impl Req {
+    /// A request of `workload` at `criticality` with the default TTL.
+    pub fn new(workload: &Arc<str>, criticality: u8) -> Self {
+        Req { workload: workload.clone(), criticality, ttl: None }
+    }
+}
+
+/// A held model-server slot; dropping it frees the slot.
+#[derive(Debug)]
+pub enum Permit {
+    /// Granted by the engine.
+    Engine(flowgate_engine::Permit),
+    /// Granted by a locked baseline.
+    Locked(LockedPermit),
+}
+
+/// The one outcome of a submitted request.
+#[derive(Debug)]
+pub struct Decision {
+    /// What happened.
+    pub outcome: Outcome,
+    /// `Some` exactly when dispatched.
+    pub permit: Option<Permit>,
+    /// Submission to decision, ns (as the implementation measured it).
+    pub queued_ns: u64,
+}
+
+/// Why a submit did not produce a ticket (nothing was queued).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The submission ring is full; try again.
+    Backpressure,
+    /// The queue is shutting down.
+    ShuttingDown,
+}
+
+/// A claim on one request's decision.
+#[derive(Debug)]
+pub enum Ticket {
+    /// The engine's ticket.
+    Engine(flowgate_engine::Ticket),
+    /// A locked baseline's ticket.
+    Locked(LockedTicket),
+}
+
+impl Ticket {
+    /// Block until the decision.
+    pub fn wait(self) -> Decision {
+        match self {
+            Ticket::Engine(t) => from_engine(t.wait()),
+            Ticket::Locked(t) => t.wait(),
+        }
+    }
+}
+
+impl Future for Ticket {
+    type Output = Decision;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Decision> {
+        match self.get_mut() {
+            Ticket::Engine(t) => Pin::new(t).poll(cx).map(from_engine),
+            Ticket::Locked(t) => Pin::new(t).poll(cx),
+        }
+    }
+}
+
+fn from_engine(d: flowgate_engine::runtime::Decision) -> Decision {
+    Decision { outcome: d.outcome, permit: d.permit.map(Permit::Engine), queued_ns: d.queued_ns }
+}
+
+/// The workload interface every implementation offers.
+pub trait Queue: Send + Sync {
+    /// Short name for tables and files.
+    fn name(&self) -> String;
+    /// Submit `req`; never blocks.
+    fn submit(&self, req: &Req) -> Result<Ticket, Refused>;
+    /// Requests queued (not in flight) now.
+    fn queued(&self) -> u64;
+    /// Answer everything still queued and stop.
+    fn shutdown(&self);
+}
+
+/// Which implementation to build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// flowgate with this many shards.
+    Flowgate(usize),
+    /// The seed's design.
+    Seed,
+    /// A global `Mutex<VecDeque>`.
+    Fifo,
+}
+
+impl Kind {
+    /// Short name for tables and files.
+    pub fn label(self) -> String {
+        match self {
+            Kind::Flowgate(n) => format!("flowgate-{n}sh"),
+            Kind::Seed => "seed-heap".into(),
+            Kind::Fifo => "fifo".into(),
+        }
+    }
+}
+
+/// The engine's `spin_before_park` for every flowgate built in this process, when set (the
+/// bench's `--spin-before-park-us`; unset = the engine's default).
+static SPIN_BEFORE_PARK: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+
+/// Set the `spin_before_park` every flowgate engine built from now on uses; once per process.
+/// Returns `false` if it was set already.
+pub fn set_spin_before_park(spin: Duration) -> bool {
+    SPIN_BEFORE_PARK.set(spin).is_ok()
+}
+
+/// The `spin_before_park` set by [`set_spin_before_park`], if any.
+pub fn spin_before_park() -> Option<Duration> {
+    SPIN_BEFORE_PARK.get().copied()
+}
+
+/// What every implementation is configured with.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    /// Model-server slots (dispatch capacity).
+    pub slots: u32,
+    /// Most queued requests; 0 = unlimited.
+    pub max_requests: u64,
+    /// Default TTL.
+    pub ttl: Duration,
+    /// The scoring rule (the seed baseline uses the same weights and caps).
+    pub scoring: ScoringConfig,
+}
+
+impl Default for Spec {
+    fn default() -> Self {
+        Spec { slots: 8, max_requests: 0, ttl: Duration::from_secs(30), scoring: ScoringConfig::default() }
+    }
+}
+
+impl Spec {
+    /// The engine configuration for `shards` shards.
+    pub fn engine_config(&self, shards: usize) -> EngineConfig {
+        let mut c = EngineConfig { shards, ..Default::default() };
+        c.backends[0].max_inflight = self.slots;
+        c.queue.max_requests = self.max_requests;
+        c.queue.max_bytes = 0;
+        c.queue.ttl = self.ttl;
+        c.scoring = self.scoring.clone();
+        if let Some(spin) = spin_before_park() {
+            c.spin_before_park = spin;
+        }
+        c
+    }
+
+    /// Build `kind`.
+    pub fn build(&self, kind: Kind) -> Arc<dyn Queue> {
+        match kind {
+            Kind::Flowgate(n) => Arc::new(EngineQueue::start(self.engine_config(n)).expect("engine starts")),
+            Kind::Seed => SeedQueue::new(self),
+            Kind::Fifo => FifoQueue::new(self),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// flowgate
+
+/// `flowgate_engine::Engine` as a [`Queue`].
+#[derive(Debug)]
+pub struct EngineQueue {
+    engine: Engine,
+}
+
+impl EngineQueue {
+    /// Start an engine.
+    pub fn start(config: EngineConfig) -> Result<Self, flowgate_engine::runtime::StartError> {
+        Ok(EngineQueue { engine: Engine::start(config)? })
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+impl Queue for EngineQueue {
+    fn name(&self) -> String {
+        Kind::Flowgate(self.engine.shards()).label()
+    }
+
+    fn submit(&self, req: &Req) -> Result<Ticket, Refused> {
+        let context =
+            WorkloadContext { workload_id: req.workload.clone(), criticality: req.criticality, ttl: req.ttl };
+        match self.engine.submit(Request { context, bytes: 0 }) {
+            Ok(t) => Ok(Ticket::Engine(t)),
+            Err(SubmitError::Backpressure(_)) => Err(Refused::Backpressure),
+            Err(SubmitError::ShuttingDown(_)) => Err(Refused::ShuttingDown),
+        }
+    }
+
+    fn queued(&self) -> u64 {
+        self.engine.stats().queued
+    }
+
+    fn shutdown(&self) {
+        self.engine.shutdown();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn exercise(q: Arc<dyn Queue>) {
+        let w: Arc<str> = Arc::from("w");
+        // Two slots: two dispatch at once, the third queues until a permit drops.
+        let a = q.submit(&Req::new(&w, 3)).unwrap().wait();
+        let b = q.submit(&Req::new(&w, 3)).unwrap().wait();
+        assert_eq!((a.outcome, b.outcome), (Outcome::Dispatched, Outcome::Dispatched));
+        let low = q.submit(&Req::new(&w, 1)).unwrap();
+        let high = q.submit(&Req::new(&w, 5)).unwrap();
+        // The engine queues asynchronously (ring → shard): wait until both sit in the queue.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while q.queued() < 2 {
+            assert!(Instant::now() < deadline, "both requests queue");
+            std::thread::yield_now();
+        }
+        drop(a);
+        let first = high.wait();
+        assert_eq!(first.outcome, Outcome::Dispatched);
+        drop(b);
+        assert_eq!(low.wait().outcome, Outcome::Dispatched);
+        // A dropped ticket leaves its slot free.
+        drop(first);
+        let third = q.submit(&Req::new(&w, 2)).unwrap();
+        drop(third);
+        let again = q.submit(&Req::new(&w, 2)).unwrap().wait();
+        assert_eq!(again.outcome, Outcome::Dispatched);
+        q.shutdown();
+    }
+
+    #[test]
+    fn seed_queue_dispatches_by_priority_and_recycles_slots() {
+        exercise(SeedQueue::new(&Spec { slots: 2, ..Spec::default() }));
+    }
+
+    #[test]
+    fn engine_queue_behaves_like_the_baselines() {
+        for shards in [1, 2] {
+            let spec = Spec { slots: 2, ..Spec::default() };
+            exercise(Arc::new(EngineQueue::start(spec.engine_config(shards)).unwrap()));
+        }
+    }
+}

@@ -106,12 +106,19 @@ pub struct Shared {
     /// Registered submitters; ≤ `max_submitters`.
     pub(crate) submitters: AtomicUsize,
     pub(crate) outcomes: Box<[OutcomeCounters]>,
+    /// The CPU each shard's executor is pinned to.
+    pub(crate) shard_cpus: Box<[usize]>,
 }
 
 impl Shared {
     /// Number of shards.
     pub(crate) fn shards(&self) -> usize {
         self.registrations.len()
+    }
+
+    /// The CPU shard `shard` is pinned to.
+    pub(crate) fn shard_cpu(&self, shard: usize) -> usize {
+        self.shard_cpus[shard]
     }
 
     /// A ticket was cancelled while pending: tell its shard to drop the request now.
@@ -157,6 +164,7 @@ impl Engine {
             return Err(StartError::Config(errors));
         }
         let shards = config.shard_count();
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let clock = Clock::new();
         let gate = Arc::new(Gate::new(&config, shards, clock));
         let budget = Arc::new(QueueBudget::new(config.queue.max_requests, config.queue.max_bytes));
@@ -173,19 +181,20 @@ impl Engine {
             shutting_down: AtomicBool::new(false),
             submitters: AtomicUsize::new(0),
             outcomes: (0..shards).map(|_| OutcomeCounters::default()).collect(),
+            shard_cpus: (0..shards).map(|i| i % cores).collect(),
         });
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let mut directories: Vec<Directory> = Vec::with_capacity(shards);
         let mut executors = Vec::with_capacity(shards);
         for index in 0..shards {
             let shard = Shard::new(&config, index, shards, budget.clone(), tracked.clone());
             directories.push(shard.table().directory());
             let worker = Worker::new(index, shard, shared.clone());
-            let spawned = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(index % cores))
-                .name(&format!("flowgate-shard-{index}"))
-                .io_memory(SHARD_IO_MEMORY_BYTES)
-                // The worker owns the pinned thread; glommio supplies the placement.
-                .spawn(move || async move { worker.run() });
+            let spawned =
+                glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(shared.shard_cpu(index)))
+                    .name(&format!("flowgate-shard-{index}"))
+                    .io_memory(SHARD_IO_MEMORY_BYTES)
+                    // The worker owns the pinned thread; glommio supplies the placement.
+                    .spawn(move || async move { worker.run() });
             match spawned {
                 Ok(handle) => executors.push(handle),
                 Err(e) => {

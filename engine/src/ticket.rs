@@ -19,9 +19,18 @@ use crate::sync::{AtomicU8, Mutex, Ordering};
 use std::cell::UnsafeCell;
 use std::task::Waker;
 
-/// Polls of a spinning [`Ticket::wait`] between two clock reads.
+/// Yielding polls of a spinning [`Ticket::wait`] between two clock reads (a yield costs a few
+/// hundred ns).
 #[cfg(not(flowgate_loom))]
 const WAIT_POLLS_PER_CLOCK: u32 = 4;
+/// Busy polls (a `spin_loop` hint each, tens of ns) between two clock reads.
+#[cfg(not(flowgate_loom))]
+const PAUSE_POLLS_PER_CLOCK: u32 = 32;
+/// Longest [`Ticket::wait`] polls without yielding while its shard runs on another CPU: enough for a
+/// running shard to take the request and answer (about a microsecond), short enough that a shard
+/// or producer sharing this CPU is not kept waiting long.
+#[cfg(not(flowgate_loom))]
+pub const REMOTE_POLL_NS: u64 = 5000;
 
 const PENDING: u8 = 0;
 const DONE: u8 = 1;
@@ -202,25 +211,15 @@ impl Ticket {
     pub fn cancel(self) {}
 
     /// Block this thread until the decision (for callers outside an async runtime). Polls for up
-    /// to `spin_before_park` (yielding the core between polls), then parks until the shard wakes it.
+    /// to `spin_before_park`, then parks until the shard wakes it (see [`poll_for`](Self::poll_for)).
     pub fn wait(mut self) -> Decision<crate::gate::Permit> {
         let slot = self.slot.take().expect("ticket already resolved");
         if let Some(d) = slot.try_take() {
             return d; // the common case under load: no clock read, no registration
         }
-        let clock = &self.shared.clock;
-        let until_ns = clock.now_ns().saturating_add(self.shared.config.spin_before_park.as_nanos() as u64);
-        // The clock is read once per WAIT_POLLS_PER_CLOCK polls: a poll is a yield (a few hundred ns).
-        let mut polls = 0u32;
-        loop {
-            std::thread::yield_now();
-            if let Some(d) = slot.try_take() {
-                return d;
-            }
-            polls += 1;
-            if polls.is_multiple_of(WAIT_POLLS_PER_CLOCK) && clock.now_ns() >= until_ns {
-                break;
-            }
+        let spin_ns = self.shared.config.spin_before_park.as_nanos() as u64;
+        if let Some(d) = self.poll_for(&slot, spin_ns) {
+            return d;
         }
         let waker = std::task::Waker::from(std::sync::Arc::new(ThreadWaker(std::thread::current())));
         loop {
@@ -230,6 +229,60 @@ impl Ticket {
             std::thread::park();
         }
     }
+
+    /// Poll `slot` for up to `spin_ns`:
+    ///
+    /// 1. while the shard is pinned to another CPU than the one this thread runs on, without
+    ///    giving the CPU up, for at most [`REMOTE_POLL_NS`]: the shard works in parallel, and a
+    ///    yield would only hand this CPU to whatever shares it (often a polling shard) for a
+    ///    context switch or two;
+    /// 2. then yielding between polls, so a shard sharing this CPU gets to run at once.
+    fn poll_for(
+        &self,
+        slot: &Slot<crate::gate::Permit>,
+        spin_ns: u64,
+    ) -> Option<Decision<crate::gate::Permit>> {
+        if spin_ns == 0 {
+            return None;
+        }
+        let clock = &self.shared.clock;
+        let start_ns = clock.now_ns();
+        if current_cpu().is_some_and(|cpu| cpu != self.shared.shard_cpu(self.shard)) {
+            let until_ns = start_ns.saturating_add(spin_ns.min(REMOTE_POLL_NS));
+            let mut polls = 0u32;
+            loop {
+                std::hint::spin_loop();
+                if let Some(d) = slot.try_take() {
+                    return Some(d);
+                }
+                polls += 1;
+                if polls.is_multiple_of(PAUSE_POLLS_PER_CLOCK) && clock.now_ns() >= until_ns {
+                    break;
+                }
+            }
+        }
+        let until_ns = start_ns.saturating_add(spin_ns);
+        let mut polls = 0u32;
+        loop {
+            if polls.is_multiple_of(WAIT_POLLS_PER_CLOCK) && clock.now_ns() >= until_ns {
+                return None;
+            }
+            std::thread::yield_now();
+            if let Some(d) = slot.try_take() {
+                return Some(d);
+            }
+            polls += 1;
+        }
+    }
+}
+
+/// The CPU the calling thread runs on now, if the kernel says.
+#[cfg(not(flowgate_loom))]
+fn current_cpu() -> Option<usize> {
+    // SAFETY: sched_getcpu takes no arguments and touches no memory of ours; it returns -1 on
+    // failure, mapped to None.
+    let cpu = unsafe { libc::sched_getcpu() };
+    usize::try_from(cpu).ok()
 }
 
 #[cfg(not(flowgate_loom))]

@@ -281,24 +281,16 @@ fn watchdog(quick: bool) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let quick = match &cli.command {
+    let common = match &cli.command {
         Command::Throughput { common, .. }
         | Command::Latency { common }
         | Command::Scaling { common, .. }
         | Command::Scenarios { common, .. }
         | Command::Extproc { common, .. }
-        | Command::All { common, .. } => common.quick,
+        | Command::All { common, .. } => *common,
     };
-    watchdog(quick);
-    let spin = match &cli.command {
-        Command::Throughput { common, .. }
-        | Command::Latency { common }
-        | Command::Scaling { common, .. }
-        | Command::Scenarios { common, .. }
-        | Command::Extproc { common, .. }
-        | Command::All { common, .. } => common.spin_before_park_us,
-    };
-    if let Some(us) = spin {
+    watchdog(common.quick);
+    if let Some(us) = common.spin_before_park_us {
         baseline::set_spin_before_park(std::time::Duration::from_micros(us));
     }
     let out = cli.out.clone().unwrap_or_else(report::default_out_dir);

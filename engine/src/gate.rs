@@ -57,6 +57,9 @@ pub struct ShardSignal {
     /// Its head waits on a criticality ceiling (published as [`NO_HEAD`] so others can go);
     /// every release rings it too.
     blocked: AtomicBool,
+    /// Times it parked its thread (each park costs the next request a wake-up); written by the
+    /// shard only, read for metrics.
+    parks: AtomicU64,
     /// Wakes it.
     pub doorbell: Doorbell,
 }
@@ -74,6 +77,8 @@ pub struct ShardState {
     pub blocked: bool,
     /// Asleep on its doorbell.
     pub sleeping: bool,
+    /// Times it has parked its thread since the engine started.
+    pub parks: u64,
 }
 
 /// Global capacity and the shards' published heads.
@@ -119,6 +124,7 @@ impl Gate {
                         tail: AtomicF64::new(NO_TAIL),
                         queued: AtomicU64::new(0),
                         blocked: AtomicBool::new(false),
+                        parks: AtomicU64::new(0),
                         doorbell: Doorbell::new(),
                     })
                 })
@@ -133,6 +139,12 @@ impl Gate {
         &self.shards[i]
     }
 
+    /// Shard side: shard `i` is about to park its thread.
+    pub fn count_park(&self, i: usize) {
+        let parks = &self.shards[i].parks;
+        parks.store(parks.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+
     /// What every shard has published, for diagnostics and metrics.
     pub fn shard_states(&self) -> Vec<ShardState> {
         self.shards
@@ -143,6 +155,7 @@ impl Gate {
                 queued: s.queued.load(Ordering::Relaxed),
                 blocked: s.blocked.load(Ordering::Relaxed),
                 sleeping: s.doorbell.is_sleeping(),
+                parks: s.parks.load(Ordering::Relaxed),
             })
             .collect()
     }

@@ -310,6 +310,7 @@ impl Worker {
                 bell.cancel_sleep();
                 return;
             }
+            self.shared.gate.count_park(self.index);
             std::thread::park_timeout(Duration::from_nanos(wake_at - now));
             if bell.rung(waker) {
                 return;

@@ -175,7 +175,9 @@ fn shards_park_after_the_spin_window_and_wake_on_a_submission() {
     let mut c = config(2, 4);
     c.spin_before_park = Duration::from_millis(2);
     let engine = Engine::start(c).unwrap();
+    let parks = |engine: &Engine| engine.shard_states().iter().map(|s| s.parks).collect::<Vec<_>>();
     for round in 0..3 {
+        let before = parks(&engine);
         for shard in 0..2 {
             let id = id_on_shard(&format!("r{round}"), shard, 2);
             let d = engine.submit(request(&id, 3, None)).unwrap().wait();
@@ -183,6 +185,8 @@ fn shards_park_after_the_spin_window_and_wake_on_a_submission() {
         }
         // A bounded spin: every shard ends up asleep on its doorbell (10 s deadline in `until`).
         until("every shard asleep", || engine.shard_states().iter().all(|s| s.sleeping));
+        // ...and each parked again (counted just before it parks).
+        until("every shard counted a park", || parks(&engine).iter().zip(&before).all(|(a, b)| a > b));
     }
     assert_eq!(count(&engine, Outcome::Dispatched), 6);
 }

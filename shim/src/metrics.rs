@@ -26,6 +26,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -82,6 +83,11 @@ struct BackendLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShardLabels {
+    shard: u32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -112,6 +118,8 @@ pub struct Metrics {
     tracked: Gauge,
     defaults: Family<ReasonLabels, Counter>,
     capped: Counter,
+    /// Set from the engine at each scrape.
+    shard_parks: Family<ShardLabels, Counter>,
     admission: Mutex<Admission>,
 }
 
@@ -167,6 +175,13 @@ impl Metrics {
             "Requests whose criticality was lowered by a workloads.caps rule",
             capped.clone(),
         );
+        let shard_parks = Family::<ShardLabels, Counter>::default();
+        registry.register(
+            "flowgate_shard_parks",
+            "Times a shard parked its thread after spin_before_park without work (the next request \
+             to it pays a wake-up)",
+            shard_parks.clone(),
+        );
         // Pre-register every outcome and reason so rates start from zero.
         for outcome in Outcome::ALL {
             let _ = requests.get_or_create(&OutcomeLabels { outcome: outcome.label() });
@@ -188,6 +203,7 @@ impl Metrics {
             tracked,
             defaults,
             capped,
+            shard_parks,
             admission: Mutex::new(Admission {
                 max: max_tracked,
                 live: HashMap::new(),
@@ -294,6 +310,11 @@ impl Metrics {
         self.tracked.set(i64::try_from(registry.tracked()).unwrap_or(i64::MAX));
         for (address, n) in view.backend_addresses().into_iter().zip(view.inflight_per_backend()) {
             self.inflight.get_or_create(&BackendLabels { backend: address }).set(i64::from(n));
+        }
+        for (shard, parks) in view.shard_parks().into_iter().enumerate() {
+            let labels = ShardLabels { shard: u32::try_from(shard).unwrap_or(u32::MAX) };
+            // The engine's own count is monotonic: the counter mirrors it.
+            self.shard_parks.get_or_create(&labels).inner().store(parks, Ordering::Relaxed);
         }
         self.sweep_with(view);
         let mut text = String::new();

@@ -18,6 +18,7 @@ fn empty_view() -> StaticView {
         ),
         stats: EngineStats { queued: 7, queued_bytes: 0, inflight: 3, capacity: 16 },
         backends: vec![("10.0.0.1:8000".into(), 3), ("10.0.0.2:8000".into(), 0)],
+        shard_parks: vec![5, 0],
     }
 }
 
@@ -58,6 +59,8 @@ fn every_metric_is_exported_in_both_formats() {
             "flowgate_tracked_workloads 1",
             "flowgate_context_defaults_total{reason=\"missing\"} 0",
             "flowgate_criticality_capped_total 1",
+            "flowgate_shard_parks_total{shard=\"0\"} 5",
+            "flowgate_shard_parks_total{shard=\"1\"} 0",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

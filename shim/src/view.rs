@@ -14,9 +14,17 @@ pub trait EngineView: Send + Sync + 'static {
     fn backend_addresses(&self) -> Vec<String>;
     /// In-flight requests per backend, same order as [`EngineView::backend_addresses`].
     fn inflight_per_backend(&self) -> Vec<u32>;
+    /// Times each shard has parked its thread, by shard (none without an engine).
+    fn shard_parks(&self) -> Vec<u64> {
+        Vec::new()
+    }
 }
 
 impl EngineView for Engine {
+    fn shard_parks(&self) -> Vec<u64> {
+        self.shard_states().iter().map(|s| s.parks).collect()
+    }
+
     fn registry(&self) -> RegistryView {
         Engine::registry(self)
     }
@@ -44,6 +52,8 @@ pub struct StaticView {
     pub stats: EngineStats,
     /// `(address, in-flight)` per backend.
     pub backends: Vec<(String, u32)>,
+    /// Parks per shard.
+    pub shard_parks: Vec<u64>,
 }
 
 impl EngineView for StaticView {
@@ -61,5 +71,9 @@ impl EngineView for StaticView {
 
     fn inflight_per_backend(&self) -> Vec<u32> {
         self.backends.iter().map(|(_, n)| *n).collect()
+    }
+
+    fn shard_parks(&self) -> Vec<u64> {
+        self.shard_parks.clone()
     }
 }

@@ -1,5 +1,7 @@
 //! How much CPU an idle engine burns: start one (default shards), let it sit, read the process's
-//! CPU time from /proc. `cargo run --release -p flowgate-engine --example idle_cpu [seconds]`.
+//! CPU time from /proc; then the same under sparse traffic (one request per millisecond, each
+//! followed by up to `spin_before_park` of polling).
+//! `cargo run --release -p flowgate-engine --example idle_cpu [seconds] [spin_before_park_us]`.
 
 use flowgate_engine::{Engine, EngineConfig, Outcome, Request, WorkloadContext};
 use std::time::{Duration, Instant};
@@ -15,7 +17,11 @@ fn cpu_ticks() -> u64 {
 
 fn main() {
     let seconds: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(5);
-    let engine = Engine::start(EngineConfig::default()).expect("engine starts");
+    let mut config = EngineConfig::default();
+    if let Some(us) = std::env::args().nth(2).and_then(|s| s.parse().ok()) {
+        config.spin_before_park = Duration::from_micros(us);
+    }
+    let engine = Engine::start(config).expect("engine starts");
     // Some work first, so the shards have been through a busy period and then fall idle.
     for i in 0..1000 {
         let ctx = WorkloadContext { workload_id: format!("w{i}").into(), criticality: 3, ttl: None };
@@ -37,4 +43,28 @@ fn main() {
     let d =
         engine.submit(Request { context: WorkloadContext::default_workload(3), bytes: 0 }).unwrap().wait();
     println!("first request after the idle period: {:?} ({:?})", t.elapsed(), d.outcome);
+    // Sparse traffic: one request per ms, spread over the shards by workload.
+    let (t0, c0) = (Instant::now(), cpu_ticks());
+    let mut latencies = Vec::new();
+    let mut next = t0;
+    let mut i = 0u64;
+    while t0.elapsed() < Duration::from_secs(seconds) {
+        next += Duration::from_millis(1);
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        i += 1;
+        let ctx = WorkloadContext { workload_id: format!("w{}", i % 64).into(), criticality: 3, ttl: None };
+        let t = Instant::now();
+        let d = engine.submit(Request { context: ctx, bytes: 0 }).unwrap().wait();
+        latencies.push(t.elapsed());
+        assert_eq!(d.outcome, Outcome::Dispatched);
+    }
+    let (elapsed, used) = (t0.elapsed().as_secs_f64(), (cpu_ticks() - c0) as f64 / 100.0);
+    latencies.sort();
+    println!(
+        "sparse traffic, {} requests at 1 per ms: {:.2}% of one core (caller included), p50 {:?}, p99 {:?}",
+        latencies.len(),
+        100.0 * used / elapsed,
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() * 99 / 100]
+    );
 }

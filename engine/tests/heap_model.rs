@@ -1,17 +1,16 @@
 //! The max-min heap against the queue-conformance checklist, plus a differential property test
-//! against a sorted-`Vec` reference model.
+//! against a sorted-`Vec` reference model (`common/heap_model.rs`, shared with the `heap` fuzz
+//! target).
 
 use flowgate_engine::heap::{Entry, Handle, MaxMinHeap, StaleHandle};
+use heap_model::Op;
 use proptest::prelude::*;
+
+#[path = "common/heap_model.rs"]
+mod heap_model;
 
 /// Keys with many duplicates: the heap never breaks ties itself, the caller's key type does.
 type K = (u8, u64);
-
-fn keys_of<T>(heap: &MaxMinHeap<K, T>) -> Vec<K> {
-    let mut keys: Vec<K> = heap.iter().map(|(_, k, _)| k).collect();
-    keys.sort();
-    keys
-}
 
 #[test]
 fn empty_heap_peeks_and_pops_nothing() {
@@ -346,22 +345,8 @@ fn with_capacity_does_not_grow_up_to_capacity() {
 
 // ----- differential test against a reference model -----
 
-/// One step of a random op sequence. Indices are reduced modulo the live (or stale) population.
-#[derive(Clone, Debug)]
-enum Op {
-    Push(K, u16),
-    PopHead,
-    PopTail,
-    Remove(usize),
-    RemoveStale(usize),
-    RemoveForeign,
-    /// Rekey with `(salt, drop_mod)`: keeps an item iff `(id ^ salt) % drop_mod != 0`, new key from
-    /// the id and salt (sometimes unchanged).
-    Rekey(u64, u8),
-    Drain,
-}
-
-fn op() -> impl Strategy<Value = Op> {
+/// A random op for the model run.
+fn op() -> impl Strategy<Value = Op<K>> {
     prop_oneof![
         // Mostly heavy duplicates; sometimes a wide range, so deep heaps with distinct keys form.
         10 => (prop_oneof![3 => (0u8..4, 0u64..6), 1 => (any::<u8>(), 0u64..1000)], any::<u16>())
@@ -376,134 +361,13 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// The reference: a Vec of (key, id, bytes) sorted by key, plus handle bookkeeping.
-#[derive(Default)]
-struct Model {
-    items: Vec<(K, u64, u64)>,
-    handles: Vec<(u64, Handle)>,
-    stale: Vec<Handle>,
-    next_id: u64,
+/// A rekeyed item's new key: few distinct values, so duplicates stay common.
+fn fresh_key(h: u64) -> K {
+    ((h >> 8) as u8 % 4, (h >> 16) % 6)
 }
 
-impl Model {
-    fn insert(&mut self, key: K, id: u64, bytes: u64) {
-        let at = self.items.partition_point(|&(k, _, _)| k <= key);
-        self.items.insert(at, (key, id, bytes));
-    }
-    /// Moves `id`'s handle to the stale list.
-    fn retire(&mut self, id: u64) {
-        let h = self.handles.iter().position(|&(i, _)| i == id).expect("id has a handle");
-        let (_, handle) = self.handles.swap_remove(h);
-        self.stale.push(handle);
-    }
-    fn take(&mut self, id: u64) -> (K, u64, u64) {
-        let at = self.items.iter().position(|&(_, i, _)| i == id).expect("id in model");
-        self.retire(id);
-        self.items.remove(at)
-    }
-    fn check_removed(&mut self, e: &Entry<K, u64>) {
-        let (key, id, bytes) = self.take(e.value);
-        assert_eq!((e.key, e.value, e.bytes), (key, id, bytes));
-    }
-}
-
-fn rekey(salt: u64, m: u8, id: u64, old: K) -> Option<K> {
-    let h = (id ^ salt).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    if m > 1 && (h >> 32).is_multiple_of(u64::from(m)) {
-        return None;
-    }
-    Some(if h & 4 == 0 { old } else { ((h >> 8) as u8 % 4, (h >> 16) % 6) })
-}
-
-fn run_ops(ops: &[Op]) {
-    let mut heap: MaxMinHeap<K, u64> = MaxMinHeap::with_capacity(8);
-    let mut foreign: MaxMinHeap<K, u64> = MaxMinHeap::with_capacity(1);
-    let foreign_handle = foreign.push((0, 0), 0, 0);
-    let mut model = Model::default();
-    for op in ops {
-        match *op {
-            Op::Push(key, bytes) => {
-                let id = model.next_id;
-                model.next_id += 1;
-                let h = heap.push(key, u64::from(bytes), id);
-                model.insert(key, id, u64::from(bytes));
-                model.handles.push((id, h));
-            }
-            Op::PopHead => match heap.pop_head() {
-                Some(e) => {
-                    // Any item with the greatest key may be the head.
-                    assert_eq!(e.key, model.items.last().unwrap().0);
-                    model.check_removed(&e);
-                }
-                None => assert!(model.items.is_empty()),
-            },
-            Op::PopTail => match heap.pop_tail() {
-                Some(e) => {
-                    assert_eq!(e.key, model.items[0].0);
-                    model.check_removed(&e);
-                }
-                None => assert!(model.items.is_empty()),
-            },
-            Op::Remove(i) if !model.handles.is_empty() => {
-                let (id, h) = model.handles[i % model.handles.len()];
-                let e = heap.remove(h).expect("live handle");
-                assert_eq!((e.handle, e.value), (h, id));
-                model.check_removed(&e);
-                assert!(!heap.contains(h));
-            }
-            Op::Remove(_) => {}
-            Op::RemoveStale(i) if !model.stale.is_empty() => {
-                let h = model.stale[i % model.stale.len()];
-                let (len, bytes) = (heap.len(), heap.bytes());
-                assert_eq!(heap.remove(h).unwrap_err(), StaleHandle);
-                assert!(heap.get(h).is_none() && !heap.contains(h));
-                assert_eq!((heap.len(), heap.bytes()), (len, bytes));
-            }
-            Op::RemoveStale(_) => {}
-            Op::RemoveForeign => {
-                let (len, bytes) = (heap.len(), heap.bytes());
-                assert!(heap.remove(foreign_handle).is_err() && !heap.contains(foreign_handle));
-                assert_eq!((heap.len(), heap.bytes()), (len, bytes));
-            }
-            Op::Rekey(salt, m) => {
-                let mut removed = Vec::new();
-                heap.rekey_retain(|&id, k| rekey(salt, m, id, k), |e| removed.push(e));
-                let old = std::mem::take(&mut model.items);
-                for (key, id, bytes) in old {
-                    match rekey(salt, m, id, key) {
-                        Some(k) => model.insert(k, id, bytes),
-                        None => {
-                            let at = removed.iter().position(|e| e.value == id).expect("removed");
-                            let e = removed.swap_remove(at);
-                            assert_eq!((e.key, e.bytes), (key, bytes));
-                            model.retire(id);
-                        }
-                    }
-                }
-                assert!(removed.is_empty(), "removed items the model kept");
-                // Survivors keep valid handles with their new keys.
-                for &(id, h) in &model.handles {
-                    let key = model.items.iter().find(|&&(_, i, _)| i == id).unwrap().0;
-                    assert_eq!(heap.get(h), Some((key, &id)));
-                }
-            }
-            Op::Drain => {
-                let mut out = Vec::new();
-                heap.drain(|e| out.push(e));
-                assert_eq!(out.len(), model.items.len());
-                for e in &out {
-                    model.check_removed(e);
-                }
-            }
-        }
-        // After every step: head, tail, len, bytes, structure.
-        heap.check_invariants();
-        assert_eq!(heap.len(), model.items.len());
-        assert_eq!(heap.bytes(), model.items.iter().map(|&(_, _, b)| b).sum::<u64>());
-        assert_eq!(heap.peek_head().map(|(_, k, _)| k), model.items.last().map(|&(k, _, _)| k));
-        assert_eq!(heap.peek_tail().map(|(_, k, _)| k), model.items.first().map(|&(k, _, _)| k));
-        assert_eq!(keys_of(&heap), model.items.iter().map(|&(k, _, _)| k).collect::<Vec<_>>());
-    }
+fn run_ops(ops: &[Op<K>]) {
+    heap_model::run(8, fresh_key, ops.iter().copied());
 }
 
 proptest! {

@@ -87,18 +87,23 @@ impl Worker {
         }
     }
 
-    /// Poll for work, read-only, until `until_ns`; `true` as soon as there is some. Busy traffic
-    /// (the next request within the window) never pays for a park and its futex wake-up; an idle
-    /// engine spins at most once per burst, then parks. Each poll yields the core: a producer
-    /// sharing it runs at once instead of waiting out a time slice.
+    /// Poll for work, read-only, until `until_ns`; `true` as soon as there is some, or a timer
+    /// (rescore, TTL deadline) is due. Busy traffic (the next request within the window) never
+    /// pays for a park and its futex wake-up; an idle engine spins at most once per burst, then
+    /// parks. Each poll yields the core: a producer sharing it runs at once instead of waiting out
+    /// a time slice.
     fn spin(&self, until_ns: u64) -> bool {
-        while self.shared.clock.now_ns() < until_ns {
-            if self.has_work() {
+        let timer_ns = self.next_rescore_ns.min(self.shard.next_deadline_ns());
+        loop {
+            let now = self.shared.clock.now_ns();
+            if now >= until_ns {
+                return false;
+            }
+            if now >= timer_ns || self.has_work() {
                 return true;
             }
             std::thread::yield_now();
         }
-        false
     }
 
     /// One pass over every source of work; `true` if it did anything.

@@ -101,6 +101,22 @@ fn ttl_expires_on_the_deadline_timer() {
     assert!(d.queued_ns >= 50_000_000);
 }
 
+/// A polling shard still honours a deadline that falls inside its spin window: a 2 ms TTL expires
+/// near 2 ms, not at the end of a 10 ms spin.
+#[test]
+fn ttl_expires_while_the_shard_polls() {
+    let mut c = config(1, 1);
+    c.scoring.rescore_interval = Duration::from_secs(60);
+    c.spin_before_park = Duration::from_millis(10);
+    let engine = Engine::start(c).unwrap();
+    let _holder = hold_slot(&engine);
+    let d = engine.submit(request("w", 3, Some(Duration::from_millis(2)))).unwrap().wait();
+    assert_eq!(d.outcome, Outcome::EvictedTtl);
+    assert!(d.queued_ns >= 2_000_000);
+    // The spin window (10 ms from the admission) would end well after this.
+    assert!(d.queued_ns < 8_000_000, "expired after {} µs", d.queued_ns / 1000);
+}
+
 #[test]
 fn full_queue_displaces_through_the_engine() {
     let mut c = config(1, 1);

@@ -9,6 +9,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use flowgate_bench::baseline::{EngineQueue, Queue, Req, SeedCore, Spec};
+use flowgate_bench::driver::Rng;
 use flowgate_engine::budget::QueueBudget;
 use flowgate_engine::config::{EngineConfig, ScoringConfig, MAX_TTL};
 use flowgate_engine::registry::hash_workload_id;
@@ -22,25 +23,8 @@ use std::time::{Duration, Instant};
 /// Distinct workloads the queued requests belong to.
 const WORKLOADS: usize = 64;
 
-/// splitmix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn criticality(&mut self) -> u8 {
-        1 + self.below(5) as u8
-    }
+fn criticality(rng: &mut Rng) -> u8 {
+    1 + rng.below(5) as u8
 }
 
 fn workloads() -> Vec<(Arc<str>, u64)> {
@@ -85,7 +69,7 @@ fn filled_shard(config: &EngineConfig, n: usize, rng: &mut Rng, ws: &[(Arc<str>,
     for i in 0..n {
         now += step;
         let w = &ws[rng.below(ws.len() as u64) as usize];
-        shard.enqueue(arrival(w, rng.criticality(), now, i as u32), now, &mut |_| {
+        shard.enqueue(arrival(w, criticality(rng), now, i as u32), now, &mut |_| {
             unreachable!("unbounded queue")
         });
     }
@@ -148,7 +132,7 @@ fn shard_push_pop(c: &mut Criterion) {
             now += 100;
             tag = tag.wrapping_add(1);
             let w = &ws[rng.below(WORKLOADS as u64) as usize];
-            shard.enqueue(arrival(w, rng.criticality(), now, tag), now, &mut |_| unreachable!());
+            shard.enqueue(arrival(w, criticality(&mut rng), now, tag), now, &mut |_| unreachable!());
             black_box(shard.dispatch_next(now).map(|d| d.completion))
         })
     });
@@ -165,14 +149,14 @@ fn seed_push_pop(c: &mut Criterion) {
     let core: SeedCore<u32> = SeedCore::new(&ScoringConfig::default());
     for i in 0..n {
         let w = &ws[rng.below(WORKLOADS as u64) as usize];
-        core.push(&w.0, rng.criticality(), i as u32);
+        core.push(&w.0, criticality(&mut rng), i as u32);
     }
     let mut tag = 0u32;
     g.bench_with_input(BenchmarkId::new("push+pop", n), &n, |b, _| {
         b.iter(|| {
             tag = tag.wrapping_add(1);
             let w = &ws[rng.below(WORKLOADS as u64) as usize];
-            core.push(&w.0, rng.criticality(), tag);
+            core.push(&w.0, criticality(&mut rng), tag);
             black_box(core.pop().map(|i| i.value))
         })
     });

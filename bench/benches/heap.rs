@@ -9,6 +9,7 @@
 //! `cargo bench -p flowgate-bench --bench heap -- --warm-up-time 1 --measurement-time 3`
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
+use flowgate_bench::driver::Rng;
 use flowgate_engine::config::ScoringConfig;
 use flowgate_engine::heap::MaxMinHeap;
 use flowgate_engine::score::{Key, Scorer};
@@ -16,34 +17,21 @@ use flowgate_engine::score::{Key, Scorer};
 /// A 64-byte payload; the first 8 bytes hold a random word the rescore pass reads.
 type Value = [u64; 8];
 
-/// splitmix64: small, fast, good enough to scatter keys.
-struct Rng(u64);
+/// A key with a uniform score in [0, 1) and the next arrival number.
+fn random_key(rng: &mut Rng, seq: &mut u64) -> Key {
+    *seq += 1;
+    Key { score: rng.unit(), seq: *seq }
+}
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A key with a uniform score in [0, 1) and the next arrival number.
-    fn key(&mut self, seq: &mut u64) -> Key {
-        *seq += 1;
-        Key { score: (self.next() >> 11) as f64 / (1u64 << 53) as f64, seq: *seq }
-    }
-
-    fn value(&mut self) -> Value {
-        [self.next(), 0, 0, 0, 0, 0, 0, 0]
-    }
+fn value(rng: &mut Rng) -> Value {
+    [rng.next_u64(), 0, 0, 0, 0, 0, 0, 0]
 }
 
 fn filled(n: usize, rng: &mut Rng, seq: &mut u64) -> MaxMinHeap<Key, Value> {
     let mut heap = MaxMinHeap::with_capacity(n + 1);
     for _ in 0..n {
-        let key = rng.key(seq);
-        heap.push(key, 64, rng.value());
+        let key = random_key(rng, seq);
+        heap.push(key, 64, value(rng));
     }
     heap
 }
@@ -55,7 +43,7 @@ fn push_pop(c: &mut Criterion) {
         let mut heap = filled(n, &mut rng, &mut seq);
         group.bench_with_input(BenchmarkId::new("push+pop_head", n), &n, |b, _| {
             b.iter(|| {
-                let key = rng.key(&mut seq);
+                let key = random_key(&mut rng, &mut seq);
                 heap.push(key, 64, [seq; 8]);
                 black_box(heap.pop_head())
             })
@@ -63,7 +51,7 @@ fn push_pop(c: &mut Criterion) {
         let mut heap = filled(n, &mut rng, &mut seq);
         group.bench_with_input(BenchmarkId::new("push+pop_tail", n), &n, |b, _| {
             b.iter(|| {
-                let key = rng.key(&mut seq);
+                let key = random_key(&mut rng, &mut seq);
                 heap.push(key, 64, [seq; 8]);
                 black_box(heap.pop_tail())
             })
@@ -75,13 +63,13 @@ fn push_pop(c: &mut Criterion) {
     let (mut rng, mut now) = (Rng(7), 0u64);
     let mut arrival = |rng: &mut Rng| {
         now += 100_000;
-        let (crit, rate) = (1 + (rng.next() % 5) as u8, (rng.next() % 10) as f64);
+        let (crit, rate) = (1 + (rng.next_u64() % 5) as u8, (rng.next_u64() % 10) as f64);
         scorer.key(now, now, crit, rate, now)
     };
     let mut heap = MaxMinHeap::with_capacity(10_001);
     for _ in 0..10_000 {
         let key = arrival(&mut rng);
-        heap.push(key, 64, rng.value());
+        heap.push(key, 64, value(&mut rng));
     }
     group.bench_function(BenchmarkId::new("push+pop_head arrivals", 10_000), |b| {
         b.iter(|| {
@@ -99,16 +87,16 @@ fn remove_by_handle(c: &mut Criterion) {
     let mut heap = MaxMinHeap::with_capacity(n + 1);
     let mut handles: Vec<_> = (0..n)
         .map(|_| {
-            let key = rng.key(&mut seq);
-            heap.push(key, 64, rng.value())
+            let key = random_key(&mut rng, &mut seq);
+            heap.push(key, 64, value(&mut rng))
         })
         .collect();
     c.bench_with_input(BenchmarkId::new("heap/remove by handle", n), &n, |b, _| {
         b.iter(|| {
             // Remove a random live item, push a replacement in its handle's place.
-            let i = rng.next() as usize % n;
+            let i = rng.next_u64() as usize % n;
             black_box(heap.remove(handles[i]).expect("live handle"));
-            let key = rng.key(&mut seq);
+            let key = random_key(&mut rng, &mut seq);
             handles[i] = heap.push(key, 64, [seq; 8]);
         })
     });

@@ -84,22 +84,7 @@ fn cancel_races_completion_exactly_one_outcome() {
 fn waker_registered_before_completion_is_woken() {
     model(|| {
         let slot: Arc<Slot<u32>> = Arc::new(Slot::new());
-        let shard = {
-            let slot = slot.clone();
-            thread::spawn(move || {
-                let decision = Decision { outcome: Outcome::Dispatched, permit: Some(7), queued_ns: 1 };
-                slot.complete(decision).expect("the caller never cancels");
-            })
-        };
-        // The waiting caller runs on its own thread, as a `Ticket::wait` caller does.
-        let caller = thread::spawn(move || {
-            block_on(poll_fn(|cx| match slot.poll_take(cx.waker()) {
-                Some(d) => Poll::Ready(d),
-                None => Poll::Pending,
-            }))
-        });
-        shard.join().unwrap();
-        let d = caller.join().unwrap();
+        let d = complete_while_caller_waits(slot);
         assert_eq!((d.outcome, d.permit, d.queued_ns), (Outcome::Dispatched, Some(7), 1));
     });
 }
@@ -113,22 +98,7 @@ fn repoll_with_new_waker_is_the_one_woken() {
         let (_stale, stale_waker) = Flag::waker();
         let taken_early = slot.poll_take(&stale_waker);
         assert!(taken_early.is_none(), "nobody completed yet");
-        let shard = {
-            let slot = slot.clone();
-            thread::spawn(move || {
-                let decision = Decision { outcome: Outcome::Dispatched, permit: Some(7), queued_ns: 1 };
-                slot.complete(decision).expect("the caller never cancels");
-            })
-        };
-        // The waiting caller runs on its own thread, as a `Ticket::wait` caller does.
-        let caller = thread::spawn(move || {
-            block_on(poll_fn(|cx| match slot.poll_take(cx.waker()) {
-                Some(d) => Poll::Ready(d),
-                None => Poll::Pending,
-            }))
-        });
-        shard.join().unwrap();
-        let d = caller.join().unwrap();
+        let d = complete_while_caller_waits(slot);
         assert_eq!(d.permit, Some(7));
     });
 }
@@ -172,4 +142,24 @@ fn deferred_wakes_reach_every_waiter() {
         shard.join().unwrap();
         assert_eq!(caller.join().unwrap(), [Some(Some(0)), Some(Some(1))]);
     });
+}
+
+/// The shard completes `slot` with a dispatched decision (permit 7, queued 1 ns) on one thread
+/// while the caller, on another (as a `Ticket::wait` caller), polls it until it resolves.
+fn complete_while_caller_waits(slot: Arc<Slot<u32>>) -> Decision<u32> {
+    let shard = {
+        let slot = slot.clone();
+        thread::spawn(move || {
+            let decision = Decision { outcome: Outcome::Dispatched, permit: Some(7), queued_ns: 1 };
+            slot.complete(decision).expect("the caller never cancels");
+        })
+    };
+    let caller = thread::spawn(move || {
+        block_on(poll_fn(|cx| match slot.poll_take(cx.waker()) {
+            Some(d) => Poll::Ready(d),
+            None => Poll::Pending,
+        }))
+    });
+    shard.join().unwrap();
+    caller.join().unwrap()
 }

@@ -5,7 +5,7 @@ use flowgate_engine::budget::QueueBudget;
 use flowgate_engine::config::EngineConfig;
 use flowgate_engine::registry::{hash_workload_id, RateWindow, WorkloadTable};
 use flowgate_engine::shard::{Arrival, Shard};
-use flowgate_engine::ticket::Slot;
+use flowgate_engine::slot::Slot;
 use flowgate_engine::Permit;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-/// Longest id a workload may have, in bytes. Longer ids are refused (see [`crate::context`]).
+/// Longest id a workload may have, in bytes. Longer ids are refused (see `context.rs`).
 pub const MAX_WORKLOAD_ID_BYTES: usize = 256;
 /// Longest TTL the configuration or a request may ask for.
 pub const MAX_TTL: Duration = Duration::from_secs(3600);

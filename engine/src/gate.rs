@@ -15,10 +15,8 @@
 use crate::clock::Clock;
 use crate::config::EngineConfig;
 use crate::doorbell::Doorbell;
-use crate::registry::WorkloadEntry;
 use crate::sync::{fence, AtomicBool, AtomicF64, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use crossbeam_utils::CachePadded;
-use std::sync::Arc;
 
 /// Published head score of a shard with nothing dispatchable.
 pub const NO_HEAD: f64 = f64::NEG_INFINITY;
@@ -180,6 +178,11 @@ impl Gate {
         self.backends.iter().map(|b| b.inflight.load(Ordering::Relaxed)).collect()
     }
 
+    /// `ip:port` of backend `backend`.
+    pub fn address(&self, backend: u32) -> &str {
+        &self.backends[backend as usize].address
+    }
+
     /// Backend addresses, in configuration order.
     pub fn addresses(&self) -> impl Iterator<Item = &str> {
         self.backends.iter().map(|b| b.address.as_str())
@@ -315,50 +318,5 @@ impl Gate {
     /// The engine's clock.
     pub fn clock(&self) -> Clock {
         self.clock
-    }
-}
-
-/// A held backend slot. Dropping it frees the slot, releases the workload's active count and wakes
-/// the best waiting shard. Not `Clone`: one permit, one slot.
-pub struct Permit {
-    gate: Arc<Gate>,
-    /// Index of the backend whose slot this is.
-    backend: u32,
-    workload: Arc<WorkloadEntry>,
-}
-
-impl Permit {
-    /// Wrap a slot reserved by [`Gate::try_acquire`] for a request of `workload`.
-    pub fn new(gate: Arc<Gate>, backend: u32, workload: Arc<WorkloadEntry>) -> Self {
-        Self { gate, backend, workload }
-    }
-
-    /// Index of the chosen backend in the configuration.
-    pub fn backend_index(&self) -> usize {
-        self.backend as usize
-    }
-
-    /// `ip:port` of the chosen backend.
-    pub fn address(&self) -> &str {
-        &self.gate.backends[self.backend as usize].address
-    }
-
-    /// The workload it was dispatched for.
-    pub fn workload_id(&self) -> &str {
-        self.workload.id()
-    }
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        // Last activity needs ms, not ns: the coarse clock spares the caller a clock read.
-        self.workload.release(self.gate.clock.coarse_now_ns());
-        self.gate.release(self.backend);
-    }
-}
-
-impl std::fmt::Debug for Permit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Permit").field("backend", &self.address()).finish()
     }
 }

@@ -17,7 +17,10 @@ pub mod context;
 pub mod doorbell;
 pub mod gate;
 pub mod heap;
+#[cfg(not(flowgate_loom))]
+mod inbox;
 pub mod outcome;
+pub mod permit;
 pub mod registry;
 #[cfg(not(flowgate_loom))]
 pub mod ring;
@@ -25,7 +28,11 @@ pub mod ring;
 pub mod runtime;
 pub mod score;
 pub mod shard;
+#[cfg(not(flowgate_loom))]
+mod shared;
+pub mod slot;
 pub mod sync;
+#[cfg(not(flowgate_loom))]
 pub mod ticket;
 #[cfg(not(flowgate_loom))]
 mod worker;

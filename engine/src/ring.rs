@@ -12,16 +12,14 @@
 //! refused, or lands in a ring the shard drains. Nothing is left in a ring unanswered.
 
 use crate::context::WorkloadContext;
-use crate::gate::Permit;
+use crate::inbox::{Inbox, Submission, SubmitterState};
 use crate::registry::hash_workload_id;
-use crate::runtime::Shared;
 use crate::shard::Arrival;
+use crate::shared::Shared;
+use crate::slot::Slot;
 use crate::sync::{AtomicBool, Ordering};
-use crate::ticket::{Slot, Ticket};
+use crate::ticket::Ticket;
 use std::sync::Arc;
-
-/// What travels through a ring: the arrival, whose completion is the caller's slot.
-pub type Submission = Arrival<Arc<Slot<Permit>>>;
 
 /// A request to admit.
 #[derive(Clone, Debug)]
@@ -59,21 +57,6 @@ pub enum RegisterError {
     ShuttingDown,
     /// `max_submitters` are registered already.
     TooMany,
-}
-
-/// A submitter's state shared with the shards.
-#[derive(Debug, Default)]
-pub struct SubmitterState {
-    /// True while a submission is between its shutdown check and its push.
-    pub busy: AtomicBool,
-}
-
-/// The consumer end a shard keeps per submitter.
-pub struct Inbox {
-    /// The ring's consumer end.
-    pub consumer: rtrb::Consumer<Submission>,
-    /// The submitter's busy flag.
-    pub state: Arc<SubmitterState>,
 }
 
 /// Pick the shard for a workload hash (bits 20..52: independent of the bits the tables index by).

@@ -12,29 +12,18 @@ use crate::config::{ConfigError, EngineConfig};
 use crate::gate::Gate;
 use crate::outcome::Outcome;
 use crate::registry::{Directory, RateWindow, RegistryView};
-use crate::ring::Inbox;
 use crate::shard::Shard;
-use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use crate::ticket::Slot;
+use crate::shared::{OutcomeCounters, Shared};
+use crate::sync::{AtomicBool, AtomicUsize, Ordering};
 use crate::worker::Worker;
 use crossbeam_queue::ArrayQueue;
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
 
-pub use crate::gate::Permit;
+pub use crate::permit::Permit;
 pub use crate::ring::{RegisterError, Request, SubmitError, Submitter};
+pub use crate::shared::{Decision, CANCEL_QUEUE_CAPACITY, DISPLACE_QUEUE_CAPACITY};
 pub use crate::ticket::Ticket;
-
-/// The decision a [`Ticket`] resolves to.
-pub type Decision = crate::ticket::Decision<Permit>;
-
-/// Most cancellations waiting for one shard; past it, a cancelled request is dropped lazily (at
-/// its dispatch, expiry or the next rescore pass), still with exactly one outcome.
-pub const CANCEL_QUEUE_CAPACITY: usize = 65_536;
-
-/// Most cross-shard displacements waiting for one shard; past it, a newcomer that could only
-/// displace in another shard is refused (`RejectedCapacity`).
-pub const DISPLACE_QUEUE_CAPACITY: usize = 1024;
 
 /// io_uring memory each shard executor locks (glommio's floor is 512 KiB; the default 10 MiB would
 /// exceed an 8 MiB `RLIMIT_MEMLOCK`). Shards do no file I/O.
@@ -74,60 +63,6 @@ pub struct EngineStats {
     pub inflight: u64,
     /// Total backend slots.
     pub capacity: u64,
-}
-
-/// Outcome counters of one shard, written by that shard only.
-#[derive(Debug, Default)]
-pub(crate) struct OutcomeCounters([AtomicU64; Outcome::ALL.len()]);
-
-impl OutcomeCounters {
-    pub(crate) fn count(&self, outcome: Outcome) {
-        let i = Outcome::ALL.iter().position(|o| *o == outcome).expect("every outcome is listed");
-        self.0[i].fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// Everything the shards, submitters, tickets and the engine handle share.
-pub struct Shared {
-    /// Unique per engine in this process (keys the per-thread submitters).
-    pub(crate) id: u64,
-    pub(crate) config: EngineConfig,
-    pub(crate) clock: Clock,
-    pub(crate) gate: Arc<Gate>,
-    pub(crate) budget: Arc<QueueBudget>,
-    /// New submitters' ring ends, per shard; bounded by `max_submitters`.
-    pub(crate) registrations: Box<[ArrayQueue<Inbox>]>,
-    /// Cancelled requests to drop, per shard.
-    pub(crate) cancels: Box<[ArrayQueue<Arc<Slot<Permit>>>]>,
-    /// Cross-shard displacements to carry out, per shard: evict the tail if it scores below this.
-    pub(crate) displacements: Box<[ArrayQueue<f64>]>,
-    /// Set once by [`Engine::shutdown`].
-    pub(crate) shutting_down: AtomicBool,
-    /// Registered submitters; ≤ `max_submitters`.
-    pub(crate) submitters: AtomicUsize,
-    pub(crate) outcomes: Box<[OutcomeCounters]>,
-    /// The CPU each shard's executor is pinned to.
-    pub(crate) shard_cpus: Box<[usize]>,
-}
-
-impl Shared {
-    /// Number of shards.
-    pub(crate) fn shards(&self) -> usize {
-        self.registrations.len()
-    }
-
-    /// The CPU shard `shard` is pinned to.
-    pub(crate) fn shard_cpu(&self, shard: usize) -> usize {
-        self.shard_cpus[shard]
-    }
-
-    /// A ticket was cancelled while pending: tell its shard to drop the request now.
-    pub(crate) fn request_cancel(&self, shard: usize, slot: Arc<Slot<Permit>>) {
-        // When the queue is full the request is still marked cancelled and leaves lazily.
-        if self.cancels[shard].push(slot).is_ok() {
-            self.gate.shard(shard).doorbell.ring();
-        }
-    }
 }
 
 /// A running engine. Dropping it shuts it down.

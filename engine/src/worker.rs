@@ -9,13 +9,14 @@
 //! earlier version awaited the doorbell inside glommio's reactor and, under load here, lost
 //! foreign wake-ups together with their timers, stalling a shard with work queued.
 
-use crate::gate::{Permit, NO_HEAD, NO_TAIL};
+use crate::gate::{NO_HEAD, NO_TAIL};
+use crate::inbox::{Inbox, Submission};
 use crate::outcome::{OtherReason, Outcome};
-use crate::ring::Inbox;
-use crate::runtime::Shared;
+use crate::permit::Permit;
 use crate::shard::{Admission, Done, Shard};
+use crate::shared::Shared;
+use crate::slot::{Decision, Slot};
 use crate::sync::Ordering;
-use crate::ticket::{Decision, Slot};
 use std::sync::Arc;
 use std::task::Waker;
 use std::time::Duration;
@@ -170,7 +171,7 @@ impl Worker {
     }
 
     /// Queue one arrival (or answer it at once).
-    fn admit(&mut self, arrival: crate::ring::Submission, now: u64) {
+    fn admit(&mut self, arrival: Submission, now: u64) {
         if arrival.completion.is_cancelled() {
             // Its caller left before it reached the shard: nothing to queue.
             self.shared.outcomes[self.index].count(Outcome::EvictedCancelled);

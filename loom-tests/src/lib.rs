@@ -20,7 +20,8 @@
 #![cfg(flowgate_loom)]
 
 use flowgate_engine::config::{BackendConfig, EngineConfig, WorkloadConfig};
-use flowgate_engine::gate::{Gate, Permit};
+use flowgate_engine::gate::Gate;
+use flowgate_engine::permit::Permit;
 use flowgate_engine::registry::{hash_workload_id, RateWindow, WorkloadEntry, WorkloadTable};
 use flowgate_engine::sync::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! and the published heads that steer a freed slot to the shard that needs it.
 #![cfg(flowgate_loom)]
 
-use flowgate_engine::gate::Permit;
+use flowgate_engine::permit::Permit;
 use flowgate_engine::sync::{AtomicUsize, Ordering};
 use flowgate_loom_tests::{assert_conserved, block_on, dispatch, gate, model, workload, Flag, Sleep};
 use loom::thread;

@@ -1,9 +1,9 @@
 //! The completion slot (`engine/src/ticket.rs`): one decision, handed from a shard to one caller.
 #![cfg(flowgate_loom)]
 
-use flowgate_engine::gate::Permit;
 use flowgate_engine::outcome::Outcome;
-use flowgate_engine::ticket::{Decision, Slot};
+use flowgate_engine::permit::Permit;
+use flowgate_engine::slot::{Decision, Slot};
 use flowgate_loom_tests::{assert_conserved, block_on, dispatch, gate, model, workload, Flag};
 use loom::thread;
 use std::future::poll_fn;

@@ -1,0 +1,51 @@
+//! A [`Permit`]: one held backend slot, for one dispatched request. Dropping it gives the slot
+//! back to the [`Gate`] and releases the workload's active count.
+
+use crate::gate::Gate;
+use crate::registry::WorkloadEntry;
+use std::sync::Arc;
+
+/// A held backend slot. Dropping it frees the slot, releases the workload's active count and wakes
+/// the best waiting shard. Not `Clone`: one permit, one slot.
+pub struct Permit {
+    gate: Arc<Gate>,
+    /// Index of the backend whose slot this is.
+    backend: u32,
+    workload: Arc<WorkloadEntry>,
+}
+
+impl Permit {
+    /// Wrap a slot reserved by [`Gate::try_acquire`] for a request of `workload`.
+    pub fn new(gate: Arc<Gate>, backend: u32, workload: Arc<WorkloadEntry>) -> Self {
+        Self { gate, backend, workload }
+    }
+
+    /// Index of the chosen backend in the configuration.
+    pub fn backend_index(&self) -> usize {
+        self.backend as usize
+    }
+
+    /// `ip:port` of the chosen backend.
+    pub fn address(&self) -> &str {
+        self.gate.address(self.backend)
+    }
+
+    /// The workload it was dispatched for.
+    pub fn workload_id(&self) -> &str {
+        self.workload.id()
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        // Last activity needs ms, not ns: the coarse clock spares the caller a clock read.
+        self.workload.release(self.gate.clock().coarse_now_ns());
+        self.gate.release(self.backend);
+    }
+}
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit").field("backend", &self.address()).finish()
+    }
+}

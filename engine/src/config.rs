@@ -13,6 +13,11 @@ pub const MAX_TTL: Duration = Duration::from_secs(3600);
 pub const MAX_SHARDS: usize = 256;
 /// Most backends (model servers) one engine may dispatch to.
 pub const MAX_BACKENDS: usize = 4096;
+/// Shortest scrape interval accepted (`saturation.scrape_interval`).
+pub const MIN_SCRAPE_INTERVAL: Duration = Duration::from_millis(10);
+/// Highest `saturation.queue_depth_threshold` accepted (the gate packs waiting and sent counts into
+/// 24 bits each).
+pub const MAX_QUEUE_DEPTH_THRESHOLD: u32 = 1 << 20;
 /// Most in-flight requests one backend may be configured to hold.
 pub const MAX_BACKEND_INFLIGHT: u32 = 1 << 20;
 /// Number of buckets the sliding rate window is split into (the rate's error bound is one bucket).
@@ -144,8 +149,73 @@ impl WorkloadConfig {
 pub struct BackendConfig {
     /// `ip:port` written into `x-gateway-destination-endpoint`.
     pub address: String,
-    /// Most requests in flight on it at once; ≥ 1.
+    /// Most requests in flight on it at once; 0 = no concurrency cap (room then comes from its
+    /// metrics alone, see [`Detector`]).
     pub max_inflight: u32,
+}
+
+/// What decides whether a backend has room.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Detector {
+    /// `max_inflight` only (the default: no metrics are read).
+    #[default]
+    Concurrency,
+    /// The backend's scraped metrics only (waiting requests, KV-cache use); `max_inflight` is
+    /// not enforced.
+    Utilization,
+    /// Both: a backend needs a free `max_inflight` slot and room by its metrics.
+    Both,
+}
+
+impl Detector {
+    /// The name the configuration file uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Detector::Concurrency => "concurrency",
+            Detector::Utilization => "utilization",
+            Detector::Both => "both",
+        }
+    }
+
+    /// Whether `max_inflight` caps are enforced.
+    pub fn uses_slots(self) -> bool {
+        self != Detector::Utilization
+    }
+
+    /// Whether scraped metrics gate dispatch.
+    pub fn uses_metrics(self) -> bool {
+        self != Detector::Concurrency
+    }
+}
+
+/// Saturation detection: when a backend counts as full (design brief, "Backends and saturation").
+#[derive(Clone, Debug, PartialEq)]
+pub struct SaturationConfig {
+    /// What decides room.
+    pub detector: Detector,
+    /// How often each backend's metrics page is scraped; ≥ [`MIN_SCRAPE_INTERVAL`].
+    pub scrape_interval: Duration,
+    /// A scrape slower than this has failed; > 0.
+    pub scrape_timeout: Duration,
+    /// Saturated when waiting (scraped, plus what was sent since that scrape) ≥ this; ≥ 1.
+    pub queue_depth_threshold: u32,
+    /// Saturated when KV-cache use (a fraction) ≥ this; in (0, 1].
+    pub kv_cache_threshold: f64,
+    /// No good scrape for this long: the backend counts as saturated; > 0.
+    pub staleness: Duration,
+}
+
+impl Default for SaturationConfig {
+    fn default() -> Self {
+        Self {
+            detector: Detector::Concurrency,
+            scrape_interval: Duration::from_millis(50),
+            scrape_timeout: Duration::from_secs(1),
+            queue_depth_threshold: 5,
+            kv_cache_threshold: 0.8,
+            staleness: Duration::from_millis(200),
+        }
+    }
 }
 
 /// Everything the engine needs to run.
@@ -159,6 +229,8 @@ pub struct EngineConfig {
     pub max_submitters: usize,
     /// The model servers.
     pub backends: Vec<BackendConfig>,
+    /// When a backend counts as saturated.
+    pub saturation: SaturationConfig,
     /// Queue limits.
     pub queue: QueueConfig,
     /// Scoring rule.
@@ -182,6 +254,7 @@ impl Default for EngineConfig {
             ring_capacity: 4096,
             max_submitters: 1024,
             backends: vec![BackendConfig { address: "127.0.0.1:8000".into(), max_inflight: 8 }],
+            saturation: SaturationConfig::default(),
             queue: QueueConfig::default(),
             scoring: ScoringConfig::default(),
             workloads: WorkloadConfig::default(),
@@ -237,10 +310,10 @@ impl EngineConfig {
             bad("backends", format!("more than {MAX_BACKENDS} backends"));
         }
         for (i, b) in self.backends.iter().enumerate() {
-            if b.max_inflight == 0 || b.max_inflight > MAX_BACKEND_INFLIGHT {
+            if b.max_inflight > MAX_BACKEND_INFLIGHT {
                 bad(
                     &format!("backends[{i}].max_inflight"),
-                    format!("must be between 1 and {MAX_BACKEND_INFLIGHT} (0 slots would never dispatch)"),
+                    format!("must be at most {MAX_BACKEND_INFLIGHT} (0 = no concurrency cap)"),
                 );
             }
             if b.address.parse::<std::net::SocketAddr>().is_err() {
@@ -304,6 +377,44 @@ impl EngineConfig {
                 bad(&format!("ceilings[{i}]"), format!("{c} must be in (0, 1]"));
             }
         }
+        let sat = &self.saturation;
+        let uncapped = self.backends.iter().position(|b| b.max_inflight == 0);
+        if self.ceilings.iter().any(|c| *c < 1.0) {
+            if let Some(i) = uncapped.filter(|_| sat.detector.uses_slots()) {
+                bad(
+                    "ceilings",
+                    format!(
+                        "ceilings below 1 need every backend to have a max_inflight (backends[{i}] has 0)"
+                    ),
+                );
+            } else if !sat.detector.uses_slots() {
+                bad(
+                    "ceilings",
+                    "ceilings count max_inflight slots, which detector utilization ignores".into(),
+                );
+            }
+        }
+        if sat.scrape_interval < MIN_SCRAPE_INTERVAL || sat.scrape_interval > Duration::from_secs(60) {
+            bad("saturation.scrape_interval", "must be between 10ms and 60s".into());
+        }
+        if sat.scrape_timeout.is_zero() || sat.scrape_timeout > Duration::from_secs(60) {
+            bad("saturation.scrape_timeout", "must be above 0 and at most 60s".into());
+        }
+        if sat.staleness.is_zero() || sat.staleness > Duration::from_secs(3600) {
+            bad("saturation.staleness", "must be above 0 and at most 1h".into());
+        }
+        if sat.queue_depth_threshold == 0 || sat.queue_depth_threshold > MAX_QUEUE_DEPTH_THRESHOLD {
+            bad(
+                "saturation.queue_depth_threshold",
+                format!("must be between 1 and {MAX_QUEUE_DEPTH_THRESHOLD}"),
+            );
+        }
+        if !(sat.kv_cache_threshold.is_finite()
+            && sat.kv_cache_threshold > 0.0
+            && sat.kv_cache_threshold <= 1.0)
+        {
+            bad("saturation.kv_cache_threshold", format!("{} must be in (0, 1]", sat.kv_cache_threshold));
+        }
         errors
     }
 
@@ -316,7 +427,7 @@ impl EngineConfig {
         }
     }
 
-    /// Total dispatch slots: the sum of every backend's `max_inflight`.
+    /// Total dispatch slots: the sum of every backend's `max_inflight` (uncapped backends add 0).
     pub fn total_slots(&self) -> u64 {
         self.backends.iter().map(|b| u64::from(b.max_inflight)).sum()
     }

@@ -1,21 +1,25 @@
 //! The dispatch gate: global capacity, permits, and the published head scores that keep priority
 //! global across shards.
 //!
-//! Capacity is the sum of every backend's slots. A shard that wants to dispatch its head first
-//! asks [`Gate::may_dispatch`]: no other shard may publish a head better by more than
-//! [`CROSS_SHARD_SLACK`], unless there are more free slots than requests queued in all other shards
-//! together (then nobody better can be refused by this dispatch). It then reserves a slot with [`Gate::try_acquire`] (one CAS on the free
-//! count, honouring per-criticality ceilings), picks the least-loaded backend, and wraps it in a
-//! [`Permit`] whose drop gives the slot back and wakes the shard with the best head.
+//! Room is what the backend table ([`BackendTable`], `backends.rs`) says: free `max_inflight`
+//! slots, room by scraped metrics, or both. A shard that wants to dispatch its head first asks
+//! [`Gate::may_dispatch`]: no other shard may publish a head better by more than
+//! [`CROSS_SHARD_SLACK`], unless the pool has more room than requests queued in all other shards
+//! together (then nobody better can be refused by this dispatch). It then takes a place with
+//! [`Gate::try_acquire`]: the least-loaded backend with room, honouring per-criticality ceilings,
+//! and wraps it in a `Permit` (`permit.rs`) whose drop gives the place back and wakes the shard
+//! with the best head.
 //!
-//! No lost wake-up: a shard publishes its head and queue length, then (sleeping or not) reads the
-//! free count; a releaser bumps the free count, then reads the heads. A SeqCst fence on each side
-//! means at least one of them sees the other (`loom-tests` checks this).
+//! No lost wake-up: a shard publishes its head and queue length, then (sleeping or not) looks for
+//! room; whoever makes room (a released slot, a fresh scrape) makes it visible, then reads the
+//! heads. A SeqCst fence on each side means at least one of them sees the other (`loom-tests`
+//! checks both hand-offs).
 
+use crate::backends::{BackendState, BackendTable, ScrapeReading};
 use crate::clock::Clock;
 use crate::config::EngineConfig;
 use crate::doorbell::Doorbell;
-use crate::sync::{fence, AtomicBool, AtomicF64, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use crate::sync::{fence, AtomicBool, AtomicF64, AtomicI64, AtomicU64, Ordering};
 use crossbeam_utils::CachePadded;
 
 /// Published head score of a shard with nothing dispatchable.
@@ -30,17 +34,6 @@ pub const CROSS_SHARD_SLACK: f64 = 0.001;
 
 /// Published tail score of a shard with nothing to displace (or whose tail was just claimed).
 pub const NO_TAIL: f64 = f64::INFINITY;
-
-/// One backend's slots.
-#[derive(Debug)]
-pub struct BackendSlots {
-    /// `ip:port`.
-    pub address: String,
-    /// Its `max_inflight`; ≥ 1.
-    max: u32,
-    /// Requests in flight on it. Invariant: ≤ `max`.
-    inflight: CachePadded<AtomicU32>,
-}
 
 /// What one shard publishes for the others.
 #[derive(Debug)]
@@ -79,16 +72,26 @@ pub struct ShardState {
     pub parks: u64,
 }
 
-/// Global capacity and the shards' published heads.
+/// Why [`Gate::try_acquire`] found no place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// No backend has room.
+    NoRoom,
+    /// Some backend has room, but this criticality's ceiling is reached.
+    Ceiling,
+}
+
+/// The backends' room and the shards' published heads.
 #[derive(Debug)]
 pub struct Gate {
     /// The model servers.
-    backends: Box<[BackendSlots]>,
-    /// Free slots in all backends. Invariant: `free + Σ inflight == capacity`, outside a CAS pair.
-    free: CachePadded<AtomicI64>,
-    /// Σ backend `max_inflight`.
-    capacity: i64,
-    /// Criticality `c` dispatches only while in-flight < `ceiling_slots[c - 1]`.
+    backends: BackendTable,
+    /// Requests holding a slot, counted only while `ceilings` is set. Invariant: ≤
+    /// `ceiling_slots[4]` (criticality 5's ceiling).
+    held: CachePadded<AtomicI64>,
+    /// Some ceiling is below the pool's capacity (then `held` is kept).
+    ceilings: bool,
+    /// Criticality `c` dispatches only while held < `ceiling_slots[c - 1]`.
     ceiling_slots: [i64; 5],
     /// One per shard.
     shards: Box<[CachePadded<ShardSignal>]>,
@@ -100,20 +103,16 @@ pub struct Gate {
 impl Gate {
     /// A gate for `config`'s backends and `shards` shards.
     pub fn new(config: &EngineConfig, shards: usize, clock: Clock) -> Self {
-        let capacity = config.total_slots() as i64;
-        let ceiling_slots = config.ceilings.map(|c| ((c * capacity as f64).ceil() as i64).clamp(1, capacity));
+        let backends = BackendTable::new(config);
+        let capacity = backends.capacity() as i64;
+        // Validation allows ceilings below 1 only when every backend has enforced slots.
+        let ceilings = config.ceilings.iter().any(|c| *c < 1.0) && capacity > 0;
+        let ceiling_slots =
+            config.ceilings.map(|c| ((c * capacity as f64).ceil() as i64).clamp(1, capacity.max(1)));
         Self {
-            backends: config
-                .backends
-                .iter()
-                .map(|b| BackendSlots {
-                    address: b.address.clone(),
-                    max: b.max_inflight,
-                    inflight: CachePadded::new(AtomicU32::new(0)),
-                })
-                .collect(),
-            free: CachePadded::new(AtomicI64::new(capacity)),
-            capacity,
+            backends,
+            held: CachePadded::new(AtomicI64::new(0)),
+            ceilings,
             ceiling_slots,
             shards: (0..shards)
                 .map(|_| {
@@ -163,29 +162,52 @@ impl Gate {
         self.shards.len()
     }
 
-    /// Total slots.
+    /// Σ `max_inflight` of the capped backends.
     pub fn capacity(&self) -> u64 {
-        self.capacity as u64
+        self.backends.capacity()
     }
 
-    /// Free slots now.
+    /// Free slots of the capped backends now.
     pub fn free(&self) -> u64 {
-        self.free.load(Ordering::Acquire).max(0) as u64
+        self.backends.free_slots()
     }
 
-    /// Backend addresses and in-flight counts.
+    /// In-flight counts, per backend.
     pub fn inflight_per_backend(&self) -> Vec<u32> {
-        self.backends.iter().map(|b| b.inflight.load(Ordering::Relaxed)).collect()
+        self.backends.inflight()
     }
 
     /// `ip:port` of backend `backend`.
     pub fn address(&self, backend: u32) -> &str {
-        &self.backends[backend as usize].address
+        self.backends.address(backend as usize)
     }
 
     /// Backend addresses, in configuration order.
     pub fn addresses(&self) -> impl Iterator<Item = &str> {
-        self.backends.iter().map(|b| b.address.as_str())
+        (0..self.backends.len()).map(|i| self.backends.address(i))
+    }
+
+    /// The backend table.
+    pub fn backends(&self) -> &BackendTable {
+        &self.backends
+    }
+
+    /// Every backend's state, for metrics and the backend API.
+    pub fn backend_states(&self) -> Vec<BackendState> {
+        self.backends.states()
+    }
+
+    /// Scraper side: publish a good scrape of backend `i`, then wake the shard with the best head
+    /// if the scrape made room (fence, as [`release`](Self::release) does).
+    pub fn publish_scrape(&self, i: usize, reading: ScrapeReading) {
+        self.backends.publish_scrape(i, reading, self.clock.now_ns());
+        fence(Ordering::SeqCst);
+        self.wake_best(None);
+    }
+
+    /// Scraper side: backend `i`'s metrics are stale; it takes nothing until a good scrape.
+    pub fn mark_stale(&self, i: usize) {
+        self.backends.mark_stale(i);
     }
 
     /// Shard side: publish the head score and queue length, then report whether a slot is free
@@ -197,11 +219,12 @@ impl Gate {
         s.head.store(if blocked { NO_HEAD } else { head }, Ordering::Relaxed);
         s.queued.store(queued, Ordering::Relaxed);
         fence(Ordering::SeqCst);
-        self.free.load(Ordering::Relaxed) > 0
+        self.backends.has_room()
     }
 
     /// May `shard`, whose head scores `head`, dispatch it now without jumping a request queued
-    /// elsewhere that scores more than [`CROSS_SHARD_SLACK`] better?
+    /// elsewhere that scores more than [`CROSS_SHARD_SLACK`] better? (Yes also when the pool has
+    /// room for every request queued elsewhere.)
     pub fn may_dispatch(&self, shard: usize, head: f64) -> bool {
         let mut others_queued = 0u64;
         let mut best_elsewhere = true;
@@ -214,7 +237,7 @@ impl Gate {
                 best_elsewhere = false;
             }
         }
-        best_elsewhere || self.free.load(Ordering::Relaxed) > others_queued as i64
+        best_elsewhere || self.backends.room_exceeds(others_queued)
     }
 
     /// Claim the worst published tail scoring below `score` in a shard other than `except`, for a
@@ -251,46 +274,54 @@ impl Gate {
         best.map(|(i, _)| i)
     }
 
-    /// Would [`try_acquire`](Self::try_acquire)`(criticality)` find a slot now?
+    /// Would [`try_acquire`](Self::try_acquire)`(criticality)` find a place now?
     pub fn has_slot_for(&self, criticality: u8) -> bool {
-        let ceiling = self.ceiling_slots[usize::from(criticality.clamp(1, 5)) - 1];
-        self.free.load(Ordering::Acquire) > self.capacity - ceiling
+        self.under_ceiling(criticality) && self.backends.has_room()
     }
 
-    /// Reserve a slot for a request of `criticality` and pick its backend (least in flight with
-    /// room). `None` if no slot is free or the criticality's ceiling is reached.
-    pub fn try_acquire(&self, criticality: u8) -> Option<u32> {
+    /// Criticality `criticality`'s ceiling is not reached.
+    fn under_ceiling(&self, criticality: u8) -> bool {
+        !self.ceilings
+            || self.held.load(Ordering::Acquire)
+                < self.ceiling_slots[usize::from(criticality.clamp(1, 5)) - 1]
+    }
+
+    /// Take a place for a request of `criticality` on the least-loaded backend with room; its
+    /// index, or why there is none.
+    ///
+    /// Steps: pick a backend with room (read only: a full pool costs no write); count the request
+    /// against the ceilings (one CAS, only when ceilings are set); take the backend's place
+    /// ([`BackendTable::try_reserve`]). If another dispatcher or a scrape took that place first,
+    /// undo the ceiling count (waking whoever it may have held back) and pick again.
+    pub fn try_acquire(&self, criticality: u8) -> Result<u32, Refusal> {
         let ceiling = self.ceiling_slots[usize::from(criticality.clamp(1, 5)) - 1];
-        let limit_free = self.capacity - ceiling; // free must stay above this after we take one
-        self.free
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |f| (f > limit_free).then(|| f - 1))
-            .ok()?;
-        // A reservation guarantees some backend has room: Σ inflight < capacity. Take the least
-        // loaded one; a lost CAS means another reserver took that place, so look again.
         loop {
-            let mut pick: Option<(usize, u32)> = None;
-            for (i, b) in self.backends.iter().enumerate() {
-                let n = b.inflight.load(Ordering::Relaxed);
-                if n < b.max && pick.is_none_or(|(_, m)| n < m) {
-                    pick = Some((i, n));
-                }
-            }
-            let (i, n) = pick.expect("a reserved slot exists in some backend");
-            if self.backends[i]
-                .inflight
-                .compare_exchange(n, n + 1, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
+            let Some(i) = self.backends.pick() else { return Err(Refusal::NoRoom) };
+            if self.ceilings
+                && self
+                    .held
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < ceiling).then_some(n + 1))
+                    .is_err()
             {
-                return Some(i as u32);
+                return Err(Refusal::Ceiling);
+            }
+            if self.backends.try_reserve(i) {
+                return Ok(i as u32);
+            }
+            if self.ceilings {
+                self.held.fetch_sub(1, Ordering::AcqRel);
+                fence(Ordering::SeqCst);
+                self.wake_best(None);
             }
         }
     }
 
-    /// Give a backend slot back and wake the shard whose head is best.
+    /// Give a backend place back and wake the shard whose head is best.
     pub fn release(&self, backend: u32) {
-        let before = self.backends[backend as usize].inflight.fetch_sub(1, Ordering::AcqRel);
-        assert!(before > 0, "backend {backend}: released a slot that was not held");
-        self.free.fetch_add(1, Ordering::AcqRel);
+        self.backends.release(backend as usize);
+        if self.ceilings {
+            self.held.fetch_sub(1, Ordering::AcqRel);
+        }
         fence(Ordering::SeqCst);
         self.wake_best(None);
     }

@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms)]
 
+pub mod backends;
 pub mod budget;
 pub mod clock;
 pub mod config;

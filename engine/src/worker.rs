@@ -9,7 +9,7 @@
 //! earlier version awaited the doorbell inside glommio's reactor and, under load here, lost
 //! foreign wake-ups together with their timers, stalling a shard with work queued.
 
-use crate::gate::{NO_HEAD, NO_TAIL};
+use crate::gate::{Refusal, NO_HEAD, NO_TAIL};
 use crate::inbox::{Inbox, Submission};
 use crate::outcome::{OtherReason, Outcome};
 use crate::permit::Permit;
@@ -219,9 +219,13 @@ impl Worker {
                 gate.wake_best(Some(self.index));
                 break;
             }
-            let Some(backend) = gate.try_acquire(criticality) else {
-                blocked = gate.free() > 0; // free slots, but this criticality's ceiling is reached
-                break;
+            let backend = match gate.try_acquire(criticality) {
+                Ok(backend) => backend,
+                Err(refusal) => {
+                    // Room, but this criticality's ceiling is reached: every release rings us.
+                    blocked = refusal == Refusal::Ceiling;
+                    break;
+                }
             };
             let done = self.shard.dispatch_next(now).expect("head exists");
             let permit = Permit::new(gate.clone(), backend, done.workload.clone());

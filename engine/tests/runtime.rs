@@ -59,7 +59,12 @@ fn priority_is_global_across_shards() {
     let high = id_on_shard("high", 1, 2);
     let lows: Vec<_> = (0..5).map(|_| engine.submit(request(&low, 1, None)).unwrap()).collect();
     let high_ticket = engine.submit(request(&high, 5, None)).unwrap();
-    until("6 queued", || engine.stats().queued == 6);
+    // Admitted is not yet published: wait until both shards have published what they hold, or
+    // the released slot could reach shard 0 before shard 1's head is visible.
+    until("6 queued and published", || {
+        let s = engine.shard_states();
+        engine.stats().queued == 6 && s[0].queued == 5 && s[1].queued == 1
+    });
     drop(holder);
     // The one free slot must go to the crit-5 request on the other shard.
     let d = high_ticket.wait();

@@ -1,0 +1,107 @@
+//! The scrape hand-off (`engine/src/backends.rs`): a scraper publishes a backend's metrics while
+//! dispatchers take places against them. Two properties: the burst bound (between two scrapes, at
+//! most `queue_depth_threshold − waiting` requests go to a backend) and no lost wake-up (a scrape
+//! that makes room reaches a shard whose head waits for it).
+#![cfg(flowgate_loom)]
+
+use flowgate_engine::backends::ScrapeReading;
+use flowgate_engine::config::{Detector, SaturationConfig};
+use flowgate_engine::sync::{AtomicUsize, Ordering};
+use flowgate_loom_tests::{assert_conserved, block_on, dispatch, gate_with, model, workload, Sleep};
+use loom::thread;
+use std::sync::Arc;
+
+/// A head score for a queued request.
+const HEAD: f64 = 1.0;
+
+fn utilization(threshold: u32) -> SaturationConfig {
+    SaturationConfig {
+        detector: Detector::Utilization,
+        queue_depth_threshold: threshold,
+        ..Default::default()
+    }
+}
+
+fn reading(waiting: f64) -> ScrapeReading {
+    ScrapeReading { waiting, running: 0.0, kv_cache_usage: 0.1 }
+}
+
+/// Threshold 2, a scrape showing 1 waiting (room for one), three dispatchers, and a scraper that
+/// publishes a new scrape showing 2 waiting (no room) meanwhile. Whatever the interleaving, at most
+/// one request goes (the first scrape's one place; the second has none), and the published word
+/// never counts more than the threshold. A check-then-store dispatch (not one CAS) lets two through.
+#[test]
+fn scrape_and_dispatch_never_exceed_the_burst_bound() {
+    model(|| {
+        let gate = gate_with(&[0], 1, utilization(2));
+        gate.publish_scrape(0, reading(1.0));
+        let workload = workload();
+        let granted = Arc::new(AtomicUsize::new(0));
+        let dispatchers: Vec<_> = (0..2)
+            .map(|_| {
+                let (gate, workload, granted) = (gate.clone(), workload.clone(), granted.clone());
+                thread::spawn(move || {
+                    let permit = dispatch(&gate, &workload);
+                    if permit.is_some() {
+                        granted.fetch_add(1, Ordering::AcqRel);
+                    }
+                    permit
+                })
+            })
+            .collect();
+        let scraper = {
+            let gate = gate.clone();
+            thread::spawn(move || gate.publish_scrape(0, reading(2.0)))
+        };
+        let mut permits: Vec<_> = dispatchers.into_iter().filter_map(|t| t.join().unwrap()).collect();
+        scraper.join().unwrap();
+        // A dispatch after both scrapes finds no room either.
+        permits.extend(dispatch(&gate, &workload));
+        let granted = permits.len();
+        assert!(granted <= 1, "{granted} requests went between scrapes allowing 1 and 0");
+        let load = gate.backends().load(0);
+        assert!(load.waiting() + load.sent() <= 2 || load.sent() == 0, "word over the threshold: {load:?}");
+        assert_conserved(&gate, granted as u64);
+        drop(permits);
+        assert_conserved(&gate, 0);
+    });
+}
+
+/// A shard whose head waits on a backend that was never scraped (no room) publishes and sleeps, as
+/// `worker.rs` does, while the scraper publishes the first good scrape. The shard must end up
+/// dispatching: a lost wake-up parks it forever, which loom reports as a deadlock.
+#[test]
+fn fresh_scrape_wakes_a_sleeping_shard() {
+    model(|| {
+        let gate = gate_with(&[0], 1, utilization(4));
+        let workload = workload();
+        let scraper = {
+            let gate = gate.clone();
+            thread::spawn(move || gate.publish_scrape(0, reading(0.0)))
+        };
+        let shard = {
+            let (gate, workload) = (gate.clone(), workload.clone());
+            thread::spawn(move || {
+                let bell = &gate.shard(0).doorbell;
+                block_on(async {
+                    loop {
+                        if gate.may_dispatch(0, HEAD) {
+                            if let Some(p) = dispatch(&gate, &workload) {
+                                break p;
+                            }
+                        }
+                        if gate.publish(0, HEAD, HEAD, 1, false) {
+                            gate.wake_best(Some(0));
+                        }
+                        Sleep::new(bell, || gate.has_slot_for(3) && gate.may_dispatch(0, HEAD)).await;
+                    }
+                })
+            })
+        };
+        let permit = shard.join().unwrap();
+        scraper.join().unwrap();
+        assert_eq!(gate.backends().load(0).sent(), 1, "the dispatch was counted against the scrape");
+        drop(permit);
+        assert_conserved(&gate, 0);
+    });
+}

@@ -2,6 +2,7 @@
 //!
 //! Logs go to stderr; `RUST_LOG` filters them (default `info`).
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
@@ -56,32 +57,35 @@ struct Cli {
     stream_usage: StreamUsage,
 }
 
-async fn stop_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+/// SIGINT and SIGTERM handlers, installed before the address is printed so a signal sent as
+/// soon as the address is seen is not lost.
+#[cfg(unix)]
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    {
+    })
+}
+
+/// Ctrl-C, where there are no Unix signals.
+#[cfg(not(unix))]
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
         let _ = tokio::signal::ctrl_c().await;
-    }
+    })
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // A closed stderr must not stop the simulator.
+        .log_internal_errors(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -109,6 +113,13 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        let stop = match stop_signal() {
+            Ok(stop) => stop,
+            Err(e) => {
+                eprintln!("flowgate-sim: cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let sim = match Sim::start(config).await {
             Ok(sim) => sim,
             Err(e) => {
@@ -116,9 +127,10 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        eprintln!("flowgate-sim listening on {}", sim.addr());
+        // Written without eprintln!: a closed stderr must not stop the simulator.
+        let _ = writeln!(std::io::stderr(), "flowgate-sim listening on {}", sim.addr());
         tracing::info!(addr = %sim.addr(), "started");
-        stop_signal().await;
+        stop.await;
         sim.shutdown().await;
         ExitCode::SUCCESS
     })

@@ -21,16 +21,22 @@ async fn binary_logs_its_address_and_exits_zero_on_sigterm() {
         .spawn()
         .expect("spawns");
     let stderr = child.stderr.take().unwrap();
-    let addr = tokio::task::spawn_blocking(move || {
-        let mut lines = BufReader::new(stderr).lines();
-        loop {
-            let line = lines.next().expect("a listening line").expect("stderr");
+    // Read stderr to its end on a thread (the child never sees a closed pipe); the address
+    // comes back over a channel.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
             if let Some(a) = line.strip_prefix("flowgate-sim listening on ") {
-                return a.trim().parse::<std::net::SocketAddr>().expect("an address");
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(a.trim().parse::<std::net::SocketAddr>().expect("an address"));
+                }
             }
         }
     });
-    let addr = tokio::time::timeout(DEADLINE, addr).await.expect("starts in time").unwrap();
+    let addr = rx;
+    let addr = tokio::time::timeout(DEADLINE, addr).await.expect("starts in time").expect("a listening line");
     assert_eq!(get(addr, "/health").await.status, 200);
     assert!(get(addr, "/metrics").await.text().contains("sglang:num_queue_reqs"));
 

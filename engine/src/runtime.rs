@@ -61,7 +61,7 @@ pub struct EngineStats {
     pub queued_bytes: u64,
     /// Requests holding a backend slot.
     pub inflight: u64,
-    /// Total backend slots.
+    /// Total backend slots (Σ `max_inflight` of the capped backends).
     pub capacity: u64,
 }
 
@@ -185,7 +185,7 @@ impl Engine {
         EngineStats {
             queued: self.shared.budget.requests(),
             queued_bytes: self.shared.budget.bytes(),
-            inflight: gate.capacity() - gate.free().min(gate.capacity()),
+            inflight: gate.inflight_per_backend().iter().map(|&n| u64::from(n)).sum(),
             capacity: gate.capacity(),
         }
     }

@@ -614,3 +614,7 @@ struct RawCap {
 #[cfg(test)]
 #[path = "config_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "config_saturation_tests.rs"]
+mod saturation_tests;

@@ -81,10 +81,6 @@ pub fn spawn(
     if !saturation.detector.uses_metrics() {
         return Vec::new();
     }
-    let client: HttpClient = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(1)
-        .build_http();
     let addresses = engine.backend_addresses();
     targets
         .iter()
@@ -94,7 +90,12 @@ pub fn spawn(
                 index,
                 backend: addresses[index].clone(),
                 target: target.clone(),
-                client: client.clone(),
+                // A client (and its one kept-alive connection) per backend, even when several
+                // backends share a metrics host.
+                client: Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(30))
+                    .pool_max_idle_per_host(1)
+                    .build_http(),
                 engine: engine.clone(),
                 metrics: metrics.clone(),
                 saturation: saturation.clone(),

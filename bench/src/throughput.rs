@@ -76,7 +76,7 @@ fn combine(ms: Vec<Measurement>) -> Measurement {
 
 fn shards_of(kind: Kind) -> usize {
     match kind {
-        Kind::Flowgate(n) => n,
+        Kind::Flowgate(n) | Kind::FlowgateScraped(n) => n,
         _ => 1,
     }
 }
@@ -312,7 +312,8 @@ fn saturation_ceiling(results: &[Measurement], one: &str, shards: usize) -> Opti
 /// Run the `throughput` subcommand; writes `throughput.json`, prints a table.
 pub fn run(opts: &Options, out_dir: &Path) -> std::io::Result<ThroughputReport> {
     let dur = Duration::from_secs_f64(opts.seconds / opts.rounds.max(1) as f64);
-    let kinds = [Kind::Flowgate(1), Kind::Flowgate(opts.shards), Kind::Seed, Kind::Fifo];
+    let kinds =
+        [Kind::Flowgate(1), Kind::FlowgateScraped(1), Kind::Flowgate(opts.shards), Kind::Seed, Kind::Fifo];
     let mut results = interleaved(&kinds, opts.rounds, |k| free_capacity(k, "low_load", 1, 1, dur));
     results.extend(interleaved(&kinds, opts.rounds, |k| {
         free_capacity(k, "saturation", opts.producers, opts.batch, dur)
@@ -338,7 +339,18 @@ pub fn run(opts: &Options, out_dir: &Path) -> std::io::Result<ThroughputReport> 
     let low_one = find(&results, "low_load", &one);
     let deep_best = find(&results, "deep_queue", &one).max(find(&results, "deep_queue", &many));
     let deep_seed = find(&results, "deep_queue", "seed-heap");
+    let scraped = Kind::FlowgateScraped(1).label();
+    let scraped_worst = ["low_load", "saturation", "deep_queue"]
+        .iter()
+        .map(|mode| find(&results, mode, &scraped) / find(&results, mode, &one).max(f64::MIN_POSITIVE))
+        .fold(f64::INFINITY, f64::min);
     let targets = vec![
+        Target {
+            name: "detector both (scraped) vs concurrency, 1 shard, worst mode".into(),
+            target: "≥ 0.95x".into(),
+            value: format!("{scraped_worst:.2}x"),
+            met: scraped_worst >= 0.95,
+        },
         Target {
             name: format!("saturation throughput, {n} shards"),
             target: "≥ 3M req/s".into(),

@@ -30,12 +30,15 @@ pub use fifo::{Fifo, FifoQueue};
 pub use locked::{Discipline, Locked, LockedPermit, LockedSlot, LockedTicket, Waiting};
 pub use seed::{Seed, SeedCore, SeedHeap, SeedItem, SeedQueue, SeedRegistry, SeedScore, WorkloadMetrics};
 
-use flowgate_engine::config::{EngineConfig, ScoringConfig};
+use flowgate_engine::backends::ScrapeReading;
+use flowgate_engine::config::{Detector, EngineConfig, ScoringConfig, MAX_QUEUE_DEPTH_THRESHOLD};
 use flowgate_engine::{Engine, Outcome, Request, SubmitError, WorkloadContext};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// A request as every implementation receives it.
@@ -136,6 +139,11 @@ pub trait Queue: Send + Sync {
 pub enum Kind {
     /// flowgate with this many shards.
     Flowgate(usize),
+    /// flowgate with this many shards and detector `both`: every dispatch also takes a place
+    /// against a scraped load word, which a feeder thread republishes every
+    /// [`FEED_INTERVAL`] as a model server's scrape would (what the utilization detector costs
+    /// the dispatch path).
+    FlowgateScraped(usize),
     /// The seed's design.
     Seed,
     /// A global `Mutex<VecDeque>`.
@@ -147,6 +155,7 @@ impl Kind {
     pub fn label(self) -> String {
         match self {
             Kind::Flowgate(n) => format!("flowgate-{n}sh"),
+            Kind::FlowgateScraped(n) => format!("flowgate-scraped-{n}sh"),
             Kind::Seed => "seed-heap".into(),
             Kind::Fifo => "fifo".into(),
         }
@@ -206,6 +215,12 @@ impl Spec {
     pub fn build(&self, kind: Kind) -> Arc<dyn Queue> {
         match kind {
             Kind::Flowgate(n) => Arc::new(EngineQueue::start(self.engine_config(n)).expect("engine starts")),
+            Kind::FlowgateScraped(n) => {
+                let mut config = self.engine_config(n);
+                config.saturation.detector = Detector::Both;
+                config.saturation.queue_depth_threshold = MAX_QUEUE_DEPTH_THRESHOLD;
+                Arc::new(EngineQueue::start_scraped(config).expect("engine starts"))
+            }
             Kind::Seed => SeedQueue::new(self),
             Kind::Fifo => FifoQueue::new(self),
         }
@@ -215,16 +230,48 @@ impl Spec {
 // ---------------------------------------------------------------------------------------------
 // flowgate
 
+/// How often [`Kind::FlowgateScraped`]'s feeder publishes a scrape (a model server scraped every
+/// 10 ms, five times the default rate).
+pub const FEED_INTERVAL: Duration = Duration::from_millis(10);
+
 /// `flowgate_engine::Engine` as a [`Queue`].
 #[derive(Debug)]
 pub struct EngineQueue {
-    engine: Engine,
+    engine: Arc<Engine>,
+    /// The scrape feeder of [`Kind::FlowgateScraped`]: its stop flag and thread.
+    feeder: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+    scraped: bool,
 }
 
 impl EngineQueue {
     /// Start an engine.
     pub fn start(config: EngineConfig) -> Result<Self, flowgate_engine::runtime::StartError> {
-        Ok(EngineQueue { engine: Engine::start(config)? })
+        Ok(EngineQueue { engine: Arc::new(Engine::start(config)?), feeder: None, scraped: false })
+    }
+
+    /// Start an engine whose backends are scraped: a thread publishes an empty queue (waiting 0,
+    /// KV 0) for every backend every [`FEED_INTERVAL`], until shutdown.
+    pub fn start_scraped(config: EngineConfig) -> Result<Self, flowgate_engine::runtime::StartError> {
+        let engine = Arc::new(Engine::start(config)?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let feed = {
+            let (engine, stop) = (engine.clone(), stop.clone());
+            move || {
+                let backends = engine.backends().len();
+                while !stop.load(Ordering::Acquire) {
+                    for i in 0..backends {
+                        engine.publish_scrape(i, ScrapeReading::default());
+                    }
+                    std::thread::sleep(FEED_INTERVAL);
+                }
+            }
+        };
+        // The first scrape lands before any submission.
+        for i in 0..engine.backends().len() {
+            engine.publish_scrape(i, ScrapeReading::default());
+        }
+        let thread = std::thread::Builder::new().name("scrape-feeder".into()).spawn(feed).expect("spawn");
+        Ok(EngineQueue { engine, feeder: Some((stop, thread)), scraped: true })
     }
 
     /// The engine.
@@ -235,7 +282,11 @@ impl EngineQueue {
 
 impl Queue for EngineQueue {
     fn name(&self) -> String {
-        Kind::Flowgate(self.engine.shards()).label()
+        if self.scraped {
+            Kind::FlowgateScraped(self.engine.shards()).label()
+        } else {
+            Kind::Flowgate(self.engine.shards()).label()
+        }
     }
 
     fn submit(&self, req: &Req) -> Result<Ticket, Refused> {
@@ -253,7 +304,19 @@ impl Queue for EngineQueue {
     }
 
     fn shutdown(&self) {
+        if let Some((stop, _)) = &self.feeder {
+            stop.store(true, Ordering::Release);
+        }
         self.engine.shutdown();
+    }
+}
+
+impl Drop for EngineQueue {
+    fn drop(&mut self) {
+        if let Some((stop, thread)) = self.feeder.take() {
+            stop.store(true, Ordering::Release);
+            let _ = thread.join();
+        }
     }
 }
 

@@ -6,7 +6,9 @@
 //! Run from the repository root: `bash scripts/fuzz.sh metrics_page 60`.
 #![no_main]
 
-use flowgate::metrics_page::{read_page, ModelServer, PageError, PageReading, MAX_KV_FRACTION, MAX_PAGE_BYTES};
+use flowgate::metrics_page::{
+    read_page, ModelServer, PageError, PageReading, MAX_KV_FRACTION, MAX_PAGE_BYTES,
+};
 use libfuzzer_sys::fuzz_target;
 
 /// Token separators of the exposition formats.

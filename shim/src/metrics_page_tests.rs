@@ -222,7 +222,8 @@ fn one_bad_sample_spoils_a_summed_series() {
 
 #[test]
 fn a_sum_that_overflows_is_a_bad_value() {
-    let page = format!("{}vllm:num_requests_waiting{{model_name=\"n\"}} 1e308\n", vllm_page("1e308", "2", "0.5"));
+    let page =
+        format!("{}vllm:num_requests_waiting{{model_name=\"n\"}} 1e308\n", vllm_page("1e308", "2", "0.5"));
     assert_eq!(vllm(&page), Err(PageError::BadValue("vllm:num_requests_waiting")));
 }
 
@@ -239,7 +240,9 @@ fn value_forms_of_the_formats_parse() {
     assert_eq!(vllm(&vllm_page("1e3", "-0", "+0.25")), Ok(reading(1000.0, 0.0, 0.25)));
     assert_eq!(vllm(&vllm_page("2.5E1", ".5", "5e-1")), Ok(reading(25.0, 0.5, 0.5)));
     let r = vllm(&vllm_page("-0.0", "-0", "-0")).unwrap();
-    assert!(r.waiting.is_sign_positive() && r.running.is_sign_positive() && r.kv_cache_usage.is_sign_positive());
+    assert!(
+        r.waiting.is_sign_positive() && r.running.is_sign_positive() && r.kv_cache_usage.is_sign_positive()
+    );
 }
 
 #[test]
@@ -269,14 +272,20 @@ fn vllm_falls_back_to_gpu_cache_usage_when_kv_cache_usage_is_absent() {
 
 #[test]
 fn vllm_prefers_kv_cache_usage_and_then_ignores_gpu_cache_usage() {
-    let page = format!("vllm:gpu_cache_usage_perc 0.9\nvllm:gpu_cache_usage_perc NaN\n{}", vllm_page("1", "2", "0.5"));
+    let page = format!(
+        "vllm:gpu_cache_usage_perc 0.9\nvllm:gpu_cache_usage_perc NaN\n{}",
+        vllm_page("1", "2", "0.5")
+    );
     assert_eq!(vllm(&page), Ok(reading(1.0, 2.0, 0.5)));
 }
 
 #[test]
 fn other_servers_have_no_gpu_cache_fallback() {
     let page = "sglang:num_queue_reqs 1\nsglang:num_running_reqs 1\nvllm:gpu_cache_usage_perc 0.5\n";
-    assert_eq!(read_page(ModelServer::Sglang, page.as_bytes()), Err(PageError::Missing("sglang:token_usage")));
+    assert_eq!(
+        read_page(ModelServer::Sglang, page.as_bytes()),
+        Err(PageError::Missing("sglang:token_usage"))
+    );
 }
 
 #[test]
@@ -428,7 +437,10 @@ fn model_server_names_round_trip_through_from_str_and_serde() {
     }
     assert_eq!(ModelServer::default(), ModelServer::Vllm);
     let err = "tgi".parse::<ModelServer>().unwrap_err();
-    assert_eq!(err.to_string(), "unknown model server \"tgi\" (expected one of vllm, sglang, trtllm-serve, triton-tensorrt-llm)");
+    assert_eq!(
+        err.to_string(),
+        "unknown model server \"tgi\" (expected one of vllm, sglang, trtllm-serve, triton-tensorrt-llm)"
+    );
     assert!(serde_yaml::from_str::<ModelServer>("Vllm").is_err());
 }
 
@@ -453,8 +465,20 @@ struct Model {
 }
 
 fn model() -> impl Strategy<Value = Model> {
-    (0u32..100_000, 0u32..100_000, 0.0f64..=1.0, 0usize..4, prop::sample::select(vec!["", " 1764581254123", " # {trace_id=\"x\"} 1"]))
-        .prop_map(|(waiting, running, kv, rotate, suffix)| Model { waiting, running, kv, rotate, suffix })
+    (
+        0u32..100_000,
+        0u32..100_000,
+        0.0f64..=1.0,
+        0usize..4,
+        prop::sample::select(vec!["", " 1764581254123", " # {trace_id=\"x\"} 1"]),
+    )
+        .prop_map(|(waiting, running, kv, rotate, suffix)| Model {
+            waiting,
+            running,
+            kv,
+            rotate,
+            suffix,
+        })
 }
 
 /// Names near the wanted ones, and of other families.
@@ -487,11 +511,14 @@ fn noise_line() -> impl Strategy<Value = String> {
         })
 }
 
+/// A label a series must carry: `(name, value)`.
+type Label = (&'static str, &'static str);
+
 /// The lines `model` (number `i`) contributes for `server`, including series that must not count.
 fn model_lines(server: ModelServer, i: usize, m: &Model) -> Vec<String> {
     let kv = m.kv.to_string();
     let (w, r) = (m.waiting.to_string(), m.running.to_string());
-    let series: Vec<(&str, Option<(&str, &str)>, String)> = match server {
+    let series: Vec<(&str, Option<Label>, String)> = match server {
         ModelServer::Vllm => vec![
             ("vllm:num_requests_waiting", None, w),
             ("vllm:num_requests_running", None, r),

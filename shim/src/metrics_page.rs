@@ -172,6 +172,9 @@ struct Series {
     label: Option<(&'static [u8], &'static [u8])>,
 }
 
+/// Bytes compared at once by [`has_name`]'s first test.
+const WORD: usize = 8;
+
 /// The series of one server.
 struct Spec {
     /// Summed into [`PageReading::waiting`].
@@ -352,7 +355,17 @@ fn is_blank(b: u8) -> bool {
 
 /// Whether the line's metric name is exactly `name`.
 fn has_name(line: &[u8], name: &[u8]) -> bool {
-    line.starts_with(name) && !line.get(name.len()).is_some_and(|&b| is_name_byte(b))
+    // Most lines differ from `name` in its last word (`_bucket`, `_total`, another family), and
+    // comparing those eight bytes as one word first is what keeps the pass near 10 µs.
+    let n = name.len();
+    last_word(line, n) == last_word(name, n)
+        && line.starts_with(name)
+        && !line.get(n).is_some_and(|&b| is_name_byte(b))
+}
+
+/// The eight bytes before `end`, if there are that many.
+fn last_word(s: &[u8], end: usize) -> Option<[u8; WORD]> {
+    s.get(end.checked_sub(WORD)?..end)?.try_into().ok()
 }
 
 /// Whether a (non-comment) line starts like a sample: a metric name followed by `{` or a blank.

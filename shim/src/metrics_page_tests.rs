@@ -511,11 +511,14 @@ fn noise_line() -> impl Strategy<Value = String> {
         })
 }
 
+/// A label a series must carry: `(name, value)`.
+type Label = (&'static str, &'static str);
+
 /// The lines `model` (number `i`) contributes for `server`, including series that must not count.
 fn model_lines(server: ModelServer, i: usize, m: &Model) -> Vec<String> {
     let kv = m.kv.to_string();
     let (w, r) = (m.waiting.to_string(), m.running.to_string());
-    let series: Vec<(&str, Option<(&str, &str)>, String)> = match server {
+    let series: Vec<(&str, Option<Label>, String)> = match server {
         ModelServer::Vllm => vec![
             ("vllm:num_requests_waiting", None, w),
             ("vllm:num_requests_running", None, r),

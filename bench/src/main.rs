@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod extproc;
+mod scrape_cost;
 
 /// The allocator `flowgate serve` ships with, for every implementation measured here alike.
 #[global_allocator]
@@ -107,8 +108,28 @@ struct ExtprocLoad {
     addr: Option<String>,
 }
 
+#[derive(Args, Debug, Clone, Copy)]
+struct ScrapeLoad {
+    /// Backends scraped.
+    #[arg(long, default_value_t = 100)]
+    backends: usize,
+    /// Scrape interval, ms.
+    #[arg(long, default_value_t = 50)]
+    interval_ms: u64,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// CPU of scraping many backends' metrics pages (40 KB vLLM page each), against no scrapers.
+    ScrapeCost {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        scrape: ScrapeLoad,
+    },
+    /// (internal) serve the scrape-cost page; used by `scrape-cost` as its child process.
+    #[command(hide = true)]
+    ServePage,
     /// Requests/s through submit → dispatch → release: low load, saturation, 10k queued.
     Throughput {
         #[command(flatten)]
@@ -203,6 +224,15 @@ fn extproc_options(c: &Common, e: &ExtprocLoad) -> extproc::Options {
     }
 }
 
+fn scrape_options(c: &Common, s: &ScrapeLoad) -> scrape_cost::Options {
+    scrape_cost::Options {
+        quick: c.quick,
+        backends: s.backends,
+        interval_ms: s.interval_ms,
+        seconds: c.seconds.unwrap_or(if c.quick { 2.0 } else { 10.0 }),
+    }
+}
+
 /// Read back a result file and check it is the JSON object we meant to write.
 fn validate(dir: &Path, name: &str) -> Result<(), String> {
     let path = dir.join(format!("{name}.json"));
@@ -263,6 +293,11 @@ fn validate(dir: &Path, name: &str) -> Result<(), String> {
                 return bad("expected baseline and flowgate results, no failures, a positive p50");
             }
         }
+        "scrape_cost" => {
+            if !positive(&v["scrapes_ok"]) || !v["added_core_share"].as_f64().is_some_and(f64::is_finite) {
+                return bad("expected good scrapes and a finite CPU share");
+            }
+        }
         _ => {}
     }
     Ok(())
@@ -287,7 +322,17 @@ fn main() -> ExitCode {
         | Command::Scaling { common, .. }
         | Command::Scenarios { common, .. }
         | Command::Extproc { common, .. }
+        | Command::ScrapeCost { common, .. }
         | Command::All { common, .. } => *common,
+        Command::ServePage => {
+            return match scrape_cost::serve_page() {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("serve-page: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
     };
     watchdog(common.quick);
     if let Some(us) = common.spin_before_park_us {
@@ -311,6 +356,10 @@ fn main() -> ExitCode {
         Command::Extproc { common, ext } => {
             extproc::run(&extproc_options(common, ext), &out).map(|_| vec!["extproc"])
         }
+        Command::ScrapeCost { common, scrape } => {
+            scrape_cost::run(&scrape_options(common, scrape), &out).map(|_| vec!["scrape_cost"])
+        }
+        Command::ServePage => unreachable!("handled above"),
         Command::All { common, load, pool, ext } => (|| {
             let t = tput_options(common, load);
             throughput::run(&t, &out)?;
@@ -318,7 +367,8 @@ fn main() -> ExitCode {
             throughput::run_scaling(&t, &out)?;
             scenarios::run(&scenario_options(common, pool), &out)?;
             extproc::run(&extproc_options(common, ext), &out)?;
-            Ok(vec!["throughput", "latency", "scaling", "scenarios", "extproc"])
+            scrape_cost::run(&scrape_options(common, &ScrapeLoad { backends: 100, interval_ms: 50 }), &out)?;
+            Ok(vec!["throughput", "latency", "scaling", "scenarios", "extproc", "scrape_cost"])
         })(),
     };
     let written = match result {

@@ -293,10 +293,10 @@ fn validate(dir: &Path, name: &str) -> Result<(), String> {
                 return bad("expected baseline and flowgate results, no failures, a positive p50");
             }
         }
-        "scrape_cost" => {
-            if !positive(&v["scrapes_ok"]) || !v["added_core_share"].as_f64().is_some_and(f64::is_finite) {
-                return bad("expected good scrapes and a finite CPU share");
-            }
+        "scrape_cost"
+            if !positive(&v["scrapes_ok"]) || !v["added_core_share"].as_f64().is_some_and(f64::is_finite) =>
+        {
+            return bad("expected good scrapes and a finite CPU share");
         }
         _ => {}
     }

@@ -31,16 +31,24 @@
 //! series that are not needed are never looked at, NaN or not.
 //!
 //! **Why not a crate.** The issue asked for a well-kept Prometheus text crate where one fits.
-//! `prometheus-parse` 0.2.5 was measured as the baseline in `bench/benches/scrape.rs` (same run,
-//! same 40 KB two-model vLLM page, extracting the same three values): see the figures below.
-//! It builds a `String` and a `HashMap` of labels per sample, runs regexes per line and needs the
-//! page as an iterator of owned lines; it also drops exemplar-carrying and some OpenMetrics
-//! lines differently from this parser. It is well over the 50 µs budget, so this hand parser stays.
+//! `prometheus-parse` 0.2.5 is the baseline in `bench/benches/scrape.rs`, on the same 40 KB
+//! two-model vLLM page (41 863 bytes, 508 lines), extracting the same three values. It does not
+//! fit on either count:
 //!
-//! | parser (bench `scrape`, 40 KB vLLM page, 2 cores) | time per page |
-//! |----------------------------------------------------|---------------|
-//! | [`read_page`] | BENCH_OURS |
-//! | `prometheus-parse` 0.2.5 + extraction | BENCH_BASELINE |
+//! * correctness: it matches names with `\w+`, which has no `:`, so it finds none of vLLM's or
+//!   SGLang's samples at all (the bench has to feed it a copy with `vllm:` made `vllm_`); its label
+//!   pattern `[^}]+` and its split on `,` and `=` break on quoted values holding `}`, `,` or `=`,
+//!   and it does not unescape;
+//! * speed: per line it runs regexes and allocates an owned `String` line, a name and a label
+//!   `HashMap`: 24 to 60 times the 50 µs budget, over 100 times [`read_page`].
+//!
+//! | bench `scrape`, one run, 2 cores shared with other builds (load ≈ 5) | time per page |
+//! |-----------------------------------------------------------------------|---------------|
+//! | [`read_page`] (vLLM page) | 15.4 µs |
+//! | `prometheus-parse` 0.2.5 + extraction (page with `vllm_` names) | 2.98 ms |
+//!
+//! Earlier, less loaded runs gave `prometheus-parse` 1.18 ms and `read_page` 9.0 µs (not the
+//! same run). `openmetrics-parser` was not measured. So this hand parser stays.
 
 use std::fmt;
 use std::str::FromStr;

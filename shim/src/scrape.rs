@@ -13,15 +13,14 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use flowgate_engine::backends::ScrapeReading;
 use flowgate_engine::config::SaturationConfig;
 use flowgate_engine::runtime::Engine;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -67,7 +66,8 @@ impl ScrapeResult {
     }
 }
 
-type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
+/// One kept-alive HTTP/1.1 connection to a backend's metrics host.
+type Connection = SendRequest<Empty<Bytes>>;
 
 /// Start one scraper per backend (none when the detector reads no metrics). They stop when `stop`
 /// is cancelled.
@@ -90,12 +90,6 @@ pub fn spawn(
                 index,
                 backend: addresses[index].clone(),
                 target: target.clone(),
-                // A client (and its one kept-alive connection) per backend, even when several
-                // backends share a metrics host.
-                client: Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(Duration::from_secs(30))
-                    .pool_max_idle_per_host(1)
-                    .build_http(),
                 engine: engine.clone(),
                 metrics: metrics.clone(),
                 saturation: saturation.clone(),
@@ -121,7 +115,6 @@ struct BackendScraper {
     /// Its address (the metric label).
     backend: String,
     target: ScrapeTarget,
-    client: HttpClient,
     engine: Arc<Engine>,
     metrics: Arc<Metrics>,
     saturation: SaturationConfig,
@@ -135,10 +128,15 @@ impl BackendScraper {
     async fn run(mut self) {
         let mut tick = tokio::time::interval(self.saturation.scrape_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The URL was checked by the configuration; one that fails here fails every scrape.
+        let uri: Option<hyper::Uri> = self.target.url.parse().ok();
+        // Its own connection per backend (even when backends share a metrics host), reopened
+        // after any failure: a timed-out request leaves the old one in an unknown state.
+        let mut connection: Option<Connection> = None;
         loop {
             self.watching_staleness(tick.tick()).await;
-            let page = fetch(self.client.clone(), self.target.url.clone());
-            let fetch = tokio::time::timeout(self.saturation.scrape_timeout, page);
+            let fetch =
+                tokio::time::timeout(self.saturation.scrape_timeout, fetch(&mut connection, uri.as_ref()));
             let result = match self.watching_staleness(fetch).await {
                 Err(_) => ScrapeResult::Timeout,
                 Ok(Err(result)) => result,
@@ -164,6 +162,9 @@ impl BackendScraper {
                     }
                 },
             };
+            if result != ScrapeResult::Ok {
+                connection = None;
+            }
             self.metrics.backends().count_scrape(&self.backend, result);
         }
     }
@@ -189,10 +190,35 @@ impl BackendScraper {
     }
 }
 
-/// GET the page: its body, at most [`MAX_PAGE_BYTES`].
-async fn fetch(client: HttpClient, url: String) -> Result<Bytes, ScrapeResult> {
-    let uri: hyper::Uri = url.parse().map_err(|_| ScrapeResult::Error)?;
-    let response = client.get(uri).await.map_err(|_| ScrapeResult::Error)?;
+/// GET the page over `connection` (opened first if there is none or it closed): its body, at
+/// most [`MAX_PAGE_BYTES`].
+async fn fetch(connection: &mut Option<Connection>, uri: Option<&hyper::Uri>) -> Result<Bytes, ScrapeResult> {
+    let uri = uri.ok_or(ScrapeResult::Error)?;
+    let authority = uri.authority().ok_or(ScrapeResult::Error)?;
+    if connection.as_ref().is_none_or(|c| c.is_closed()) {
+        let port = authority.port_u16().unwrap_or(80);
+        let stream = tokio::net::TcpStream::connect((authority.host(), port))
+            .await
+            .map_err(|_| ScrapeResult::Error)?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|_| ScrapeResult::Error)?;
+        // Drives the connection; ends when the sender is dropped or the peer closes.
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        *connection = Some(sender);
+    }
+    let sender = connection.as_mut().ok_or(ScrapeResult::Error)?;
+    sender.ready().await.map_err(|_| ScrapeResult::Error)?;
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, authority.as_str())
+        .header(hyper::header::ACCEPT, "text/plain")
+        .body(Empty::new())
+        .map_err(|_| ScrapeResult::Error)?;
+    let response = sender.send_request(request).await.map_err(|_| ScrapeResult::Error)?;
     if response.status() != hyper::StatusCode::OK {
         return Err(ScrapeResult::Error);
     }

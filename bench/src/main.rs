@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod extproc;
+mod pool;
 
 /// The allocator `flowgate serve` ships with, for every implementation measured here alike.
 #[global_allocator]
@@ -107,6 +108,23 @@ struct ExtprocLoad {
     addr: Option<String>,
 }
 
+#[derive(Args, Debug, Clone)]
+struct PoolLoad {
+    /// Offered load as a multiple of the pool's derived capacity.
+    #[arg(long, default_value_t = 1.5)]
+    load_factor: f64,
+    /// Each backend's max_inflight for the concurrency, both and fifo configurations (default:
+    /// the sims' --max-num-seqs, 8).
+    #[arg(long)]
+    max_inflight: Option<u32>,
+    /// Speeds of the simulated servers, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1.0, 1.0, 0.33])]
+    speeds: Vec<f64>,
+    /// Configurations to compare, comma-separated (concurrency, utilization, both, fifo).
+    #[arg(long, value_delimiter = ',', default_values_t = vec!["concurrency".to_string(), "utilization".into(), "both".into(), "fifo".into()])]
+    configs: Vec<String>,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Requests/s through submit → dispatch → release: low load, saturation, 10k queued.
@@ -142,6 +160,13 @@ enum Command {
         #[command(flatten)]
         ext: ExtprocLoad,
     },
+    /// Saturation detectors on a heterogeneous flowgate-sim pool at 1.5x capacity, via ext_proc.
+    Pool {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        pool: PoolLoad,
+    },
     /// Everything, in order.
     All {
         #[command(flatten)]
@@ -152,6 +177,8 @@ enum Command {
         pool: Pool,
         #[command(flatten)]
         ext: ExtprocLoad,
+        #[command(flatten)]
+        sim_pool: PoolLoad,
     },
 }
 
@@ -201,6 +228,31 @@ fn extproc_options(c: &Common, e: &ExtprocLoad) -> extproc::Options {
         shards: c.shards,
         addr: e.addr.clone(),
     }
+}
+
+fn pool_options(c: &Common, p: &PoolLoad) -> Result<pool::Options, std::io::Error> {
+    let configs = p
+        .configs
+        .iter()
+        .map(|n| {
+            pool::Kind::parse(n).ok_or_else(|| std::io::Error::other(format!("pool: unknown config {n:?}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if configs.is_empty() || p.speeds.is_empty() || !p.speeds.iter().all(|s| s.is_finite() && *s > 0.0) {
+        return Err(std::io::Error::other("pool: --configs and --speeds (positive) must not be empty"));
+    }
+    if !(p.load_factor.is_finite() && p.load_factor > 0.0) {
+        return Err(std::io::Error::other("pool: --load-factor must be positive"));
+    }
+    Ok(pool::Options {
+        quick: c.quick,
+        seconds: c.seconds.unwrap_or(if c.quick { 2.5 } else { 8.0 }),
+        rounds: c.rounds.unwrap_or(if c.quick { 1 } else { 2 }),
+        load_factor: p.load_factor,
+        max_inflight: p.max_inflight,
+        speeds: p.speeds.clone(),
+        configs,
+    })
 }
 
 /// Read back a result file and check it is the JSON object we meant to write.
@@ -263,6 +315,22 @@ fn validate(dir: &Path, name: &str) -> Result<(), String> {
                 return bad("expected baseline and flowgate results, no failures, a positive p50");
             }
         }
+        "pool" => {
+            let configs = v["configs"].as_array().map_or(&[][..], Vec::as_slice);
+            if configs.is_empty()
+                || !configs.iter().all(|c| {
+                    c["failed"].as_u64() == Some(0)
+                        && c["classes"].as_array().is_some_and(|k| k.len() == 3)
+                        && c["per_server_completed"].as_array().is_some_and(|s| !s.is_empty())
+                })
+            {
+                return bad("expected configurations with 3 classes each and no failed requests");
+            }
+            let svg = v["svg"].as_str().unwrap_or_default();
+            if !std::fs::read_to_string(svg).is_ok_and(|s| s.contains("<svg")) {
+                return bad("pool plot missing");
+            }
+        }
         _ => {}
     }
     Ok(())
@@ -287,6 +355,7 @@ fn main() -> ExitCode {
         | Command::Scaling { common, .. }
         | Command::Scenarios { common, .. }
         | Command::Extproc { common, .. }
+        | Command::Pool { common, .. }
         | Command::All { common, .. } => *common,
     };
     watchdog(common.quick);
@@ -311,14 +380,18 @@ fn main() -> ExitCode {
         Command::Extproc { common, ext } => {
             extproc::run(&extproc_options(common, ext), &out).map(|_| vec!["extproc"])
         }
-        Command::All { common, load, pool, ext } => (|| {
+        Command::Pool { common, pool } => {
+            pool_options(common, pool).and_then(|o| pool::run(&o, &out)).map(|_| vec!["pool"])
+        }
+        Command::All { common, load, pool, ext, sim_pool } => (|| {
             let t = tput_options(common, load);
             throughput::run(&t, &out)?;
             latency::run(common.quick, common.shards, latency_seconds(common), rounds(common), &out)?;
             throughput::run_scaling(&t, &out)?;
             scenarios::run(&scenario_options(common, pool), &out)?;
             extproc::run(&extproc_options(common, ext), &out)?;
-            Ok(vec!["throughput", "latency", "scaling", "scenarios", "extproc"])
+            pool::run(&pool_options(common, sim_pool)?, &out)?;
+            Ok(vec!["throughput", "latency", "scaling", "scenarios", "extproc", "pool"])
         })(),
     };
     let written = match result {

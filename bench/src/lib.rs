@@ -5,6 +5,7 @@ pub mod baseline;
 pub mod cpu;
 pub mod driver;
 pub mod latency;
+pub mod measurement;
 pub mod plot;
 pub mod report;
 pub mod scenarios;

@@ -1,6 +1,6 @@
 //! SVG plots (plotters, SVG backend only).
 
-use crate::throughput::{Measurement, ScalingPoint};
+use crate::measurement::{Measurement, ScalingPoint};
 use plotters::prelude::*;
 use std::path::Path;
 

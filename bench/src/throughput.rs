@@ -10,6 +10,7 @@
 use crate::baseline::{Decision, Kind, Req, Spec};
 use crate::cpu;
 use crate::driver::{balanced_ids, submit, Rng, Tracker};
+use crate::measurement::{Measurement, ScalingPoint};
 use crate::report::{self, ratio, si, sleep_with, timed_bar, RunInfo, Table};
 use flowgate_engine::Outcome;
 use serde::Serialize;
@@ -20,33 +21,6 @@ use std::time::{Duration, Instant};
 
 /// Distinct workloads requests are spread over.
 pub const WORKLOADS: usize = 64;
-
-/// One measurement.
-#[derive(Clone, Debug, Serialize)]
-pub struct Measurement {
-    /// Implementation.
-    pub implementation: String,
-    /// `low_load`, `saturation` or `deep_queue`.
-    pub mode: String,
-    /// Producer threads.
-    pub producers: usize,
-    /// Requests in flight per producer (submitted before waiting).
-    pub batch: usize,
-    /// Mean queue depth while measuring (deep queue only).
-    pub mean_depth: Option<f64>,
-    /// Requests dispatched.
-    pub requests: u64,
-    /// Seconds measured.
-    pub seconds: f64,
-    /// Dispatches per second (the median over rounds).
-    pub req_per_s: f64,
-    /// Dispatches per second of each round.
-    pub rounds_req_per_s: Vec<f64>,
-    /// Producer threads' CPU per request, ns (free capacity only; the median over rounds).
-    pub producer_cpu_ns: Option<f64>,
-    /// The rest of the process's CPU per request (the queue: shards or dispatcher), ns.
-    pub queue_cpu_ns: Option<f64>,
-}
 
 /// Measure every kind `rounds` times, interleaved (round `r` starts at kind `r mod n`, so no
 /// implementation always runs first or last while the machine's background load drifts); each
@@ -446,17 +420,6 @@ pub fn render_targets(targets: &[Target]) -> String {
         ]);
     }
     format!("\n{}", t.render())
-}
-
-/// One point of the scaling curve.
-#[derive(Debug, Serialize)]
-pub struct ScalingPoint {
-    /// Shards.
-    pub shards: usize,
-    /// Saturation throughput.
-    pub req_per_s: f64,
-    /// Low-load throughput (one request at a time).
-    pub low_load_req_per_s: f64,
 }
 
 /// The `scaling` report.

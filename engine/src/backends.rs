@@ -148,8 +148,8 @@ pub struct BackendState {
     pub sent_since_scrape: u32,
     /// The detector's score; ≥ 1 = saturated.
     pub saturation: f64,
-    /// When the last good scrape was published, ns on the engine clock.
-    pub scraped_ns: Option<u64>,
+    /// Time since the last good scrape, ns (`None` before the first).
+    pub metrics_age_ns: Option<u64>,
     /// Its metrics count as stale (or were never scraped).
     pub stale: bool,
 }
@@ -360,8 +360,8 @@ impl BackendTable {
         Load(self.backends[i].load.load(Ordering::Acquire))
     }
 
-    /// A copy of every backend's state.
-    pub fn states(&self) -> Vec<BackendState> {
+    /// A copy of every backend's state, ages as of `now_ns`.
+    pub fn states(&self, now_ns: u64) -> Vec<BackendState> {
         self.backends
             .iter()
             .map(|b| {
@@ -378,7 +378,7 @@ impl BackendTable {
                     kv_cache_usage: seen.then(|| b.kv.load(Ordering::Relaxed)),
                     sent_since_scrape: load.sent(),
                     saturation: self.score(b, inflight, load),
-                    scraped_ns: seen.then_some(scraped_ns),
+                    metrics_age_ns: seen.then(|| now_ns.saturating_sub(scraped_ns)),
                     stale: self.metrics && load.stale(),
                 }
             })

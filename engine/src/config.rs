@@ -315,6 +315,13 @@ impl EngineConfig {
                     &format!("backends[{i}].max_inflight"),
                     format!("must be at most {MAX_BACKEND_INFLIGHT} (0 = no concurrency cap)"),
                 );
+            } else if b.max_inflight == 0 && self.saturation.detector == Detector::Concurrency {
+                bad(
+                    &format!("backends[{i}].max_inflight"),
+                    "0 (no cap) needs saturation.detector utilization or both: with detector concurrency \
+                     nothing would limit this backend"
+                        .into(),
+                );
             }
             if b.address.parse::<std::net::SocketAddr>().is_err() {
                 bad(&format!("backends[{i}].address"), format!("{:?} is not an ip:port", b.address));

@@ -194,7 +194,7 @@ impl Gate {
 
     /// Every backend's state, for metrics and the backend API.
     pub fn backend_states(&self) -> Vec<BackendState> {
-        self.backends.states()
+        self.backends.states(self.clock.now_ns())
     }
 
     /// Scraper side: publish a good scrape of backend `i`, then wake the shard with the best head

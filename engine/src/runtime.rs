@@ -61,7 +61,7 @@ pub struct EngineStats {
     pub queued_bytes: u64,
     /// Requests holding a backend slot.
     pub inflight: u64,
-    /// Total backend slots.
+    /// Total backend slots (Σ `max_inflight` of the capped backends).
     pub capacity: u64,
 }
 
@@ -185,7 +185,7 @@ impl Engine {
         EngineStats {
             queued: self.shared.budget.requests(),
             queued_bytes: self.shared.budget.bytes(),
-            inflight: gate.capacity() - gate.free().min(gate.capacity()),
+            inflight: gate.inflight_per_backend().iter().map(|&n| u64::from(n)).sum(),
             capacity: gate.capacity(),
         }
     }
@@ -217,6 +217,21 @@ impl Engine {
     /// In-flight requests per backend, in configuration order.
     pub fn inflight_per_backend(&self) -> Vec<u32> {
         self.shared.gate.inflight_per_backend()
+    }
+
+    /// Every backend's state: slots, last scrape, saturation score (configuration order).
+    pub fn backend_states(&self) -> Vec<crate::backends::BackendState> {
+        self.shared.gate.backend_states()
+    }
+
+    /// Scraper side: publish a good scrape of backend `i` (wakes a shard if it made room).
+    pub fn publish_scrape(&self, i: usize, reading: crate::backends::ScrapeReading) {
+        self.shared.gate.publish_scrape(i, reading);
+    }
+
+    /// Scraper side: backend `i` had no good scrape within `saturation.staleness`.
+    pub fn mark_stale(&self, i: usize) {
+        self.shared.gate.mark_stale(i);
     }
 
     /// What each shard last published (head/tail scores, queue length, ceiling-blocked, asleep).

@@ -23,8 +23,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use flowgate_engine::config::{
-    BackendConfig, ConfigError, CriticalityCap, EngineConfig, QueueConfig, ScoringConfig, WorkloadConfig,
+    BackendConfig, ConfigError, CriticalityCap, Detector, EngineConfig, QueueConfig, SaturationConfig,
+    ScoringConfig, WorkloadConfig,
 };
+
+use crate::metrics_page::ModelServer;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
@@ -40,16 +43,37 @@ pub struct ServeConfig {
     pub metrics_listen: SocketAddr,
     /// The engine's configuration.
     pub engine: EngineConfig,
+    /// Where each backend's metrics page is and how to read it, in the order of
+    /// `engine.backends`.
+    pub scrape: Vec<ScrapeTarget>,
+}
+
+/// One backend's metrics page.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScrapeTarget {
+    /// `http://host:port/path` (default `http://{address}/metrics`).
+    pub url: String,
+    /// Which metric names to read.
+    pub engine: ModelServer,
 }
 
 impl ServeConfig {
     /// Parse and validate a YAML document; every problem found, as `path: reason` errors.
     pub fn from_yaml(text: &str) -> Result<ServeConfig, Vec<ConfigError>> {
         let raw = parse(text).map_err(|e| vec![e])?;
+        let scrape = raw
+            .backends
+            .iter()
+            .map(|b| ScrapeTarget {
+                url: b.metrics.clone().unwrap_or_else(|| format!("http://{}/metrics", b.address)),
+                engine: b.engine,
+            })
+            .collect();
         let config = ServeConfig {
             listen: raw.listen.0,
             metrics_listen: raw.metrics_listen.0,
             engine: raw.into_engine(),
+            scrape,
         };
         let errors = config.validate();
         if errors.is_empty() {
@@ -75,6 +99,14 @@ impl ServeConfig {
             });
         }
         errors.extend(self.engine.validate());
+        let e = &self.engine;
+        if e.saturation.detector.uses_metrics() {
+            for (i, t) in self.scrape.iter().enumerate() {
+                if let Err(reason) = check_metrics_url(&t.url) {
+                    errors.push(ConfigError { path: format!("backends[{i}].metrics"), reason });
+                }
+            }
+        }
         errors
     }
 
@@ -82,18 +114,37 @@ impl ServeConfig {
     pub fn summary(&self) -> String {
         let e = &self.engine;
         format!(
-            "listen {}, metrics {}, {} shard(s){}, {} backend(s) with {} slot(s), queue {} requests / {}, ttl {}, {} criticality cap(s)",
+            "listen {}, metrics {}, {} shard(s){}, {} backend(s) with {} slot(s), detector {}, queue {} requests / {}, ttl {}, {} criticality cap(s)",
             self.listen,
             self.metrics_listen,
             e.shard_count(),
             if e.shards == 0 { " (one per core)" } else { "" },
             e.backends.len(),
             e.total_slots(),
+            e.saturation.detector.name(),
             e.queue.max_requests,
             format_size(e.queue.max_bytes),
             format_duration(e.queue.ttl),
             e.workloads.caps.len(),
         )
+    }
+}
+
+/// Most bytes of a backend's `metrics` URL.
+pub const MAX_METRICS_URL_BYTES: usize = 2048;
+
+/// A metrics URL flowgate can scrape: `http://host:port/path` (no TLS, no credentials).
+fn check_metrics_url(url: &str) -> Result<(), String> {
+    if url.len() > MAX_METRICS_URL_BYTES {
+        return Err(format!("longer than {MAX_METRICS_URL_BYTES} bytes"));
+    }
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(format!("{url:?}: only http:// metrics pages are scraped"));
+    }
+    match uri.authority() {
+        Some(a) if !a.as_str().contains('@') && !a.host().is_empty() => Ok(()),
+        _ => Err(format!("{url:?} needs a host[:port] and no credentials")),
     }
 }
 
@@ -344,6 +395,8 @@ struct RawConfig {
     #[serde(deserialize_with = "nullable")]
     backends: Vec<RawBackend>,
     #[serde(deserialize_with = "nullable")]
+    saturation: RawSaturation,
+    #[serde(deserialize_with = "nullable")]
     queue: RawQueue,
     #[serde(deserialize_with = "nullable")]
     scoring: RawScoring,
@@ -364,8 +417,14 @@ impl Default for RawConfig {
             backends: e
                 .backends
                 .into_iter()
-                .map(|b| RawBackend { address: b.address, max_inflight: b.max_inflight })
+                .map(|b| RawBackend {
+                    address: b.address,
+                    max_inflight: b.max_inflight,
+                    metrics: None,
+                    engine: ModelServer::default(),
+                })
                 .collect(),
+            saturation: RawSaturation::default(),
             queue: RawQueue::default(),
             scoring: RawScoring::default(),
             workloads: RawWorkloads::default(),
@@ -385,6 +444,14 @@ impl RawConfig {
                 .into_iter()
                 .map(|b| BackendConfig { address: b.address, max_inflight: b.max_inflight })
                 .collect(),
+            saturation: SaturationConfig {
+                detector: self.saturation.detector.0,
+                scrape_interval: self.saturation.scrape_interval.0,
+                scrape_timeout: self.saturation.scrape_timeout.0,
+                queue_depth_threshold: self.saturation.queue_depth_threshold,
+                kv_cache_threshold: self.saturation.kv_cache_threshold,
+                staleness: self.saturation.staleness.0,
+            },
             queue: QueueConfig {
                 max_requests: self.queue.max_requests,
                 max_bytes: self.queue.max_bytes.0,
@@ -421,7 +488,56 @@ impl RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawBackend {
     address: String,
+    /// 0 = no concurrency cap.
+    #[serde(default)]
     max_inflight: u32,
+    /// Its metrics page; default `http://{address}/metrics`.
+    #[serde(default)]
+    metrics: Option<String>,
+    /// Which metric names its page uses.
+    #[serde(default)]
+    engine: ModelServer,
+}
+
+/// `concurrency` | `utilization` | `both`.
+struct RawDetector(Detector);
+
+impl<'de> Deserialize<'de> for RawDetector {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        [Detector::Concurrency, Detector::Utilization, Detector::Both]
+            .into_iter()
+            .find(|k| k.name() == name)
+            .map(RawDetector)
+            .ok_or_else(|| {
+                de::Error::custom(format!("{name:?} is not a detector (concurrency, utilization or both)"))
+            })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSaturation {
+    detector: RawDetector,
+    scrape_interval: Dur,
+    scrape_timeout: Dur,
+    queue_depth_threshold: u32,
+    kv_cache_threshold: f64,
+    staleness: Dur,
+}
+
+impl Default for RawSaturation {
+    fn default() -> Self {
+        let s = SaturationConfig::default();
+        Self {
+            detector: RawDetector(s.detector),
+            scrape_interval: Dur(s.scrape_interval),
+            scrape_timeout: Dur(s.scrape_timeout),
+            queue_depth_threshold: s.queue_depth_threshold,
+            kv_cache_threshold: s.kv_cache_threshold,
+            staleness: Dur(s.staleness),
+        }
+    }
 }
 
 #[derive(Deserialize)]

@@ -6,6 +6,7 @@
 //! | `GET /healthz` | `200 ok`; `503 shutting down` once shutdown has begun |
 //! | `GET /api/v1/workloads` | JSON array of every tracked workload, sorted by id |
 //! | `GET /api/v1/workload/{id}/metrics` | JSON object for one workload; `404` with a JSON error for an unknown id |
+//! | `GET /api/v1/backends` | JSON array, one object per backend ([`BackendJson`]), in configuration order |
 //!
 //! A workload object is `{"workload_id", "criticality" (last seen), "active" (queued + in flight),
 //! "total" (requests seen), "rate_per_s" (over the rate window)}`. Ids are percent-decoded from
@@ -20,6 +21,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use flowgate_engine::backends::BackendState;
 use flowgate_engine::registry::WorkloadSnapshot;
 use serde::Serialize;
 
@@ -72,6 +74,55 @@ impl From<WorkloadSnapshot> for WorkloadJson {
     }
 }
 
+/// One backend, as `GET /api/v1/backends` shows it. Scraped fields are `null` until the first
+/// good scrape (and stay `null` under detector `concurrency`, which scrapes nothing).
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+pub struct BackendJson {
+    /// `ip:port`.
+    pub address: String,
+    /// Where the backend came from: `static` (the config's `backends`).
+    pub source: String,
+    /// Requests holding a slot on it.
+    pub inflight: u32,
+    /// Its `max_inflight` (0 = no cap).
+    pub max_inflight: u32,
+    /// Requests waiting in it, last scrape.
+    pub waiting: Option<f64>,
+    /// Requests running in it, last scrape.
+    pub running: Option<f64>,
+    /// KV-cache use (fraction), last scrape.
+    pub kv_cache_usage: Option<f64>,
+    /// Dispatched to it since the last scrape (counted as waiting).
+    pub sent_since_scrape: u32,
+    /// The detector's score; ≥ 1 = saturated.
+    pub saturation: f64,
+    /// Time since the last good scrape, ms.
+    pub metrics_age_ms: Option<f64>,
+    /// Its metrics are stale: it takes nothing until a good scrape.
+    pub stale: bool,
+    /// Leaving the pool: takes nothing new, its in-flight requests finish.
+    pub draining: bool,
+}
+
+impl From<BackendState> for BackendJson {
+    fn from(b: BackendState) -> Self {
+        BackendJson {
+            address: b.address,
+            source: "static".into(),
+            inflight: b.inflight,
+            max_inflight: b.max_inflight,
+            waiting: b.waiting,
+            running: b.running,
+            kv_cache_usage: b.kv_cache_usage,
+            sent_since_scrape: b.sent_since_scrape,
+            saturation: b.saturation,
+            metrics_age_ms: b.metrics_age_ns.map(|ns| ns as f64 / 1e6),
+            stale: b.stale,
+            draining: false,
+        }
+    }
+}
+
 /// The routes.
 pub fn router(state: HttpState) -> Router {
     Router::new()
@@ -79,6 +130,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(healthz))
         .route("/api/v1/workloads", get(workloads))
         .route("/api/v1/workload/{id}/metrics", get(workload))
+        .route("/api/v1/backends", get(backends))
         .with_state(state)
 }
 
@@ -109,6 +161,10 @@ async fn healthz(State(state): State<HttpState>) -> Response {
 
 async fn workloads(State(state): State<HttpState>) -> Json<Vec<WorkloadJson>> {
     Json(state.view.registry().workloads().into_iter().map(WorkloadJson::from).collect())
+}
+
+async fn backends(State(state): State<HttpState>) -> Json<Vec<BackendJson>> {
+    Json(state.view.backend_states().into_iter().map(BackendJson::from).collect())
 }
 
 async fn workload(State(state): State<HttpState>, Path(id): Path<String>) -> Response {

@@ -5,12 +5,18 @@
 //! * [`serve`] — starting and stopping the gRPC server, the engine and the metrics listener.
 //! * [`http`] — the metrics listener: `/metrics`, `/healthz`, the workload API.
 //! * [`metrics`] — Prometheus metrics.
+//! * [`backend_metrics`] — the saturation detector's metrics.
+//! * [`scrape`] — one scraper per backend: its metrics page into the engine's backend table.
+//! * [`metrics_page`] — reading a model server's Prometheus page (queue, running, KV use).
 //! * [`view`] — what the metrics listener reads from the engine.
 #![warn(missing_docs, rust_2018_idioms)]
 
+pub mod backend_metrics;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod metrics_page;
+pub mod scrape;
 pub mod serve;
 pub mod server;
 pub mod view;

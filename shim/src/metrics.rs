@@ -11,6 +11,8 @@
 //! | `flowgate_context_defaults_total` | counter | `reason` ([`DefaultReason::label`]) |
 //! | `flowgate_criticality_capped_total` | counter | — |
 //!
+//! plus the backend metrics of `backend_metrics.rs` (saturation, scrapes, GIE's pool saturation).
+//!
 //! `fairness_id` is the workload id and `priority` the criticality (after caps).
 //!
 //! **Bounded labels.** At most `workloads.max_tracked` distinct `fairness_id` values are admitted;
@@ -41,6 +43,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::backend_metrics::BackendMetrics;
 use crate::view::EngineView;
 
 /// GIE's queue-size gauge.
@@ -120,6 +123,8 @@ pub struct Metrics {
     capped: Counter,
     /// Set from the engine at each scrape.
     shard_parks: Family<ShardLabels, Counter>,
+    /// Saturation detector metrics (`backend_metrics.rs`).
+    backends: BackendMetrics,
     admission: Mutex<Admission>,
 }
 
@@ -182,6 +187,7 @@ impl Metrics {
              to it pays a wake-up)",
             shard_parks.clone(),
         );
+        let backends = BackendMetrics::register(&mut registry);
         // Pre-register every outcome and reason so rates start from zero.
         for outcome in Outcome::ALL {
             let _ = requests.get_or_create(&OutcomeLabels { outcome: outcome.label() });
@@ -198,6 +204,7 @@ impl Metrics {
             queue_size,
             queue_duration,
             requests,
+            backends,
             inflight,
             queued,
             tracked,
@@ -296,6 +303,11 @@ impl Metrics {
         self.sweep(&tracked)
     }
 
+    /// The saturation detector's metrics (scrape counters, backend gauges).
+    pub fn backends(&self) -> &BackendMetrics {
+        &self.backends
+    }
+
     /// Workload ids with their own label right now (for tests and debugging).
     pub fn admitted(&self) -> usize {
         self.admission().live.len()
@@ -311,6 +323,7 @@ impl Metrics {
         for (address, n) in view.backend_addresses().into_iter().zip(view.inflight_per_backend()) {
             self.inflight.get_or_create(&BackendLabels { backend: address }).set(i64::from(n));
         }
+        self.backends.refresh(&view.backend_states());
         for (shard, parks) in view.shard_parks().into_iter().enumerate() {
             let labels = ShardLabels { shard: u32::try_from(shard).unwrap_or(u32::MAX) };
             // The engine's own count is monotonic: the counter mirrors it.

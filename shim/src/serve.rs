@@ -90,6 +90,9 @@ pub struct Running {
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     http: JoinHandle<std::io::Result<()>>,
     sweeper: JoinHandle<()>,
+    /// Stops the backend scrapers.
+    stop_scrapes: CancellationToken,
+    scrapers: Vec<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Running {
@@ -168,6 +171,15 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     let http_stop = stop_http.clone();
     let http = tokio::spawn(http::serve(http_listener, state, async move { http_stop.cancelled().await }));
 
+    let stop_scrapes = CancellationToken::new();
+    let scrapers = crate::scrape::spawn(
+        engine.clone(),
+        &config.scrape,
+        &config.engine.saturation,
+        metrics.clone(),
+        stop_scrapes.clone(),
+    );
+
     let sweep_metrics = metrics.clone();
     let sweeper = tokio::spawn(async move {
         let mut tick = tokio::time::interval(SWEEP_INTERVAL);
@@ -178,7 +190,14 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         }
     });
 
-    tracing::info!(%grpc_addr, %metrics_addr, shards = engine.shards(), "flowgate serving");
+    tracing::info!(
+        %grpc_addr,
+        %metrics_addr,
+        shards = engine.shards(),
+        detector = config.engine.saturation.detector.name(),
+        scrapers = scrapers.len(),
+        "flowgate serving"
+    );
     Ok(Running {
         grpc_addr,
         metrics_addr,
@@ -191,6 +210,8 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         grpc,
         http,
         sweeper,
+        stop_scrapes,
+        scrapers,
     })
 }
 
@@ -238,6 +259,10 @@ impl Running {
             tracing::warn!("metrics listener still busy after {DRAIN_TIMEOUT:?}; closing");
         }
         self.sweeper.abort();
+        self.stop_scrapes.cancel();
+        for s in self.scrapers {
+            let _ = s.await;
+        }
         // The engine is already shut down; its last handle may drop anywhere.
         tracing::info!("shut down");
     }

@@ -1,6 +1,7 @@
 //! What the metrics listener reads from a running engine, as a trait so that the HTTP side and the
 //! metrics rendering can be tested without starting one.
 
+use flowgate_engine::backends::BackendState;
 use flowgate_engine::registry::RegistryView;
 use flowgate_engine::runtime::{Engine, EngineStats};
 
@@ -14,6 +15,26 @@ pub trait EngineView: Send + Sync + 'static {
     fn backend_addresses(&self) -> Vec<String>;
     /// In-flight requests per backend, same order as [`EngineView::backend_addresses`].
     fn inflight_per_backend(&self) -> Vec<u32>;
+    /// Every backend's state (slots, last scrape, saturation). The default knows only addresses
+    /// and in-flight counts.
+    fn backend_states(&self) -> Vec<BackendState> {
+        self.backend_addresses()
+            .into_iter()
+            .zip(self.inflight_per_backend())
+            .map(|(address, inflight)| BackendState {
+                address,
+                max_inflight: 0,
+                inflight,
+                waiting: None,
+                running: None,
+                kv_cache_usage: None,
+                sent_since_scrape: 0,
+                saturation: 0.0,
+                metrics_age_ns: None,
+                stale: false,
+            })
+            .collect()
+    }
     /// Times each shard has parked its thread, by shard (none without an engine).
     fn shard_parks(&self) -> Vec<u64> {
         Vec::new()
@@ -21,6 +42,10 @@ pub trait EngineView: Send + Sync + 'static {
 }
 
 impl EngineView for Engine {
+    fn backend_states(&self) -> Vec<BackendState> {
+        Engine::backend_states(self)
+    }
+
     fn shard_parks(&self) -> Vec<u64> {
         self.shard_states().iter().map(|s| s.parks).collect()
     }

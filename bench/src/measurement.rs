@@ -1,0 +1,43 @@
+//! The results the throughput drivers produce and the plots draw: one [`Measurement`] per
+//! implementation and mode, one [`ScalingPoint`] per shard count. Plain data, so both
+//! `throughput` (which fills them) and `plot` (which draws them) import it from below.
+
+use serde::Serialize;
+
+/// One measurement.
+#[derive(Clone, Debug, Serialize)]
+pub struct Measurement {
+    /// Implementation.
+    pub implementation: String,
+    /// `low_load`, `saturation` or `deep_queue`.
+    pub mode: String,
+    /// Producer threads.
+    pub producers: usize,
+    /// Requests in flight per producer (submitted before waiting).
+    pub batch: usize,
+    /// Mean queue depth while measuring (deep queue only).
+    pub mean_depth: Option<f64>,
+    /// Requests dispatched.
+    pub requests: u64,
+    /// Seconds measured.
+    pub seconds: f64,
+    /// Dispatches per second (the median over rounds).
+    pub req_per_s: f64,
+    /// Dispatches per second of each round.
+    pub rounds_req_per_s: Vec<f64>,
+    /// Producer threads' CPU per request, ns (free capacity only; the median over rounds).
+    pub producer_cpu_ns: Option<f64>,
+    /// The rest of the process's CPU per request (the queue: shards or dispatcher), ns.
+    pub queue_cpu_ns: Option<f64>,
+}
+
+/// One point of the scaling curve.
+#[derive(Debug, Serialize)]
+pub struct ScalingPoint {
+    /// Shards.
+    pub shards: usize,
+    /// Saturation throughput.
+    pub req_per_s: f64,
+    /// Low-load throughput (one request at a time).
+    pub low_load_req_per_s: f64,
+}

@@ -1,0 +1,203 @@
+//! The scraper: one task per backend reads its model server's metrics page every
+//! `saturation.scrape_interval` and publishes what it found into the engine's backend table.
+//!
+//! It runs on the server's async runtime, never on a shard, and hands over through the gate's
+//! lock-free words (`engine/src/backends.rs`): a good scrape replaces the backend's load word (its
+//! sent-since-scrape count restarts at 0) and wakes the shard with the best head if that made room.
+//!
+//! A scrape fails when the page does not arrive within `scrape_timeout`, is not a 200, is over
+//! [`MAX_PAGE_BYTES`], or does not parse ([`read_page`]). Failures alone change nothing; what
+//! counts is time: when no good scrape has arrived for `staleness` (also while a scrape hangs),
+//! the backend is marked stale and takes nothing until the next good one. Nothing here can stall
+//! dispatch or crash the server: every wait is bounded and every page is bounded.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flowgate_engine::backends::ScrapeReading;
+use flowgate_engine::config::SaturationConfig;
+use flowgate_engine::runtime::Engine;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ScrapeTarget;
+use crate::metrics::Metrics;
+use crate::metrics_page::{read_page, PageError, MAX_PAGE_BYTES};
+
+/// How a scrape ended, as `flowgate_scrapes_total{result}` counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ScrapeResult {
+    /// A page was read and published.
+    Ok,
+    /// Connection refused or reset, or a status other than 200.
+    Error,
+    /// No complete answer within `scrape_timeout`.
+    Timeout,
+    /// The page was over [`MAX_PAGE_BYTES`].
+    TooLarge,
+    /// The page did not parse, or a needed series was missing or not a number.
+    BadPage,
+}
+
+impl ScrapeResult {
+    /// Every result, for metric pre-registration.
+    pub const ALL: [ScrapeResult; 5] = [
+        ScrapeResult::Ok,
+        ScrapeResult::Error,
+        ScrapeResult::Timeout,
+        ScrapeResult::TooLarge,
+        ScrapeResult::BadPage,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            ScrapeResult::Ok => "ok",
+            ScrapeResult::Error => "error",
+            ScrapeResult::Timeout => "timeout",
+            ScrapeResult::TooLarge => "too_large",
+            ScrapeResult::BadPage => "bad_page",
+        }
+    }
+}
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
+
+/// Start one scraper per backend (none when the detector reads no metrics). They stop when `stop`
+/// is cancelled.
+pub fn spawn(
+    engine: Arc<Engine>,
+    targets: &[ScrapeTarget],
+    saturation: &SaturationConfig,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) -> Vec<JoinHandle<()>> {
+    if !saturation.detector.uses_metrics() {
+        return Vec::new();
+    }
+    let client: HttpClient = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(1)
+        .build_http();
+    let addresses = engine.backend_addresses();
+    targets
+        .iter()
+        .enumerate()
+        .map(|(index, target)| {
+            let scraper = BackendScraper {
+                index,
+                backend: addresses[index].clone(),
+                target: target.clone(),
+                client: client.clone(),
+                engine: engine.clone(),
+                metrics: metrics.clone(),
+                saturation: saturation.clone(),
+                last_good: Instant::now(),
+                stale: true,
+            };
+            metrics.backends().register_scrape_target(&addresses[index]);
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = scraper.run() => {}
+                }
+            })
+        })
+        .collect()
+}
+
+/// One backend's scrape loop.
+struct BackendScraper {
+    /// The backend's index in the engine's table.
+    index: usize,
+    /// Its address (the metric label).
+    backend: String,
+    target: ScrapeTarget,
+    client: HttpClient,
+    engine: Arc<Engine>,
+    metrics: Arc<Metrics>,
+    saturation: SaturationConfig,
+    /// When the last good scrape arrived (start-up before the first).
+    last_good: Instant,
+    /// Marked stale in the engine since `last_good` (the engine starts every backend stale).
+    stale: bool,
+}
+
+impl BackendScraper {
+    async fn run(mut self) {
+        let mut tick = tokio::time::interval(self.saturation.scrape_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            self.watching_staleness(tick.tick()).await;
+            let page = fetch(self.client.clone(), self.target.url.clone());
+            let fetch = tokio::time::timeout(self.saturation.scrape_timeout, page);
+            let result = match self.watching_staleness(fetch).await {
+                Err(_) => ScrapeResult::Timeout,
+                Ok(Err(result)) => result,
+                Ok(Ok(page)) => match read_page(self.target.engine, &page) {
+                    Ok(page) => {
+                        let reading = ScrapeReading {
+                            waiting: page.waiting,
+                            running: page.running,
+                            kv_cache_usage: page.kv_cache_usage,
+                        };
+                        self.engine.publish_scrape(self.index, reading);
+                        self.last_good = Instant::now();
+                        if self.stale {
+                            tracing::info!(backend = %self.backend, "metrics fresh again");
+                            self.stale = false;
+                        }
+                        ScrapeResult::Ok
+                    }
+                    Err(PageError::TooLarge(_)) => ScrapeResult::TooLarge,
+                    Err(e) => {
+                        tracing::debug!(backend = %self.backend, error = %e, "metrics page refused");
+                        ScrapeResult::BadPage
+                    }
+                },
+            };
+            self.metrics.backends().count_scrape(&self.backend, result);
+        }
+    }
+
+    /// Await `f`, marking the backend stale if `staleness` passes without a good scrape meanwhile.
+    async fn watching_staleness<F: Future>(&mut self, f: F) -> F::Output {
+        tokio::pin!(f);
+        loop {
+            let stale_at = self.last_good + self.saturation.staleness;
+            tokio::select! {
+                out = &mut f => return out,
+                _ = tokio::time::sleep_until(stale_at), if !self.stale => {
+                    self.engine.mark_stale(self.index);
+                    self.stale = true;
+                    tracing::warn!(
+                        backend = %self.backend,
+                        staleness = ?self.saturation.staleness,
+                        "no good metrics scrape within staleness: the backend counts as saturated"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// GET the page: its body, at most [`MAX_PAGE_BYTES`].
+async fn fetch(client: HttpClient, url: String) -> Result<Bytes, ScrapeResult> {
+    let uri: hyper::Uri = url.parse().map_err(|_| ScrapeResult::Error)?;
+    let response = client.get(uri).await.map_err(|_| ScrapeResult::Error)?;
+    if response.status() != hyper::StatusCode::OK {
+        return Err(ScrapeResult::Error);
+    }
+    match Limited::new(response.into_body(), MAX_PAGE_BYTES).collect().await {
+        Ok(body) => Ok(body.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ScrapeResult::TooLarge),
+        Err(_) => Err(ScrapeResult::Error),
+    }
+}

@@ -80,6 +80,8 @@ pub struct ConfigResult {
     pub config: String,
     /// flowgate's YAML (first round; addresses change per round).
     pub yaml: String,
+    /// Arrivals within the measured windows / their length (Poisson: near `offered_rps`).
+    pub arrivals_rps: f64,
     /// Completions within the measured windows / their length.
     pub completed_rps: f64,
     pub completion_tokens_per_s: f64,
@@ -300,6 +302,7 @@ pub fn run(o: &Options, out_dir: &Path) -> io::Result<PoolReport> {
             ConfigResult {
                 config: kind.name().into(),
                 yaml,
+                arrivals_rps: per_s(m.classes.iter().map(|a| a.offered).sum()),
                 completed_rps: per_s(m.done_in_window),
                 completion_tokens_per_s: per_s(m.tokens_in_window),
                 per_server_completed: m.per_server,
@@ -384,8 +387,19 @@ fn ratio(a: f64, b: f64) -> f64 {
 
 fn print_table(r: &PoolReport) {
     let mut t = Table::new(&[
-        "config", "req/s", "tok/s", "vs conc", "crit", "offered", "done", "shed %", "TTFT p50", "TTFT p99",
-        "e2e p50", "e2e p99",
+        "config",
+        "arrived/s",
+        "req/s",
+        "tok/s",
+        "vs conc",
+        "crit",
+        "offered",
+        "done",
+        "shed %",
+        "TTFT p50",
+        "TTFT p99",
+        "e2e p50",
+        "e2e p99",
     ]);
     let x = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}x"));
     for c in &r.configs {
@@ -394,6 +408,7 @@ fn print_table(r: &PoolReport) {
             let cell = |s: String| if first { s } else { String::new() };
             t.row(vec![
                 cell(c.config.clone()),
+                cell(format!("{:.1}", c.arrivals_rps)),
                 cell(format!("{:.1}", c.completed_rps)),
                 cell(format!("{:.0}", c.completion_tokens_per_s)),
                 cell(x(c.throughput_vs_concurrency)),

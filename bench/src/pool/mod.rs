@@ -78,7 +78,7 @@ pub struct ClassResult {
 #[derive(Debug, Serialize)]
 pub struct ConfigResult {
     pub config: String,
-    /// flowgate's YAML (first round; addresses change per round).
+    /// flowgate's YAML (of the last round; the sims' ports change every round).
     pub yaml: String,
     /// Arrivals within the measured windows / their length (Poisson: near `offered_rps`).
     pub arrivals_rps: f64,
@@ -207,16 +207,13 @@ fn spec(o: &Options) -> PoolSpec {
     }
 }
 
+/// A measurement's records, flowgate's YAML, and per sim (completed, peak in system).
+type Measurement = (Vec<Record>, String, Vec<(u64, u64)>);
+
 /// One measurement: fresh sims and flowgate, the load, the records.
-fn measure(
-    spec: &PoolSpec,
-    kind: Kind,
-    cap: u32,
-    ttl: Duration,
-    load: &LoadSpec,
-) -> io::Result<(Vec<Record>, String, Vec<(u64, u64)>)> {
+fn measure(spec: &PoolSpec, kind: Kind, cap: u32, ttl: Duration, load: &LoadSpec) -> io::Result<Measurement> {
     let setup = Setup::start(spec, kind, cap, ttl)?;
-    let yaml = setup::yaml(kind, &[], cap, ttl);
+    let yaml = setup.yaml.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

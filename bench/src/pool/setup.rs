@@ -126,6 +126,8 @@ pub fn yaml(kind: Kind, backends: &[SocketAddr], max_inflight: u32, ttl: Duratio
 
 /// A fresh pool and the flowgate in front of it, each on its own runtime.
 pub struct Setup {
+    /// flowgate's YAML.
+    pub yaml: String,
     sim_rt: Runtime,
     sims: Vec<Sim>,
     flowgate_rt: Runtime,
@@ -163,7 +165,7 @@ impl Setup {
         let running = flowgate_rt
             .block_on(serve::start(config))
             .map_err(|e| io::Error::other(format!("pool: flowgate ({}) did not start: {e}", kind.name())))?;
-        Ok(Setup { sim_rt, sims, flowgate_rt, running })
+        Ok(Setup { yaml: text, sim_rt, sims, flowgate_rt, running })
     }
 
     /// flowgate's ext_proc address.
@@ -185,7 +187,7 @@ impl Setup {
 
     /// Stop flowgate, then the sims.
     pub fn stop(self) {
-        let Setup { sim_rt, sims, flowgate_rt, running } = self;
+        let Setup { sim_rt, sims, flowgate_rt, running, .. } = self;
         flowgate_rt.block_on(running.shutdown());
         flowgate_rt.shutdown_timeout(Duration::from_secs(1));
         sim_rt.block_on(async {

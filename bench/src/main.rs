@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod extproc;
+mod pool;
 mod scrape_cost;
 
 /// The allocator `flowgate serve` ships with, for every implementation measured here alike.
@@ -118,6 +119,23 @@ struct ScrapeLoad {
     interval_ms: u64,
 }
 
+#[derive(Args, Debug, Clone)]
+struct PoolLoad {
+    /// Offered load as a multiple of the pool's derived capacity.
+    #[arg(long, default_value_t = 1.5)]
+    load_factor: f64,
+    /// Each backend's max_inflight for the concurrency, both and fifo configurations (default:
+    /// the sims' --max-num-seqs, 8).
+    #[arg(long)]
+    max_inflight: Option<u32>,
+    /// Speeds of the simulated servers, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1.0, 1.0, 0.33])]
+    speeds: Vec<f64>,
+    /// Configurations to compare, comma-separated (concurrency, utilization, both, fifo).
+    #[arg(long, value_delimiter = ',', default_values_t = vec!["concurrency".to_string(), "utilization".into(), "both".into(), "fifo".into()])]
+    configs: Vec<String>,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// CPU of scraping many backends' metrics pages (40 KB vLLM page each), against no scrapers.
@@ -163,6 +181,13 @@ enum Command {
         #[command(flatten)]
         ext: ExtprocLoad,
     },
+    /// Saturation detectors on a heterogeneous flowgate-sim pool at 1.5x capacity, via ext_proc.
+    Pool {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        pool: PoolLoad,
+    },
     /// Everything, in order.
     All {
         #[command(flatten)]
@@ -173,6 +198,8 @@ enum Command {
         pool: Pool,
         #[command(flatten)]
         ext: ExtprocLoad,
+        #[command(flatten)]
+        sim_pool: PoolLoad,
     },
 }
 
@@ -231,6 +258,31 @@ fn scrape_options(c: &Common, s: &ScrapeLoad) -> scrape_cost::Options {
         interval_ms: s.interval_ms,
         seconds: c.seconds.unwrap_or(if c.quick { 2.0 } else { 10.0 }),
     }
+}
+
+fn pool_options(c: &Common, p: &PoolLoad) -> Result<pool::Options, std::io::Error> {
+    let configs = p
+        .configs
+        .iter()
+        .map(|n| {
+            pool::Kind::parse(n).ok_or_else(|| std::io::Error::other(format!("pool: unknown config {n:?}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if configs.is_empty() || p.speeds.is_empty() || !p.speeds.iter().all(|s| s.is_finite() && *s > 0.0) {
+        return Err(std::io::Error::other("pool: --configs and --speeds (positive) must not be empty"));
+    }
+    if !(p.load_factor.is_finite() && p.load_factor > 0.0) {
+        return Err(std::io::Error::other("pool: --load-factor must be positive"));
+    }
+    Ok(pool::Options {
+        quick: c.quick,
+        seconds: c.seconds.unwrap_or(if c.quick { 2.5 } else { 8.0 }),
+        rounds: c.rounds.unwrap_or(if c.quick { 1 } else { 2 }),
+        load_factor: p.load_factor,
+        max_inflight: p.max_inflight,
+        speeds: p.speeds.clone(),
+        configs,
+    })
 }
 
 /// Read back a result file and check it is the JSON object we meant to write.
@@ -298,6 +350,22 @@ fn validate(dir: &Path, name: &str) -> Result<(), String> {
         {
             return bad("expected good scrapes and a finite CPU share");
         }
+        "pool" => {
+            let configs = v["configs"].as_array().map_or(&[][..], Vec::as_slice);
+            if configs.is_empty()
+                || !configs.iter().all(|c| {
+                    c["failed"].as_u64() == Some(0)
+                        && c["classes"].as_array().is_some_and(|k| k.len() == 3)
+                        && c["per_server_completed"].as_array().is_some_and(|s| !s.is_empty())
+                })
+            {
+                return bad("expected configurations with 3 classes each and no failed requests");
+            }
+            let svg = v["svg"].as_str().unwrap_or_default();
+            if !std::fs::read_to_string(svg).is_ok_and(|s| s.contains("<svg")) {
+                return bad("pool plot missing");
+            }
+        }
         _ => {}
     }
     Ok(())
@@ -323,6 +391,7 @@ fn main() -> ExitCode {
         | Command::Scenarios { common, .. }
         | Command::Extproc { common, .. }
         | Command::ScrapeCost { common, .. }
+        | Command::Pool { common, .. }
         | Command::All { common, .. } => *common,
         Command::ServePage => {
             return match scrape_cost::serve_page() {
@@ -360,7 +429,10 @@ fn main() -> ExitCode {
             scrape_cost::run(&scrape_options(common, scrape), &out).map(|_| vec!["scrape_cost"])
         }
         Command::ServePage => unreachable!("handled above"),
-        Command::All { common, load, pool, ext } => (|| {
+        Command::Pool { common, pool } => {
+            pool_options(common, pool).and_then(|o| pool::run(&o, &out)).map(|_| vec!["pool"])
+        }
+        Command::All { common, load, pool, ext, sim_pool } => (|| {
             let t = tput_options(common, load);
             throughput::run(&t, &out)?;
             latency::run(common.quick, common.shards, latency_seconds(common), rounds(common), &out)?;
@@ -368,7 +440,8 @@ fn main() -> ExitCode {
             scenarios::run(&scenario_options(common, pool), &out)?;
             extproc::run(&extproc_options(common, ext), &out)?;
             scrape_cost::run(&scrape_options(common, &ScrapeLoad { backends: 100, interval_ms: 50 }), &out)?;
-            Ok(vec!["throughput", "latency", "scaling", "scenarios", "extproc", "scrape_cost"])
+            pool::run(&pool_options(common, sim_pool)?, &out)?;
+            Ok(vec!["throughput", "latency", "scaling", "scenarios", "extproc", "scrape_cost", "pool"])
         })(),
     };
     let written = match result {

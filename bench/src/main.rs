@@ -125,12 +125,15 @@ struct PoolLoad {
     #[arg(long, default_value_t = 1.5)]
     load_factor: f64,
     /// Each backend's max_inflight for the concurrency, both and fifo configurations (default:
-    /// the sims' --max-num-seqs, 8).
+    /// 12, the pool's mean batch size).
     #[arg(long)]
     max_inflight: Option<u32>,
     /// Speeds of the simulated servers, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = vec![1.0, 1.0, 0.33])]
     speeds: Vec<f64>,
+    /// Batch sizes (--max-num-seqs) of the simulated servers, comma-separated, one per speed.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![16, 16, 4])]
+    max_num_seqs: Vec<usize>,
     /// Configurations to compare, comma-separated (concurrency, utilization, both, fifo).
     #[arg(long, value_delimiter = ',', default_values_t = vec!["concurrency".to_string(), "utilization".into(), "both".into(), "fifo".into()])]
     configs: Vec<String>,
@@ -271,6 +274,9 @@ fn pool_options(c: &Common, p: &PoolLoad) -> Result<pool::Options, std::io::Erro
     if configs.is_empty() || p.speeds.is_empty() || !p.speeds.iter().all(|s| s.is_finite() && *s > 0.0) {
         return Err(std::io::Error::other("pool: --configs and --speeds (positive) must not be empty"));
     }
+    if p.max_num_seqs.len() != p.speeds.len() || p.max_num_seqs.contains(&0) {
+        return Err(std::io::Error::other("pool: --max-num-seqs needs one positive batch size per speed"));
+    }
     if !(p.load_factor.is_finite() && p.load_factor > 0.0) {
         return Err(std::io::Error::other("pool: --load-factor must be positive"));
     }
@@ -281,6 +287,7 @@ fn pool_options(c: &Common, p: &PoolLoad) -> Result<pool::Options, std::io::Erro
         load_factor: p.load_factor,
         max_inflight: p.max_inflight,
         speeds: p.speeds.clone(),
+        max_num_seqs: p.max_num_seqs.clone(),
         configs,
     })
 }

@@ -2,15 +2,20 @@
 //! 1.5× the pool's capacity, driven through ext_proc as Envoy would (see `load.rs`).
 //!
 //! Configurations, each on fresh sims and a fresh flowgate, interleaved over the rounds:
-//! `concurrency` (each backend's `max_inflight` = the servers' `--max-num-seqs`, the number an
-//! operator reads off the server's config, identical for fast and slow servers since they run
-//! the same config; `--max-inflight` overrides it), `utilization` (`max_inflight: 0`, live
+//! `concurrency` (every backend's `max_inflight` = [`DEFAULT_MAX_INFLIGHT`]: one number for the
+//! pool, as an operator sets it for a Deployment whose replicas come through DNS discovery, while
+//! the replicas run on different hardware — batch sizes 16, 16 and 4 by default, the small one
+//! also three times slower; `--max-inflight` overrides it), `utilization` (`max_inflight: 0`, live
 //! metrics only), `both`, and `fifo` (flowgate itself as a FIFO: the concurrency detector with
 //! the same caps, scoring weights wait 1, criticality 0, rate 0). Plus an unloaded run (crit 5
 //! only, at 15 % of capacity) for the "crit-5 p99 TTFT ≤ 2× unloaded" target.
 //!
 //! Targets are reported, never enforced. The run fails only when the harness is broken: flowgate
 //! did not start, or a request got no answer, broke the protocol or failed on I/O.
+
+/// The `max_inflight` of every backend for `concurrency`, `both` and `fifo`: the pool's mean
+/// batch size, what one number for a mixed pool comes to.
+pub const DEFAULT_MAX_INFLIGHT: u32 = 12;
 
 mod http;
 mod load;
@@ -48,6 +53,8 @@ pub struct Options {
     pub max_inflight: Option<u32>,
     /// Server speeds.
     pub speeds: Vec<f64>,
+    /// Server batch sizes (`--max-num-seqs`), in the order of `speeds`.
+    pub max_num_seqs: Vec<usize>,
     /// The configurations to run.
     pub configs: Vec<Kind>,
 }
@@ -199,7 +206,7 @@ impl Merged {
 fn spec(o: &Options) -> PoolSpec {
     PoolSpec {
         speeds: o.speeds.clone(),
-        max_num_seqs: 8,
+        max_num_seqs: o.max_num_seqs.clone(),
         decode_step_ms: 10.0,
         prefill_us_per_token: 50.0,
         max_tokens: if o.quick { 24 } else { 32 },
@@ -236,7 +243,7 @@ pub fn run(o: &Options, out_dir: &Path) -> io::Result<PoolReport> {
     let spec = spec(o);
     let capacity = spec.capacity();
     let offered = capacity * o.load_factor;
-    let cap = o.max_inflight.unwrap_or(spec.max_num_seqs as u32);
+    let cap = o.max_inflight.unwrap_or(DEFAULT_MAX_INFLIGHT);
     let ttl = Duration::from_millis(if o.quick { 1500 } else { 2000 });
     let warmup = Duration::from_secs_f64(if o.quick { 0.5f64 } else { 1.0 }.min(o.seconds / 3.0));
     let duration = Duration::from_secs_f64(o.seconds);
@@ -336,9 +343,9 @@ pub fn run(o: &Options, out_dir: &Path) -> io::Result<PoolReport> {
         ttl_ms: ttl.as_millis() as u64,
         max_inflight: cap,
         method: format!(
-            "{} sims (speeds {:?}, max_num_seqs {}, decode_step_ms {}, {} completion tokens, {} prompt bytes), fresh for every measurement; \
+            "{} sims (speeds {:?}, max_num_seqs {:?}, decode_step_ms {}, {} completion tokens, {} prompt bytes, KV budget sized so a full batch reads 80% use), fresh for every measurement; \
              Poisson arrivals at {:.2}x the derived capacity, mix 30% low crit 1 / 50% medium crit 3 / 20% high crit 5; \
-             concurrency and both: each backend's max_inflight = {cap} (the servers' --max-num-seqs unless --max-inflight); utilization: max_inflight 0; \
+             concurrency and both: every backend's max_inflight = {cap}, one number for the whole pool as discovery.dns gives it (--max-inflight); utilization: max_inflight 0; \
              fifo: flowgate with scoring wait 1, criticality 0, rate 0 and the concurrency detector; queue.ttl {} ms; \
              unloaded: crit 5 alone at 15% of capacity; times are from the scheduled arrival",
             spec.speeds.len(),

@@ -16,8 +16,9 @@ use tokio::runtime::Runtime;
 pub struct PoolSpec {
     /// `--speed` of each server (1.0 = nominal; 0.33 = three times slower).
     pub speeds: Vec<f64>,
-    /// `--max-num-seqs` of every server (they run the same config).
-    pub max_num_seqs: usize,
+    /// `--max-num-seqs` of each server, in the order of `speeds`: its batch size, which differs
+    /// with its hardware (a bigger GPU holds more sequences).
+    pub max_num_seqs: Vec<usize>,
     /// `--decode-step-ms`.
     pub decode_step_ms: f64,
     /// `--prefill-us-per-token`.
@@ -37,21 +38,29 @@ impl PoolSpec {
     /// Completed requests/s of one server at `speed` when always full: every step lasts a decode
     /// step plus the prefill of the `max_num_seqs / max_tokens` sequences admitted per step on
     /// average, and finishes that many.
-    pub fn server_capacity(&self, speed: f64) -> f64 {
-        let per_step = self.max_num_seqs as f64 / self.max_tokens as f64;
+    pub fn server_capacity(&self, speed: f64, max_num_seqs: usize) -> f64 {
+        let per_step = max_num_seqs as f64 / self.max_tokens as f64;
         let step_ms = self.decode_step_ms + per_step * self.prompt_tokens() * self.prefill_us_per_token / 1e3;
         per_step / step_ms * 1e3 * speed
     }
 
     /// The pool's derived capacity, completed requests/s.
     pub fn capacity(&self) -> f64 {
-        self.speeds.iter().map(|&s| self.server_capacity(s)).sum()
+        self.speeds.iter().zip(&self.max_num_seqs).map(|(&s, &n)| self.server_capacity(s, n)).sum()
     }
 
-    fn sim_config(&self, speed: f64) -> SimConfig {
+    /// A server's KV-cache budget: sized to its batch, so that a full batch reads
+    /// [`FULL_BATCH_KV_USE`] (its memory is what bounds the batch, as on a real GPU).
+    pub fn kv_tokens(&self, max_num_seqs: usize) -> u64 {
+        let per_seq = self.prompt_tokens() + f64::from(self.max_tokens);
+        (max_num_seqs as f64 * per_seq / FULL_BATCH_KV_USE).ceil() as u64
+    }
+
+    fn sim_config(&self, speed: f64, max_num_seqs: usize) -> SimConfig {
         SimConfig {
             listen: "127.0.0.1:0".parse().expect("valid address"),
-            max_num_seqs: self.max_num_seqs,
+            max_num_seqs,
+            kv_tokens: self.kv_tokens(max_num_seqs),
             max_waiting: 1024,
             prefill_us_per_token: self.prefill_us_per_token,
             decode_step_ms: self.decode_step_ms,
@@ -106,6 +115,9 @@ impl Kind {
     }
 }
 
+/// KV-cache use of a server whose batch is full (= the default `kv_cache_threshold`).
+pub const FULL_BATCH_KV_USE: f64 = 0.8;
+
 /// Saturation settings shared by every configuration (the DESIGN's defaults).
 pub const SATURATION: &str = "  scrape_interval: 50ms\n  scrape_timeout: 1s\n  queue_depth_threshold: 5\n  kv_cache_threshold: 0.8\n  staleness: 200ms\n";
 
@@ -144,8 +156,8 @@ impl Setup {
             .build()?;
         let sims = sim_rt.block_on(async {
             let mut sims = Vec::new();
-            for &speed in &spec.speeds {
-                sims.push(Sim::start(spec.sim_config(speed)).await?);
+            for (&speed, &seqs) in spec.speeds.iter().zip(&spec.max_num_seqs) {
+                sims.push(Sim::start(spec.sim_config(speed, seqs)).await?);
             }
             Ok::<_, io::Error>(sims)
         })?;

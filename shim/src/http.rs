@@ -7,6 +7,8 @@
 //! | `GET /api/v1/workloads` | JSON array of every tracked workload, sorted by id |
 //! | `GET /api/v1/workload/{id}/metrics` | JSON object for one workload; `404` with a JSON error for an unknown id |
 //! | `GET /api/v1/backends` | JSON array, one object per backend ([`BackendJson`]), in configuration order |
+//! | `GET /api/v1/engine` | JSON object of the engine's totals ([`EngineJson`]): queue by criticality, slots, outcomes |
+//! | `GET /` | the status page ([`crate::status_page`]): HTML polling the three JSON routes above |
 //!
 //! A workload object is `{"workload_id", "criticality" (last seen), "active" (queued + in flight),
 //! "total" (requests seen), "rate_per_s" (over the rate window)}`. Ids are percent-decoded from
@@ -25,6 +27,7 @@ use flowgate_engine::backends::BackendState;
 use flowgate_engine::registry::WorkloadSnapshot;
 use serde::Serialize;
 
+use crate::engine_json::EngineJson;
 use crate::metrics::{wants_openmetrics, Metrics, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE};
 use crate::view::EngineView;
 
@@ -131,6 +134,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/workloads", get(workloads))
         .route("/api/v1/workload/{id}/metrics", get(workload))
         .route("/api/v1/backends", get(backends))
+        .route("/api/v1/engine", get(engine))
+        .route("/", get(crate::status_page::status_page))
         .with_state(state)
 }
 
@@ -165,6 +170,10 @@ async fn workloads(State(state): State<HttpState>) -> Json<Vec<WorkloadJson>> {
 
 async fn backends(State(state): State<HttpState>) -> Json<Vec<BackendJson>> {
     Json(state.view.backend_states().into_iter().map(BackendJson::from).collect())
+}
+
+async fn engine(State(state): State<HttpState>) -> Json<EngineJson> {
+    Json(EngineJson::read(state.view.as_ref(), &state.metrics))
 }
 
 async fn workload(State(state): State<HttpState>, Path(id): Path<String>) -> Response {

@@ -151,3 +151,62 @@ async fn unknown_routes_are_404() {
     assert_eq!(get(r.addr, "/nothing", None).await.0, 404);
     assert_eq!(get(r.addr, "/api/v1/workload/", None).await.0, 404);
 }
+
+#[tokio::test]
+async fn status_page_is_self_contained_html_polling_the_api() {
+    let r = start(&[]).await;
+    let (status, head, body) = get(r.addr, "/", None).await;
+    assert_eq!(status, 200);
+    assert!(head.contains("content-type: text/html"), "{head}");
+    assert!(body.starts_with("<!DOCTYPE html>"), "{body}");
+    assert_eq!(body, crate::status_page::STATUS_HTML);
+    for path in crate::status_page::POLLED_PATHS {
+        assert!(body.contains(&format!("\"{path}\"")), "page does not poll {path}");
+    }
+    assert!(body.contains("setInterval(poll, POLL_MS)") && body.contains("const POLL_MS = 1000;"));
+    let lower = body.to_ascii_lowercase();
+    for external in
+        ["http://", "https://", "src=\"//", "href=\"//", "src='//", "href='//", "<link", "@import"]
+    {
+        assert!(!lower.contains(external), "the page loads something from elsewhere: {external}");
+    }
+    assert!(!lower.contains("<script src"), "scripts are inline");
+    assert!(!lower.contains("innerhtml"), "data is written with textContent only");
+}
+
+#[tokio::test]
+async fn status_page_figures_are_blank_until_the_script_fills_them() {
+    let page = crate::status_page::STATUS_HTML;
+    assert!(page.contains(r#"<span id="queued-total">–</span>"#));
+    for c in 1..=crate::metrics::CRITICALITIES {
+        assert!(page.contains(&format!(r#"<span data-queued-crit="{c}">–</span>"#)), "criticality {c}");
+    }
+    for tbody in ["backends", "workloads", "decisions"] {
+        assert!(page.contains(&format!(r#"<tbody id="{tbody}"></tbody>"#)), "{tbody}");
+    }
+}
+
+#[tokio::test]
+async fn engine_totals_from_a_static_view() {
+    let r = start(&[]).await;
+    let held = [r.state.metrics.enqueue(&Arc::from("a"), 5), r.state.metrics.enqueue(&Arc::from("b"), 5)];
+    let low = r.state.metrics.enqueue(&Arc::from("a"), 1);
+    let (status, head, body) = get(r.addr, "/api/v1/engine", None).await;
+    assert_eq!(status, 200);
+    assert!(head.contains("content-type: application/json"), "{head}");
+    let e: crate::engine_json::EngineJson = serde_json::from_str(&body).unwrap();
+    assert_eq!((e.shards, e.queued, e.inflight, e.capacity), (1, 2, 1, 8), "{body}");
+    assert_eq!(e.queued_by_criticality, [1, 0, 0, 0, 2], "{body}");
+    let labels: Vec<&str> = e.outcomes.keys().map(String::as_str).collect();
+    let mut expected: Vec<&str> = flowgate_engine::Outcome::ALL.iter().map(|o| o.label()).collect();
+    expected.sort_unstable();
+    assert_eq!(labels, expected);
+    assert!(e.outcomes.values().all(|n| *n == 0), "{body}");
+    let raw: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(raw.as_object().unwrap().len(), 6, "{body}");
+    low.finish(flowgate_engine::Outcome::Dispatched, Duration::ZERO);
+    drop(held);
+    let (_, _, body) = get(r.addr, "/api/v1/engine", None).await;
+    let e: crate::engine_json::EngineJson = serde_json::from_str(&body).unwrap();
+    assert_eq!(e.queued_by_criticality, [0; 5], "finished and dropped requests leave the count");
+}

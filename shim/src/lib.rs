@@ -4,6 +4,8 @@
 //! * [`server`] — the ext_proc service: one stream per request, answered when the engine decides.
 //! * [`serve`] — starting and stopping the gRPC server, the engine and the metrics listener.
 //! * [`http`] — the metrics listener: `/metrics`, `/healthz`, the workload API.
+//! * [`engine_json`] — `GET /api/v1/engine`: the engine's totals.
+//! * [`status_page`] — `GET /`: the HTML status page.
 //! * [`metrics`] — Prometheus metrics.
 //! * [`backend_metrics`] — the saturation detector's metrics.
 //! * [`scrape`] — one scraper per backend: its metrics page into the engine's backend table.
@@ -13,10 +15,12 @@
 
 pub mod backend_metrics;
 pub mod config;
+pub mod engine_json;
 pub mod http;
 pub mod metrics;
 pub mod metrics_page;
 pub mod scrape;
 pub mod serve;
 pub mod server;
+pub mod status_page;
 pub mod view;

@@ -28,7 +28,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -56,6 +56,9 @@ const DURATION_BUCKETS: [f64; 20] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
     30.0, 60.0, 300.0, 3600.0,
 ];
+
+/// Criticalities a request can have (1..=5): the `priority` label's values.
+pub const CRITICALITIES: usize = 5;
 
 /// Content type of the OpenMetrics rendering.
 pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -126,6 +129,9 @@ pub struct Metrics {
     /// Saturation detector metrics (`backend_metrics.rs`).
     backends: BackendMetrics,
     admission: Mutex<Admission>,
+    /// The queue gauge's series summed by `priority` (index `priority - 1`), kept beside the
+    /// family because a family cannot be iterated.
+    queued_by_priority: [AtomicI64; CRITICALITIES],
 }
 
 impl std::fmt::Debug for Metrics {
@@ -216,6 +222,7 @@ impl Metrics {
                 live: HashMap::new(),
                 overflow: Arc::from(OVERFLOW_WORKLOAD_ID),
             }),
+            queued_by_priority: Default::default(),
         }
     }
 
@@ -246,6 +253,9 @@ impl Metrics {
         };
         let labels = QueueLabels { fairness_id: label, priority };
         self.queue_size.get_or_create(&labels).inc();
+        if let Some(n) = self.priority_slot(priority) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
         Queued { metrics: self.clone(), labels: Some(labels) }
     }
 
@@ -306,6 +316,16 @@ impl Metrics {
     /// The saturation detector's metrics (scrape counters, backend gauges).
     pub fn backends(&self) -> &BackendMetrics {
         &self.backends
+    }
+
+    /// Requests the shim holds in the queue, by criticality (index `criticality - 1`): the
+    /// [`QUEUE_SIZE`] gauge summed over workloads.
+    pub fn queued_by_priority(&self) -> [u64; CRITICALITIES] {
+        self.queued_by_priority.each_ref().map(|n| u64::try_from(n.load(Ordering::Relaxed)).unwrap_or(0))
+    }
+
+    fn priority_slot(&self, priority: u8) -> Option<&AtomicI64> {
+        self.queued_by_priority.get(usize::from(priority).checked_sub(1)?)
     }
 
     /// Workload ids with their own label right now (for tests and debugging).
@@ -385,6 +405,9 @@ impl Drop for Queued {
 impl Metrics {
     fn leave(&self, labels: QueueLabels) {
         self.queue_size.get_or_create(&labels).dec();
+        if let Some(n) = self.priority_slot(labels.priority) {
+            n.fetch_sub(1, Ordering::Relaxed);
+        }
         if let Some(n) = self.admission().live.get_mut(&labels.fairness_id) {
             *n = n.saturating_sub(1);
         }

@@ -4,6 +4,7 @@
 use flowgate_engine::backends::BackendState;
 use flowgate_engine::registry::RegistryView;
 use flowgate_engine::runtime::{Engine, EngineStats};
+use flowgate_engine::Outcome;
 
 /// Read-only access to the engine's gauges and workload registry.
 pub trait EngineView: Send + Sync + 'static {
@@ -39,9 +40,26 @@ pub trait EngineView: Send + Sync + 'static {
     fn shard_parks(&self) -> Vec<u64> {
         Vec::new()
     }
+    /// Shards the engine runs. The default counts [`EngineView::shard_parks`]' entries.
+    fn shards(&self) -> usize {
+        self.shard_parks().len()
+    }
+    /// Requests that ended with each outcome so far, one entry per [`Outcome::ALL`] in that
+    /// order. The default: none yet.
+    fn outcome_counts(&self) -> Vec<(Outcome, u64)> {
+        Outcome::ALL.iter().map(|o| (*o, 0)).collect()
+    }
 }
 
 impl EngineView for Engine {
+    fn shards(&self) -> usize {
+        Engine::shards(self)
+    }
+
+    fn outcome_counts(&self) -> Vec<(Outcome, u64)> {
+        Engine::outcome_counts(self)
+    }
+
     fn backend_states(&self) -> Vec<BackendState> {
         Engine::backend_states(self)
     }

@@ -5,12 +5,12 @@
 #   bash scripts/test.sh            # all stages
 #   STAGES="unit loom" bash scripts/test.sh   # a subset (names below)
 #
-# Stages: fmt clippy unit loom fuzz e2e bench. Timings never fail a stage: benchmarks run in
+# Stages: fmt clippy unit loom fuzz e2e deploy bench. Timings never fail a stage: benchmarks run in
 # --quick mode only to prove the harness works.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-STAGES="${STAGES:-fmt clippy unit loom fuzz e2e bench}"
+STAGES="${STAGES:-fmt clippy unit loom fuzz e2e deploy bench}"
 FUZZ_SECONDS="${FUZZ_SECONDS:-30}"
 passed=0
 failed=0
@@ -49,6 +49,7 @@ run unit cargo test --workspace
 run loom bash scripts/loom.sh
 run fuzz fuzz_all
 run e2e bash scripts/e2e-envoy.sh
+run deploy bash scripts/check-deploy.sh
 run bench bash scripts/bench.sh --quick
 
 echo

@@ -74,8 +74,12 @@ def http_post_json(port, path, obj, timeout=5.0):
 
 
 def completion(port, workload=None, criticality=None, max_tokens=8, prompt="Hello", headers=None,
-               timeout=60.0):
-    """POST /v1/completions through the gateway. Returns (status, drop reason, seconds)."""
+               timeout=60.0, stream=False):
+    """POST /v1/completions through the gateway.
+
+    Returns (status, drop reason, seconds to the end of the body, seconds to the response
+    headers). With stream=True the model server sends its headers as soon as it takes the
+    request, so the second time marks the dispatch (plus the hop), not the end of generation."""
     h = {"content-type": "application/json"}
     if workload is not None:
         ctx = {"workload_id": workload}
@@ -83,16 +87,19 @@ def completion(port, workload=None, criticality=None, max_tokens=8, prompt="Hell
             ctx["criticality"] = criticality
         h["x-workload-context"] = json.dumps(ctx)
     h.update(headers or {})
-    body = json.dumps({"model": "sim-model", "prompt": prompt, "max_tokens": max_tokens})
+    body = json.dumps({"model": "sim-model", "prompt": prompt, "max_tokens": max_tokens,
+                       "stream": stream})
     t0 = time.monotonic()
     conn = http.client.HTTPConnection(LOCALHOST, port, timeout=timeout)
     try:
         conn.request("POST", "/v1/completions", body=body, headers=h)
         r = conn.getresponse()
+        t_headers = time.monotonic() - t0
         r.read()
-        return r.status, r.getheader("x-flowgate-drop-reason") or "", time.monotonic() - t0
+        return r.status, r.getheader("x-flowgate-drop-reason") or "", time.monotonic() - t0, t_headers
     except (OSError, http.client.HTTPException) as e:
-        return 0, f"client error: {e}", time.monotonic() - t0
+        t = time.monotonic() - t0
+        return 0, f"client error: {e}", t, t
     finally:
         conn.close()
 

@@ -29,6 +29,7 @@ import tempfile
 import threading
 import urllib.request
 
+sys.dont_write_bytecode = True  # no scripts/__pycache__ in the tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gatewaylib as gw  # noqa: E402
 

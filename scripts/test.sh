@@ -5,13 +5,14 @@
 #   bash scripts/test.sh            # all stages
 #   STAGES="unit loom" bash scripts/test.sh   # a subset (names below)
 #
-# Stages: fmt clippy unit loom fuzz e2e ui bench (ui: the status page in headless Chromium,
-# installed from Debian when missing). Timings never fail a stage: benchmarks run in
+# Stages: fmt clippy unit loom fuzz e2e ui deploy bench (ui: the status page in headless Chromium,
+# installed from Debian when missing; deploy: deploy/'s configs against the real binaries and
+# the Grafana dashboard's metrics). Timings never fail a stage: benchmarks run in
 # --quick mode only to prove the harness works.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-STAGES="${STAGES:-fmt clippy unit loom fuzz e2e ui bench}"
+STAGES="${STAGES:-fmt clippy unit loom fuzz e2e ui deploy bench}"
 FUZZ_SECONDS="${FUZZ_SECONDS:-30}"
 passed=0
 failed=0
@@ -51,6 +52,7 @@ run loom bash scripts/loom.sh
 run fuzz fuzz_all
 run e2e bash scripts/e2e-envoy.sh
 run ui bash scripts/status-page.sh
+run deploy bash scripts/check-deploy.sh
 run bench bash scripts/bench.sh --quick
 
 echo

@@ -12,6 +12,7 @@
 //! dispatch or crash the server: every wait is bounded and every page is bounded.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use flowgate_engine::backends::ScrapeReading;
@@ -69,8 +70,13 @@ impl ScrapeResult {
     }
 }
 
-/// One kept-alive HTTP/1.1 connection to a backend's metrics host.
-type Connection = SendRequest<Empty<Bytes>>;
+/// One kept-alive HTTP/1.1 connection to a backend's metrics host: the request side and the
+/// connection's driver, which the scraper polls itself while a scrape runs (no task of its own,
+/// so a scrape costs no wake-ups across tasks).
+struct Connection {
+    sender: SendRequest<Empty<Bytes>>,
+    driver: Pin<Box<hyper::client::conn::http1::Connection<TokioIo<tokio::net::TcpStream>, Empty<Bytes>>>>,
+}
 
 /// Start one scraper per backend (none when the detector reads no metrics). They stop when `stop`
 /// is cancelled.
@@ -194,43 +200,77 @@ impl BackendScraper {
 }
 
 /// GET the page over `connection` (opened first if there is none or it closed): its body, at
-/// most [`MAX_PAGE_BYTES`].
+/// most [`MAX_PAGE_BYTES`]. A kept-alive connection the server closed while idle is only seen
+/// when used: then the GET is tried once more on a new one.
 async fn fetch(connection: &mut Option<Connection>, uri: Option<&hyper::Uri>) -> Result<Bytes, ScrapeResult> {
+    let reused = connection.is_some();
+    match fetch_once(connection, uri).await {
+        Err(_) if reused && connection.is_none() => fetch_once(connection, uri).await,
+        out => out,
+    }
+}
+
+/// One GET over `connection`; on return `connection` is `None` if it ended.
+async fn fetch_once(
+    connection: &mut Option<Connection>,
+    uri: Option<&hyper::Uri>,
+) -> Result<Bytes, ScrapeResult> {
     let uri = uri.ok_or(ScrapeResult::Error)?;
     let authority = uri.authority().ok_or(ScrapeResult::Error)?;
-    if connection.as_ref().is_none_or(|c| c.is_closed()) {
+    if connection.as_ref().is_none_or(|c| c.sender.is_closed()) {
         let port = authority.port_u16().unwrap_or(80);
         let stream = tokio::net::TcpStream::connect((authority.host(), port))
             .await
             .map_err(|_| ScrapeResult::Error)?;
         let _ = stream.set_nodelay(true);
         // Read in large slices: a 40 KB page then costs a few read calls, not one per 8 KiB.
-        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        let (sender, driver) = hyper::client::conn::http1::Builder::new()
             .read_buf_exact_size(Some(READ_BUF_BYTES))
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|_| ScrapeResult::Error)?;
-        // Drives the connection; ends when the sender is dropped or the peer closes.
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        *connection = Some(sender);
+        *connection = Some(Connection { sender, driver: Box::pin(driver) });
     }
-    let sender = connection.as_mut().ok_or(ScrapeResult::Error)?;
-    sender.ready().await.map_err(|_| ScrapeResult::Error)?;
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let request = hyper::Request::get(path)
         .header(hyper::header::HOST, authority.as_str())
         .header(hyper::header::ACCEPT, "text/plain")
         .body(Empty::new())
         .map_err(|_| ScrapeResult::Error)?;
-    let response = sender.send_request(request).await.map_err(|_| ScrapeResult::Error)?;
-    if response.status() != hyper::StatusCode::OK {
-        return Err(ScrapeResult::Error);
+    let Connection { mut sender, driver } = connection.take().ok_or(ScrapeResult::Error)?;
+    let mut driver = Some(driver);
+    let out = {
+        let exchange = async {
+            sender.ready().await.map_err(|_| ScrapeResult::Error)?;
+            let response = sender.send_request(request).await.map_err(|_| ScrapeResult::Error)?;
+            if response.status() != hyper::StatusCode::OK {
+                return Err(ScrapeResult::Error);
+            }
+            match Limited::new(response.into_body(), MAX_PAGE_BYTES).collect().await {
+                Ok(body) => Ok(body.to_bytes()),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ScrapeResult::TooLarge),
+                Err(_) => Err(ScrapeResult::Error),
+            }
+        };
+        tokio::pin!(exchange);
+        let ended = tokio::select! {
+            biased;
+            out = &mut exchange => Some(out),
+            _ = driver.as_mut().expect("set above").as_mut() => None,
+        };
+        match ended {
+            Some(out) => out,
+            None => {
+                // The connection ended (the peer closed it, or it failed). Drop its driver, which
+                // holds the pending answer's sender, then take what the body still has (all of
+                // it, or an error: never a wait).
+                driver = None;
+                exchange.await
+            }
+        }
+    };
+    if let Some(driver) = driver {
+        *connection = Some(Connection { sender, driver });
     }
-    match Limited::new(response.into_body(), MAX_PAGE_BYTES).collect().await {
-        Ok(body) => Ok(body.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ScrapeResult::TooLarge),
-        Err(_) => Err(ScrapeResult::Error),
-    }
+    out
 }

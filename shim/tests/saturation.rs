@@ -254,3 +254,60 @@ async fn concurrency_detector_reads_no_metrics() {
     assert_eq!(sample(&text, "flowgate_stale_backends"), Some(0.0));
     running.shutdown().await;
 }
+
+/// A metrics server that closes every connection after one answer (as one closing idle
+/// keep-alive connections does): each scrape reopens, none fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_closing_its_connections_costs_no_failed_scrape() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let page = "vllm:num_requests_waiting{model_name=\"m\"} 1\nvllm:num_requests_running{model_name=\"m\"} 2\nvllm:kv_cache_usage_perc{model_name=\"m\"} 0.25\n";
+    let server = tokio::spawn(async move {
+        loop {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let mut filled = 0;
+            while !buf[..filled].windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf[filled..]).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => filled += n,
+                }
+            }
+            let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{page}", page.len());
+            let _ = conn.write_all(answer.as_bytes()).await;
+            // Closed a little later, idle, without a `Connection: close` header: the scraper
+            // has its page and keeps the connection for the next scrape.
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(3)).await;
+                drop(conn);
+            });
+        }
+    });
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nmetrics_listen: 127.0.0.1:0\nshards: 1\nbackends:\n  - address: 10.0.0.9:8000\n    max_inflight: 0\n    metrics: http://{addr}/metrics\nsaturation:\n  detector: utilization\n  scrape_interval: 10ms\n  staleness: 10s\n"
+    );
+    let running = serve::start(ServeConfig::from_yaml(&yaml).unwrap()).await.expect("server starts");
+    let series =
+        |result: &str| format!("flowgate_scrapes_total{{backend=\"10.0.0.9:8000\",result=\"{result}\"}}");
+    let start = Instant::now();
+    while metric(&running, &series("ok")).await < 20.0 {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "scrapes did not succeed: {}",
+            http_get(running.metrics_addr(), "/metrics", DEADLINE)
+                .await
+                .1
+                .lines()
+                .filter(|l| l.contains("scrapes_total{"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(metric(&running, &series("error")).await, 0.0, "a closed connection was counted as a failure");
+    let b = backends(&running).await;
+    assert!(fresh(&b[0], 1.0), "{b:#?}");
+    running.shutdown().await;
+    server.abort();
+}

@@ -117,6 +117,28 @@ pub fn dispatch(gate: &Arc<Gate>, workload: &Arc<WorkloadEntry>) -> Option<Permi
     Some(Permit::new(gate.clone(), backend, workload.clone()))
 }
 
+/// A shard with one request queued (head score `head`) as `worker.rs` runs it on its own thread:
+/// dispatch if it can, publish, sleep unless the head became dispatchable, and again, until it
+/// holds a permit. A lost wake-up parks it forever, which loom reports as a deadlock.
+pub fn shard_dispatches_when_room(gate: &Arc<Gate>, workload: &Arc<WorkloadEntry>, head: f64) -> Permit {
+    let bell = &gate.shard(0).doorbell;
+    block_on(async {
+        loop {
+            // The pass's dispatch step, then its publication.
+            if gate.may_dispatch(0, head) {
+                if let Some(p) = dispatch(gate, workload) {
+                    break p;
+                }
+            }
+            if gate.publish(0, head, head, 1, false) {
+                gate.wake_best(Some(0));
+            }
+            // Nothing done: sleep unless the head became dispatchable (`has_work`).
+            Sleep::new(bell, || gate.has_slot_for(3) && gate.may_dispatch(0, head)).await;
+        }
+    })
+}
+
 /// `free + Σ inflight == capacity`, `Σ inflight == held`: no slot lost or invented.
 pub fn assert_conserved(gate: &Gate, held: u64) {
     let inflight: u64 = gate.inflight_per_backend().iter().map(|&n| u64::from(n)).sum();

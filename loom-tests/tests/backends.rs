@@ -7,7 +7,9 @@
 use flowgate_engine::backends::ScrapeReading;
 use flowgate_engine::config::{Detector, SaturationConfig};
 use flowgate_engine::sync::{AtomicUsize, Ordering};
-use flowgate_loom_tests::{assert_conserved, block_on, dispatch, gate_with, model, workload, Sleep};
+use flowgate_loom_tests::{
+    assert_conserved, dispatch, gate_with, model, shard_dispatches_when_room, workload,
+};
 use loom::thread;
 use std::sync::Arc;
 
@@ -81,22 +83,7 @@ fn fresh_scrape_wakes_a_sleeping_shard() {
         };
         let shard = {
             let (gate, workload) = (gate.clone(), workload.clone());
-            thread::spawn(move || {
-                let bell = &gate.shard(0).doorbell;
-                block_on(async {
-                    loop {
-                        if gate.may_dispatch(0, HEAD) {
-                            if let Some(p) = dispatch(&gate, &workload) {
-                                break p;
-                            }
-                        }
-                        if gate.publish(0, HEAD, HEAD, 1, false) {
-                            gate.wake_best(Some(0));
-                        }
-                        Sleep::new(bell, || gate.has_slot_for(3) && gate.may_dispatch(0, HEAD)).await;
-                    }
-                })
-            })
+            thread::spawn(move || shard_dispatches_when_room(&gate, &workload, HEAD))
         };
         let permit = shard.join().unwrap();
         scraper.join().unwrap();

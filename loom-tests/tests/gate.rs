@@ -4,7 +4,9 @@
 
 use flowgate_engine::permit::Permit;
 use flowgate_engine::sync::{AtomicUsize, Ordering};
-use flowgate_loom_tests::{assert_conserved, block_on, dispatch, gate, model, workload, Flag, Sleep};
+use flowgate_loom_tests::{
+    assert_conserved, dispatch, gate, model, shard_dispatches_when_room, workload, Flag,
+};
 use loom::thread;
 use std::sync::Arc;
 
@@ -100,24 +102,7 @@ fn released_slot_wakes_a_sleeping_shard() {
         // The shard waits on its own thread, as a pinned shard executor does.
         let shard = {
             let (gate, workload) = (gate.clone(), workload.clone());
-            thread::spawn(move || {
-                let bell = &gate.shard(0).doorbell;
-                block_on(async {
-                    loop {
-                        // The pass's dispatch step, then its publication.
-                        if gate.may_dispatch(0, HEAD) {
-                            if let Some(p) = dispatch(&gate, &workload) {
-                                break p;
-                            }
-                        }
-                        if gate.publish(0, HEAD, HEAD, 1, false) {
-                            gate.wake_best(Some(0));
-                        }
-                        // Nothing done: sleep unless the head became dispatchable (`has_work`).
-                        Sleep::new(bell, || gate.has_slot_for(3) && gate.may_dispatch(0, HEAD)).await;
-                    }
-                })
-            })
+            thread::spawn(move || shard_dispatches_when_room(&gate, &workload, HEAD))
         };
         let dispatched = shard.join().unwrap();
         releaser.join().unwrap();

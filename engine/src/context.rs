@@ -120,6 +120,13 @@ pub const CONTEXT_HEADER: &str = "x-workload-context";
 /// ```
 pub const FAIRNESS_ID_HEADER: &str = "x-gateway-inference-fairness-id";
 
+/// llm-d's name for the same header, read like [`FAIRNESS_ID_HEADER`] when that one is absent.
+///
+/// ```
+/// assert_eq!(flowgate_engine::context::LLM_D_FAIRNESS_ID_HEADER, "x-llm-d-inference-fairness-id");
+/// ```
+pub const LLM_D_FAIRNESS_ID_HEADER: &str = "x-llm-d-inference-fairness-id";
+
 /// The shared id of the default workload, allocated once per process.
 fn default_id() -> Arc<str> {
     static DEFAULT: OnceLock<Arc<str>> = OnceLock::new();

@@ -3,7 +3,8 @@
 //! One bidirectional stream per HTTP request:
 //!
 //! 1. `request_headers`: the workload context is read from `x-workload-context` (JSON), else from
-//!    GIE's `x-gateway-inference-fairness-id`, else the default workload; `workloads.caps` clamps
+//!    GIE's `x-gateway-inference-fairness-id` (or llm-d's `x-llm-d-inference-fairness-id`), else the
+//!    default workload; `workloads.caps` clamps
 //!    its criticality; the request is submitted to the engine and the headers message is answered
 //!    only once the engine has decided:
 //!    * dispatched → `HeadersResponse` setting `x-gateway-destination-endpoint: <ip:port>`
@@ -39,7 +40,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 };
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 use flowgate_engine::config::WorkloadConfig;
-use flowgate_engine::context::{CONTEXT_HEADER, FAIRNESS_ID_HEADER};
+use flowgate_engine::context::{CONTEXT_HEADER, FAIRNESS_ID_HEADER, LLM_D_FAIRNESS_ID_HEADER};
 use flowgate_engine::outcome::OtherReason;
 use flowgate_engine::runtime::{Engine, Permit, Request, SubmitError};
 use flowgate_engine::{Outcome, WorkloadContext};
@@ -366,7 +367,8 @@ fn read_context(shared: &Shared, headers: &HttpHeaders) -> (WorkloadContext, Vec
     let default_criticality = shared.workloads.default_criticality;
     let list = headers.headers.as_ref().map(|m| m.headers.as_slice()).unwrap_or_default();
     let find = |name: &str| list.iter().find(|h| h.key.eq_ignore_ascii_case(name)).map(header_bytes);
-    let (mut context, defaults) = match (find(CONTEXT_HEADER), find(FAIRNESS_ID_HEADER)) {
+    let fairness_id = find(FAIRNESS_ID_HEADER).or_else(|| find(LLM_D_FAIRNESS_ID_HEADER));
+    let (mut context, defaults) = match (find(CONTEXT_HEADER), fairness_id) {
         (Some(value), _) => WorkloadContext::parse(Some(value), default_criticality),
         (None, Some(id)) => WorkloadContext::from_fairness_id(id, default_criticality),
         (None, None) => WorkloadContext::parse(None, default_criticality),

@@ -327,6 +327,21 @@ async fn context_may_come_as_a_string_value_and_fairness_id_is_accepted() {
     assert_eq!(destination(&s.next().await).as_deref(), Some(BACKEND));
     s.finish().await;
     assert_eq!(workload(&h, "tenant-a").await, Some((1, 3)));
+    // llm-d's name for it, read the same way; GIE's wins when both are sent.
+    let mut s = h.open(vec![header("x-llm-d-inference-fairness-id", b"tenant-llmd")]).await;
+    assert_eq!(destination(&s.next().await).as_deref(), Some(BACKEND));
+    s.finish().await;
+    assert_eq!(workload(&h, "tenant-llmd").await, Some((1, 3)));
+    let mut s = h
+        .open(vec![
+            header("x-llm-d-inference-fairness-id", b"tenant-other"),
+            header("x-gateway-inference-fairness-id", b"tenant-gie"),
+        ])
+        .await;
+    assert_eq!(destination(&s.next().await).as_deref(), Some(BACKEND));
+    s.finish().await;
+    assert_eq!(workload(&h, "tenant-gie").await, Some((1, 3)));
+    assert_eq!(workload(&h, "tenant-other").await, None);
     // The context header wins over the fairness id.
     let mut s =
         h.open(vec![header("x-gateway-inference-fairness-id", b"tenant-b"), context("ctx-wins", 2)]).await;

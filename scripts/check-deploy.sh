@@ -17,25 +17,15 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 WORKDIR="${DEPLOY_WORKDIR:-$ROOT/target/check-deploy}"
 cd "$ROOT"
 
 # shellcheck source=scripts/envoy-venv.sh
 source "$ROOT/scripts/envoy-venv.sh"
 
-build_pkgs=()
-[[ -n "${FLOWGATE_BIN:-}" ]] || build_pkgs+=(-p flowgate)
-[[ -n "${FLOWGATE_SIM_BIN:-}" ]] || build_pkgs+=(-p flowgate-sim)
-if [[ ${#build_pkgs[@]} -gt 0 ]]; then
-    echo "==> cargo build --release ${build_pkgs[*]}"
-    cargo build --release "${build_pkgs[@]}"
-fi
-FLOWGATE_BIN="${FLOWGATE_BIN:-$TARGET_DIR/release/flowgate}"
-FLOWGATE_SIM_BIN="${FLOWGATE_SIM_BIN:-$TARGET_DIR/release/flowgate-sim}"
-for b in "$FLOWGATE_BIN" "$FLOWGATE_SIM_BIN"; do
-    [[ -x "$b" ]] || { echo "binary not found: $b" >&2; exit 1; }
-done
+# shellcheck source=scripts/release-bins.sh
+source "$ROOT/scripts/release-bins.sh"
+release_bins
 
 rm -rf "$WORKDIR"
 mkdir -p "$WORKDIR"

@@ -17,7 +17,6 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 WORKDIR="${E2E_WORKDIR:-$ROOT/target/e2e-run}"
 E2E_TIMEOUT="${E2E_TIMEOUT:-300}"
 E2E_BUILD_TIMEOUT="${E2E_BUILD_TIMEOUT:-1800}"
@@ -59,23 +58,11 @@ source "$ROOT/scripts/envoy-venv.sh"
 abs_path() { echo "$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"; }
 flowgate_args=()
 if [[ "$need_flowgate" == 1 ]]; then
-    build_pkgs=()
-    [[ -n "${FLOWGATE_BIN:-}" ]] || build_pkgs+=(-p flowgate)
-    [[ -n "${FLOWGATE_SIM_BIN:-}" ]] || build_pkgs+=(-p flowgate-sim)
-    if [[ ${#build_pkgs[@]} -gt 0 ]]; then
-        echo "==> cargo build --release ${build_pkgs[*]}"
-        (cd "$ROOT" && timeout "$E2E_BUILD_TIMEOUT" cargo build --release "${build_pkgs[@]}")
-    fi
-    FLOWGATE_BIN="${FLOWGATE_BIN:-$TARGET_DIR/release/flowgate}"
-    FLOWGATE_SIM_BIN="${FLOWGATE_SIM_BIN:-$TARGET_DIR/release/flowgate-sim}"
+    # shellcheck source=scripts/release-bins.sh
+    source "$ROOT/scripts/release-bins.sh"
+    BUILD_TIMEOUT="$E2E_BUILD_TIMEOUT" release_bins
     echo "==> flowgate: $FLOWGATE_BIN"
     echo "==> flowgate-sim: $FLOWGATE_SIM_BIN"
-    for b in "$FLOWGATE_BIN" "$FLOWGATE_SIM_BIN"; do
-        if [[ ! -x "$b" ]]; then
-            echo "binary not found: $b" >&2
-            exit 1
-        fi
-    done
     flowgate_args=(--flowgate "$(abs_path "$FLOWGATE_BIN")" --flowgate-sim "$(abs_path "$FLOWGATE_SIM_BIN")")
 fi
 

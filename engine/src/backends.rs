@@ -230,13 +230,13 @@ impl BackendTable {
     /// Dispatch places backend `b` has now: the smaller of its free slots and its metrics room
     /// (`u32::MAX` when neither limits it).
     fn room_of(&self, b: &Backend) -> u32 {
-        let slots = if self.slots && b.max > 0 {
-            b.max.saturating_sub(b.inflight.load(Ordering::Acquire))
-        } else {
-            u32::MAX
-        };
-        let metrics =
-            if self.metrics { Load(b.load.load(Ordering::Acquire)).room(self.threshold) } else { u32::MAX };
+        self.room(b, b.inflight.load(Ordering::Acquire), Load(b.load.load(Ordering::Acquire)))
+    }
+
+    /// The places `b` has given its in-flight count and load word.
+    fn room(&self, b: &Backend, inflight: u32, load: Load) -> u32 {
+        let slots = if self.slots && b.max > 0 { b.max.saturating_sub(inflight) } else { u32::MAX };
+        let metrics = if self.metrics { load.room(self.threshold) } else { u32::MAX };
         slots.min(metrics)
     }
 
@@ -284,11 +284,13 @@ impl BackendTable {
     pub fn pick(&self) -> Option<usize> {
         let mut pick: Option<(usize, f64, u32)> = None;
         for (i, b) in self.backends.iter().enumerate() {
-            if self.room_of(b) == 0 {
+            // One read of each word decides both room and score.
+            let inflight = b.inflight.load(Ordering::Acquire);
+            let load = Load(b.load.load(Ordering::Acquire));
+            if self.room(b, inflight, load) == 0 {
                 continue;
             }
-            let inflight = b.inflight.load(Ordering::Relaxed);
-            let score = self.score(b, inflight, Load(b.load.load(Ordering::Relaxed)));
+            let score = self.score(b, inflight, load);
             if pick.is_none_or(|(_, s, n)| score < s || (score == s && inflight < n)) {
                 pick = Some((i, score, inflight));
             }

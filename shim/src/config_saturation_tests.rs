@@ -1,6 +1,7 @@
 //! The `saturation` section and the per-backend `metrics` / `engine` fields.
 
 use super::*;
+use std::time::Duration;
 
 fn ok(yaml: &str) -> ServeConfig {
     ServeConfig::from_yaml(yaml).unwrap_or_else(|e| panic!("{yaml}: {e:?}"))

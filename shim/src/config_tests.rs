@@ -1,6 +1,7 @@
 //! Unit tests of [`super`]: defaults, scalar forms, unknown keys, and the path of every refusal.
 
 use super::*;
+use std::time::Duration;
 
 /// Parse `yaml`, expecting errors; return them as `path: reason` strings.
 fn errors(yaml: &str) -> Vec<String> {

@@ -1,5 +1,6 @@
-//! The backend table the gate reads: per model server, its `max_inflight` slots and in-flight
-//! count, and the last scrape of its metrics together with what was sent to it since.
+//! The backend table the gate reads: a fixed array of backend slots (`max_backends` of them),
+//! each holding one model server's [`Occupancy`] word (its life, `max_inflight` and in-flight
+//! count) and its [`Load`] word (the last scrape of its metrics and what was sent since).
 //!
 //! Room comes from the detector ([`Detector`]):
 //!
@@ -10,116 +11,44 @@
 //!   scrape. A scrape resets `sent` to 0, so one fresh scrape showing `waiting = w` lets at most
 //!   `queue_depth_threshold − w` requests through before the next one: never a burst.
 //!
-//! The scrape view lives in one packed word per backend ([`Load`]): the scraper stores a whole new
-//! word (its `sent` = 0), a dispatcher takes a place with one compare-and-swap (`sent + 1` while
-//! there is room). The dispatch path reads no clock and takes no lock; staleness is decided by the
-//! scraper, which marks the word stale when no good scrape arrived in time.
+//! The backend set changes while requests are dispatched ([`BackendTable::set`], called by one
+//! controller at a time): a new backend is written into a `Free` slot and published `Active`; a
+//! backend that left the set is `Draining` (no new places; its in-flight requests finish) and
+//! becomes `Free` in the same compare-and-swap that gives back its last place. The dispatch path
+//! reads no clock and takes no lock; only the controller and diagnostics ([`BackendTable::states`])
+//! take the table's control lock.
 //!
-//! Picking: among backends with room, the least loaded by [`BackendTable::saturation`] (the
-//! detector's score, counting what was sent since the last scrape), ties by fewest in flight.
+//! Picking: among `Active` backends with room, the least loaded by the detector's score (counting
+//! what was sent since the last scrape), ties by fewest in flight, then slot order.
 
-use crate::config::{Detector, EngineConfig};
-use crate::sync::{AtomicF64, AtomicU32, AtomicU64, Ordering};
+use crate::config::{BackendConfig, Detector, SaturationConfig};
+pub use crate::load::{Load, ScrapeReading};
+use crate::load::{COUNT_MAX, GENERATIONS};
+use crate::occupancy::{Occupancy, SlotState};
+use crate::sync::{AtomicBool, AtomicF64, AtomicU32, AtomicU64, AtomicUsize, Mutex, Ordering, UnsafeCell};
 use crossbeam_utils::CachePadded;
 
-/// Bits of each count (`waiting`, `sent`) in a [`Load`] word.
-const COUNT_BITS: u32 = 24;
-/// Largest count a [`Load`] holds; larger scraped queues are clamped to it (still saturated:
-/// `queue_depth_threshold` ≤ 2^20).
-const COUNT_MAX: u64 = (1 << COUNT_BITS) - 1;
-/// KV-cache use at or above the threshold.
-const KV_FULL: u64 = 1 << (2 * COUNT_BITS);
-/// No good scrape within `staleness` (or none yet).
-const STALE: u64 = 1 << (2 * COUNT_BITS + 1);
-
-/// A backend's scrape view, packed in one `u64`: `sent` (bits 0..24), `waiting` (24..48), and two
-/// flags, KV-cache full and stale.
-///
-/// ```
-/// use flowgate_engine::backends::Load;
-/// let l = Load::scraped(3, false);
-/// assert_eq!(l.room(5), 2);
-/// assert_eq!(l.with_one_more_sent().room(5), 1);
-/// assert_eq!(Load::NEVER_SCRAPED.room(5), 0);
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Load(u64);
-
-impl Load {
-    /// Before the first good scrape: no room.
-    pub const NEVER_SCRAPED: Load = Load(STALE);
-
-    /// What a good scrape publishes: its waiting count (clamped), nothing sent since.
-    pub fn scraped(waiting: u64, kv_full: bool) -> Load {
-        Load((waiting.min(COUNT_MAX) << COUNT_BITS) | if kv_full { KV_FULL } else { 0 })
-    }
-
-    /// Requests the last scrape saw waiting.
-    pub fn waiting(self) -> u32 {
-        ((self.0 >> COUNT_BITS) & COUNT_MAX) as u32
-    }
-
-    /// Requests dispatched since the last scrape.
-    pub fn sent(self) -> u32 {
-        (self.0 & COUNT_MAX) as u32
-    }
-
-    /// The last scrape put KV-cache use at or above the threshold.
-    pub fn kv_full(self) -> bool {
-        self.0 & KV_FULL != 0
-    }
-
-    /// No good scrape is recent enough.
-    pub fn stale(self) -> bool {
-        self.0 & STALE != 0
-    }
-
-    /// The same view, marked stale.
-    pub fn into_stale(self) -> Load {
-        Load(self.0 | STALE)
-    }
-
-    /// Places left before `threshold` (0 when stale or KV-full).
-    pub fn room(self, threshold: u32) -> u32 {
-        if self.0 & (KV_FULL | STALE) != 0 {
-            return 0;
-        }
-        threshold.saturating_sub(self.waiting() + self.sent())
-    }
-
-    /// One more sent. Only called with `room > 0`, so `sent < threshold ≤ COUNT_MAX`.
-    pub fn with_one_more_sent(self) -> Load {
-        debug_assert!(u64::from(self.sent()) < COUNT_MAX);
-        Load(self.0 + 1)
-    }
-
-    /// The raw word.
-    pub fn bits(self) -> u64 {
-        self.0
-    }
+/// Which backend a scraper is about: its slot and that slot's generation (a reused slot has a new
+/// one, so a scraper that outlived its backend publishes nothing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BackendId {
+    /// Slot index.
+    pub index: u32,
+    /// Generation of the slot when the backend was written in.
+    pub generation: u32,
 }
 
-/// What a scrape of a backend's metrics page found.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct ScrapeReading {
-    /// Requests waiting in the model server (summed over its models).
-    pub waiting: f64,
-    /// Requests running in it.
-    pub running: f64,
-    /// KV-cache use, a fraction (the max over its models).
-    pub kv_cache_usage: f64,
-}
-
-/// One model server.
+/// One slot of the table.
 #[derive(Debug)]
 struct Backend {
-    /// `ip:port`.
-    address: String,
-    /// Its `max_inflight`; 0 = no cap.
-    max: u32,
-    /// Requests holding a slot on it. Invariant: ≤ `max` while slots are enforced and `max > 0`.
-    inflight: CachePadded<AtomicU32>,
-    /// [`Load`] bits: replaced whole by the scraper, `sent` bumped by dispatchers (CAS).
+    /// `ip:port`. Written only by the controller, under the control lock, while the slot is
+    /// `Free` (nobody holds a place on it), before it is published `Active`.
+    address: UnsafeCell<String>,
+    /// [`Occupancy`] bits. Invariant: `inflight ≤ max` while caps are enforced and `max > 0`
+    /// (except places taken before a live lowering of `max`); `Free` ⇒ `inflight == 0`.
+    occupancy: CachePadded<AtomicU64>,
+    /// [`Load`] bits: replaced whole by the scraper (generation checked), `sent` bumped by
+    /// dispatchers (CAS).
     load: CachePadded<AtomicU64>,
     /// Last good scrape, for picking (KV use) and reporting; written by the scraper only.
     waiting: AtomicF64,
@@ -129,9 +58,50 @@ struct Backend {
     scraped_ns: AtomicU64,
 }
 
+impl Backend {
+    fn free() -> Self {
+        Self {
+            address: UnsafeCell::new(String::new()),
+            occupancy: CachePadded::new(AtomicU64::new(Occupancy::FREE.bits())),
+            load: CachePadded::new(AtomicU64::new(Load::never_scraped(0).bits())),
+            waiting: AtomicF64::new(0.0),
+            running: AtomicF64::new(0.0),
+            kv: AtomicF64::new(0.0),
+            scraped_ns: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    fn occupancy(&self) -> Occupancy {
+        Occupancy::from_bits(self.occupancy.load(Ordering::Acquire))
+    }
+
+    fn load(&self) -> Load {
+        Load::from_bits(self.load.load(Ordering::Acquire))
+    }
+
+    /// Apply `f` to the occupancy word until it sticks or `f` declines: the words before and
+    /// after, or the word `f` declined.
+    fn update_occupancy(
+        &self,
+        f: impl Fn(Occupancy) -> Option<Occupancy>,
+    ) -> Result<(Occupancy, Occupancy), Occupancy> {
+        self.occupancy
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
+                f(Occupancy::from_bits(bits)).map(|o| o.bits())
+            })
+            .map(|bits| {
+                let before = Occupancy::from_bits(bits);
+                (before, f(before).expect("f accepted this word"))
+            })
+            .map_err(Occupancy::from_bits)
+    }
+}
+
 /// A copy of one backend's state, for metrics and the backend API.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BackendState {
+    /// Which slot (for the scraper's publications).
+    pub id: BackendId,
     /// `ip:port`.
     pub address: String,
     /// `max_inflight` (0 = no cap).
@@ -152,104 +122,181 @@ pub struct BackendState {
     pub metrics_age_ns: Option<u64>,
     /// Its metrics count as stale (or were never scraped).
     pub stale: bool,
+    /// It left the backend set: no new requests; it leaves the table when its last one ends.
+    pub draining: bool,
 }
 
-/// Every backend of the engine, in configuration order.
+/// What [`BackendTable::set`] changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BackendChanges {
+    /// Backends written in (new, or back from draining).
+    pub added: Vec<BackendId>,
+    /// Backends already in the set whose `max_inflight` changed.
+    pub updated: Vec<BackendId>,
+    /// Backends that left the set (draining, or freed at once when idle).
+    pub drained: Vec<String>,
+    /// Backends that found no free slot (the table holds `max_backends`).
+    pub refused: Vec<String>,
+}
+
+impl BackendChanges {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.updated.is_empty() && self.drained.is_empty() && self.refused.is_empty()
+    }
+}
+
+/// The detector's rules, replaced live by [`BackendTable::set_saturation`].
 #[derive(Debug)]
-pub struct BackendTable {
-    backends: Box<[Backend]>,
+struct Rules {
     /// Enforce `max_inflight` caps.
-    slots: bool,
+    slots: AtomicBool,
     /// Gate on scraped metrics.
-    metrics: bool,
+    metrics: AtomicBool,
     /// `saturation.queue_depth_threshold`, ≥ 1.
-    threshold: u32,
+    threshold: AtomicU32,
     /// `saturation.kv_cache_threshold`, in (0, 1].
+    kv_threshold: AtomicF64,
+}
+
+/// One read of [`Rules`], used for a whole scan.
+#[derive(Clone, Copy, Debug)]
+struct RuleSet {
+    slots: bool,
+    metrics: bool,
+    threshold: u32,
     kv_threshold: f64,
 }
 
+/// Every backend of the engine, in slots.
+#[derive(Debug)]
+pub struct BackendTable {
+    backends: Box<[Backend]>,
+    /// 1 + the highest slot ever written: scans stop there. Only grows.
+    high: AtomicUsize,
+    /// `Active` slots.
+    active: AtomicU32,
+    rules: CachePadded<Rules>,
+    /// Held by the controller while it changes the set, and by readers of addresses that hold
+    /// no place ([`states`](Self::states)).
+    control: Mutex<()>,
+}
+
+// SAFETY: the only non-`Sync` field is each slot's `address` cell. It is written only under
+// `control` while its slot is `Free`, i.e. with no place held on it; it is read either under
+// `control`, or by a holder of a place on that slot (see `address_held`), which the occupancy
+// word's acquire/release order after the write and before the next one.
+unsafe impl Sync for BackendTable {}
+
 impl BackendTable {
-    /// The table for `config`'s backends and detector.
-    pub fn new(config: &EngineConfig) -> Self {
-        let detector: Detector = config.saturation.detector;
-        Self {
-            backends: config
-                .backends
-                .iter()
-                .map(|b| Backend {
-                    address: b.address.clone(),
-                    max: b.max_inflight,
-                    inflight: CachePadded::new(AtomicU32::new(0)),
-                    load: CachePadded::new(AtomicU64::new(Load::NEVER_SCRAPED.bits())),
-                    waiting: AtomicF64::new(0.0),
-                    running: AtomicF64::new(0.0),
-                    kv: AtomicF64::new(0.0),
-                    scraped_ns: AtomicU64::new(u64::MAX),
-                })
-                .collect(),
-            slots: detector.uses_slots(),
-            metrics: detector.uses_metrics(),
-            threshold: config.saturation.queue_depth_threshold.max(1),
-            kv_threshold: config.saturation.kv_cache_threshold,
-        }
+    /// A table of `capacity` slots holding `backends`, with `saturation`'s detector.
+    pub fn new(backends: &[BackendConfig], capacity: usize, saturation: &SaturationConfig) -> Self {
+        let table = Self {
+            backends: (0..capacity.max(backends.len())).map(|_| Backend::free()).collect(),
+            high: AtomicUsize::new(0),
+            active: AtomicU32::new(0),
+            rules: CachePadded::new(Rules {
+                slots: AtomicBool::new(true),
+                metrics: AtomicBool::new(false),
+                threshold: AtomicU32::new(1),
+                kv_threshold: AtomicF64::new(1.0),
+            }),
+            control: Mutex::new(()),
+        };
+        table.set_saturation(saturation);
+        table.set(backends);
+        table
     }
 
-    /// Number of backends.
-    pub fn len(&self) -> usize {
+    /// Slots (the most backends, draining ones included).
+    pub fn capacity_slots(&self) -> usize {
         self.backends.len()
     }
 
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.backends.is_empty()
+    /// Backends in the set (`Active`).
+    pub fn active(&self) -> u32 {
+        self.active.load(Ordering::Relaxed)
     }
 
-    /// `ip:port` of backend `i`.
-    pub fn address(&self, i: usize) -> &str {
-        &self.backends[i].address
+    fn rules(&self) -> RuleSet {
+        RuleSet {
+            slots: self.rules.slots.load(Ordering::Relaxed),
+            metrics: self.rules.metrics.load(Ordering::Relaxed),
+            threshold: self.rules.threshold.load(Ordering::Relaxed),
+            kv_threshold: self.rules.kv_threshold.load(Ordering::Relaxed),
+        }
     }
 
-    /// Σ `max_inflight` of the capped backends (what slot ceilings are fractions of).
+    /// Replace the detector's rules (a reload). Slot caps and the metrics gate switch at once;
+    /// backends not scraped before count as stale until their first scrape.
+    pub fn set_saturation(&self, saturation: &SaturationConfig) {
+        let detector: Detector = saturation.detector;
+        self.rules.slots.store(detector.uses_slots(), Ordering::Relaxed);
+        self.rules.metrics.store(detector.uses_metrics(), Ordering::Relaxed);
+        self.rules.threshold.store(saturation.queue_depth_threshold.max(1), Ordering::Relaxed);
+        self.rules.kv_threshold.store(saturation.kv_cache_threshold, Ordering::Relaxed);
+    }
+
+    /// The slots that may hold a backend.
+    fn used(&self) -> &[Backend] {
+        &self.backends[..self.high.load(Ordering::Acquire)]
+    }
+
+    /// `ip:port` of the backend in slot `i`.
+    ///
+    /// # Safety
+    /// The caller holds a place on slot `i` (taken by [`try_reserve`](Self::try_reserve), not yet
+    /// given back): the slot cannot be freed, so its address cannot be rewritten, meanwhile.
+    pub unsafe fn address_held(&self, i: usize) -> &str {
+        // SAFETY: the caller's place keeps the slot from `Free`, the only state in which the
+        // controller writes the address; the reserve's acquire saw the write that made it `Active`.
+        self.backends[i].address.with(|p| unsafe { (*p).as_str() })
+    }
+
+    /// Σ `max_inflight` of the capped `Active` backends (what slot ceilings are fractions of).
     pub fn capacity(&self) -> u64 {
-        self.backends.iter().map(|b| u64::from(b.max)).sum()
-    }
-
-    /// Σ free slots of the capped backends.
-    pub fn free_slots(&self) -> u64 {
-        self.backends
+        self.used()
             .iter()
-            .map(|b| u64::from(b.max.saturating_sub(b.inflight.load(Ordering::Acquire))))
+            .map(|b| b.occupancy())
+            .filter(|o| o.state() == SlotState::Active)
+            .map(|o| u64::from(o.max()))
             .sum()
     }
 
-    /// In-flight count per backend.
-    pub fn inflight(&self) -> Vec<u32> {
-        self.backends.iter().map(|b| b.inflight.load(Ordering::Relaxed)).collect()
+    /// Σ free slots of the capped `Active` backends.
+    pub fn free_slots(&self) -> u64 {
+        self.used()
+            .iter()
+            .map(|b| b.occupancy())
+            .filter(|o| o.state() == SlotState::Active)
+            .map(|o| u64::from(o.max().saturating_sub(o.inflight())))
+            .sum()
     }
 
-    /// Dispatch places backend `b` has now: the smaller of its free slots and its metrics room
-    /// (`u32::MAX` when neither limits it).
-    fn room_of(&self, b: &Backend) -> u32 {
-        self.room(b, b.inflight.load(Ordering::Acquire), Load(b.load.load(Ordering::Acquire)))
+    /// Requests in flight on every backend, draining ones included.
+    pub fn inflight_total(&self) -> u64 {
+        self.used().iter().map(|b| u64::from(b.occupancy().inflight())).sum()
     }
 
-    /// The places `b` has given its in-flight count and load word.
-    fn room(&self, b: &Backend, inflight: u32, load: Load) -> u32 {
-        let slots = if self.slots && b.max > 0 { b.max.saturating_sub(inflight) } else { u32::MAX };
-        let metrics = if self.metrics { load.room(self.threshold) } else { u32::MAX };
+    /// The places `b` has given its occupancy and load words (0 unless `Active`).
+    fn room(rules: RuleSet, occupancy: Occupancy, load: Load) -> u32 {
+        let slots = occupancy.room(rules.slots);
+        let metrics = if rules.metrics { load.room(rules.threshold) } else { u32::MAX };
         slots.min(metrics)
     }
 
     /// Does any backend have room?
     pub fn has_room(&self) -> bool {
-        self.backends.iter().any(|b| self.room_of(b) > 0)
+        let rules = self.rules();
+        self.used().iter().any(|b| Self::room(rules, b.occupancy(), b.load()) > 0)
     }
 
     /// Is the pool's room (Σ over backends) above `n`? Stops counting as soon as it is.
     pub fn room_exceeds(&self, n: u64) -> bool {
+        let rules = self.rules();
         let mut room = 0u64;
-        for b in self.backends.iter() {
-            room += u64::from(self.room_of(b));
+        for b in self.used() {
+            room += u64::from(Self::room(rules, b.occupancy(), b.load()));
             if room > n {
                 return true;
             }
@@ -257,15 +304,15 @@ impl BackendTable {
         false
     }
 
-    /// The detector's score of `b` given its in-flight count and load word; ≥ 1 = saturated.
-    fn score(&self, b: &Backend, inflight: u32, load: Load) -> f64 {
+    /// The detector's score of `b` given its words; ≥ 1 = saturated.
+    fn score(rules: RuleSet, b: &Backend, occupancy: Occupancy, load: Load) -> f64 {
         let mut score = 0.0f64;
-        if self.slots && b.max > 0 {
-            score = f64::from(inflight) / f64::from(b.max);
+        if rules.slots && occupancy.max() > 0 {
+            score = f64::from(occupancy.inflight()) / f64::from(occupancy.max());
         }
-        if self.metrics {
-            let queue = f64::from(load.waiting() + load.sent()) / f64::from(self.threshold);
-            let kv = b.kv.load(Ordering::Relaxed) / self.kv_threshold;
+        if rules.metrics {
+            let queue = f64::from(load.waiting() + load.sent()) / f64::from(rules.threshold);
+            let kv = b.kv.load(Ordering::Relaxed) / rules.kv_threshold;
             score = score.max(queue).max(kv);
             if load.stale() || load.kv_full() {
                 score = score.max(1.0);
@@ -274,23 +321,19 @@ impl BackendTable {
         score
     }
 
-    /// Backend `i`'s saturation score now (the detector's; ≥ 1 = saturated).
-    pub fn saturation(&self, i: usize) -> f64 {
-        let b = &self.backends[i];
-        self.score(b, b.inflight.load(Ordering::Relaxed), Load(b.load.load(Ordering::Relaxed)))
-    }
-
-    /// The least-loaded backend with room (ties: fewest in flight, then configuration order).
+    /// The least-loaded `Active` backend with room (ties: fewest in flight, then slot order).
     pub fn pick(&self) -> Option<usize> {
+        let rules = self.rules();
         let mut pick: Option<(usize, f64, u32)> = None;
-        for (i, b) in self.backends.iter().enumerate() {
+        for (i, b) in self.used().iter().enumerate() {
             // One read of each word decides both room and score.
-            let inflight = b.inflight.load(Ordering::Acquire);
-            let load = Load(b.load.load(Ordering::Acquire));
-            if self.room(b, inflight, load) == 0 {
+            let occupancy = b.occupancy();
+            let load = b.load();
+            if Self::room(rules, occupancy, load) == 0 {
                 continue;
             }
-            let score = self.score(b, inflight, load);
+            let score = Self::score(rules, b, occupancy, load);
+            let inflight = occupancy.inflight();
             if pick.is_none_or(|(_, s, n)| score < s || (score == s && inflight < n)) {
                 pick = Some((i, score, inflight));
             }
@@ -298,16 +341,18 @@ impl BackendTable {
         pick.map(|(i, _, _)| i)
     }
 
-    /// Take a place on backend `i`: a metrics place (`sent + 1`) first, then a slot. `false` if
-    /// either was gone (another dispatcher or a scrape got there first). A metrics place taken
-    /// before a slot turned out to be full stays counted until the next scrape: conservative, and
-    /// nothing to undo, so nobody needs waking.
+    /// Take a place on slot `i`: a metrics place (`sent + 1`) first, then an in-flight place, which
+    /// needs the slot `Active` (and, with caps, below its `max`). `false` if either was gone
+    /// (another dispatcher, a scrape or a drain got there first). A metrics place taken before the
+    /// slot refused stays counted until the next scrape: conservative, and nothing to undo, so
+    /// nobody needs waking.
     pub fn try_reserve(&self, i: usize) -> bool {
+        let rules = self.rules();
         let b = &self.backends[i];
-        if self.metrics {
-            let mut current = Load(b.load.load(Ordering::Acquire));
+        if rules.metrics {
+            let mut current = b.load();
             loop {
-                if current.room(self.threshold) == 0 {
+                if current.room(rules.threshold) == 0 {
                     return false;
                 }
                 match b.load.compare_exchange_weak(
@@ -317,31 +362,117 @@ impl BackendTable {
                     Ordering::Acquire,
                 ) {
                     Ok(_) => break,
-                    Err(now) => current = Load(now),
+                    Err(now) => current = Load::from_bits(now),
                 }
             }
         }
-        if self.slots && b.max > 0 {
-            b.inflight
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < b.max).then_some(n + 1))
-                .is_ok()
-        } else {
-            b.inflight.fetch_add(1, Ordering::AcqRel);
-            true
+        b.update_occupancy(|o| o.reserved(rules.slots)).is_ok()
+    }
+
+    /// Give back a place taken by [`try_reserve`](Self::try_reserve); `true` if that freed a
+    /// draining slot. The caller wakes whoever may now dispatch.
+    ///
+    /// # Panics
+    /// If no place was held on slot `i`.
+    pub fn release(&self, i: usize) -> bool {
+        let (_, after) =
+            self.backends[i].update_occupancy(|o| Some(o.released())).expect("released always applies");
+        after.state() == SlotState::Free
+    }
+
+    /// Controller side: make the set of backends `desired` (deduplicated by address; the first
+    /// entry of an address wins). A backend not in it drains; one already in it keeps its slot and
+    /// takes the new `max_inflight`; a draining one that is back is `Active` again; a new one is
+    /// written into the lowest free slot. The caller wakes whoever may now dispatch.
+    pub fn set(&self, desired: &[BackendConfig]) -> BackendChanges {
+        let _control = self.control.lock().unwrap_or_else(|p| p.into_inner());
+        let mut changes = BackendChanges::default();
+        let high = self.high.load(Ordering::Acquire);
+        // 1. Who is where now (addresses are stable under the lock).
+        let mut slot_of: hashbrown::HashMap<String, usize> = hashbrown::HashMap::with_capacity(high);
+        for (i, b) in self.backends[..high].iter().enumerate() {
+            if b.occupancy().state() != SlotState::Free {
+                // SAFETY: under `control`, the only writer's lock.
+                let address = b.address.with(|p| unsafe { (*p).clone() });
+                slot_of.insert(address, i);
+            }
         }
+        let mut wanted: hashbrown::HashMap<&str, u32> = hashbrown::HashMap::with_capacity(desired.len());
+        for d in desired {
+            wanted.entry(d.address.as_str()).or_insert(d.max_inflight);
+        }
+        // 2. Drain those that left.
+        for (address, &i) in &slot_of {
+            if !wanted.contains_key(address.as_str()) {
+                let (before, _) =
+                    self.backends[i].update_occupancy(|o| Some(o.drained())).expect("drain applies");
+                if before.state() == SlotState::Active {
+                    changes.drained.push(address.clone());
+                }
+            }
+        }
+        // 3. Keep, update, bring back, or write in, in `desired` order.
+        let mut next_free = 0usize;
+        let mut seen: hashbrown::HashSet<&str> = hashbrown::HashSet::with_capacity(desired.len());
+        for d in desired {
+            if !seen.insert(d.address.as_str()) {
+                continue;
+            }
+            let max = d.max_inflight;
+            if let Some(&i) = slot_of.get(&d.address) {
+                let b = &self.backends[i];
+                // A drained slot may have been freed since step 1 (its last request ended).
+                let kept = b.update_occupancy(|o| (o.state() != SlotState::Free).then(|| o.reactivated(max)));
+                if let Ok((before, _)) = kept {
+                    let id = BackendId { index: i as u32, generation: b.load().generation() };
+                    if before.state() == SlotState::Draining {
+                        changes.added.push(id);
+                    } else if before.max() != max {
+                        changes.updated.push(id);
+                    }
+                    continue;
+                }
+            }
+            // A new backend: the lowest free slot.
+            while next_free < self.backends.len()
+                && self.backends[next_free].occupancy().state() != SlotState::Free
+            {
+                next_free += 1;
+            }
+            let Some(b) = self.backends.get(next_free) else {
+                changes.refused.push(d.address.clone());
+                continue;
+            };
+            let generation = (b.load().generation() + 1) % GENERATIONS;
+            // SAFETY: the slot is `Free` (nobody holds a place on it, and nobody can take one until
+            // the store below publishes it) and we hold `control`.
+            b.address.with_mut(|p| unsafe { d.address.clone_into(&mut *p) });
+            b.waiting.store(0.0, Ordering::Relaxed);
+            b.running.store(0.0, Ordering::Relaxed);
+            b.kv.store(0.0, Ordering::Relaxed);
+            b.scraped_ns.store(u64::MAX, Ordering::Relaxed);
+            b.load.store(Load::never_scraped(generation).bits(), Ordering::Release);
+            b.occupancy.store(Occupancy::active(max).bits(), Ordering::Release);
+            if next_free >= high {
+                // Only this (locked) controller writes `high`.
+                self.high.store(next_free + 1, Ordering::Release);
+            }
+            changes.added.push(BackendId { index: next_free as u32, generation });
+            next_free += 1;
+        }
+        let active = self.used().iter().filter(|b| b.occupancy().state() == SlotState::Active).count();
+        self.active.store(active as u32, Ordering::Relaxed);
+        changes
     }
 
-    /// Give back a place taken by [`try_reserve`](Self::try_reserve). The caller wakes whoever
-    /// may now dispatch.
-    pub fn release(&self, i: usize) {
-        let before = self.backends[i].inflight.fetch_sub(1, Ordering::AcqRel);
-        assert!(before > 0, "backend {i}: released a slot that was not held");
-    }
-
-    /// Scraper side: publish a good scrape of backend `i` taken at `now_ns` (`sent` restarts at 0).
-    /// The caller wakes whoever may now dispatch.
-    pub fn publish_scrape(&self, i: usize, reading: ScrapeReading, now_ns: u64) {
-        let b = &self.backends[i];
+    /// Scraper side: publish a good scrape of backend `id` taken at `now_ns` (`sent` restarts at
+    /// 0); `false` (nothing published) if the slot holds another backend by now. The caller wakes
+    /// whoever may now dispatch.
+    pub fn publish_scrape(&self, id: BackendId, reading: ScrapeReading, now_ns: u64) -> bool {
+        let Some(b) = self.backends.get(id.index as usize) else { return false };
+        if b.load().generation() != id.generation {
+            return false;
+        }
         let waiting = finite_or_zero(reading.waiting);
         let kv = finite_or_zero(reading.kv_cache_usage);
         b.waiting.store(waiting, Ordering::Relaxed);
@@ -349,40 +480,64 @@ impl BackendTable {
         b.kv.store(kv, Ordering::Relaxed);
         b.scraped_ns.store(now_ns, Ordering::Relaxed);
         let waiting = waiting.ceil().min(COUNT_MAX as f64) as u64;
-        b.load.store(Load::scraped(waiting, kv >= self.kv_threshold).bits(), Ordering::Release);
+        let kv_full = kv >= self.rules.kv_threshold.load(Ordering::Relaxed);
+        let fresh = Load::scraped(waiting, kv_full, id.generation);
+        b.load
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
+                (Load::from_bits(bits).generation() == id.generation).then_some(fresh.bits())
+            })
+            .is_ok()
     }
 
-    /// Scraper side: backend `i` had no good scrape within `staleness`: no room until the next.
-    pub fn mark_stale(&self, i: usize) {
-        self.backends[i].load.fetch_or(STALE, Ordering::AcqRel);
+    /// Scraper side: backend `id` had no good scrape within `staleness`: no room until the next.
+    pub fn mark_stale(&self, id: BackendId) {
+        let Some(b) = self.backends.get(id.index as usize) else { return };
+        let _ = b.load.fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
+            let load = Load::from_bits(bits);
+            (load.generation() == id.generation).then_some(load.into_stale().bits())
+        });
     }
 
-    /// Backend `i`'s load word now.
+    /// Slot `i`'s load word now.
     pub fn load(&self, i: usize) -> Load {
-        Load(self.backends[i].load.load(Ordering::Acquire))
+        self.backends[i].load()
     }
 
-    /// A copy of every backend's state, ages as of `now_ns`.
+    /// Slot `i`'s occupancy word now.
+    pub fn occupancy(&self, i: usize) -> Occupancy {
+        self.backends[i].occupancy()
+    }
+
+    /// A copy of every backend's state (slot order; free slots left out), ages as of `now_ns`.
     pub fn states(&self, now_ns: u64) -> Vec<BackendState> {
-        self.backends
+        let rules = self.rules();
+        let _control = self.control.lock().unwrap_or_else(|p| p.into_inner());
+        self.used()
             .iter()
-            .map(|b| {
-                let inflight = b.inflight.load(Ordering::Relaxed);
-                let load = Load(b.load.load(Ordering::Relaxed));
+            .enumerate()
+            .filter_map(|(i, b)| {
+                let occupancy = b.occupancy();
+                if occupancy.state() == SlotState::Free {
+                    return None;
+                }
+                let load = b.load();
                 let scraped_ns = b.scraped_ns.load(Ordering::Relaxed);
                 let seen = scraped_ns != u64::MAX;
-                BackendState {
-                    address: b.address.clone(),
-                    max_inflight: b.max,
-                    inflight,
+                Some(BackendState {
+                    id: BackendId { index: i as u32, generation: load.generation() },
+                    // SAFETY: under `control`, the only writer's lock.
+                    address: b.address.with(|p| unsafe { (*p).clone() }),
+                    max_inflight: occupancy.max(),
+                    inflight: occupancy.inflight(),
                     waiting: seen.then(|| b.waiting.load(Ordering::Relaxed)),
                     running: seen.then(|| b.running.load(Ordering::Relaxed)),
                     kv_cache_usage: seen.then(|| b.kv.load(Ordering::Relaxed)),
                     sent_since_scrape: load.sent(),
-                    saturation: self.score(b, inflight, load),
+                    saturation: Self::score(rules, b, occupancy, load),
                     metrics_age_ns: seen.then(|| now_ns.saturating_sub(scraped_ns)),
-                    stale: self.metrics && load.stale(),
-                }
+                    stale: rules.metrics && load.stale(),
+                    draining: occupancy.state() == SlotState::Draining,
+                })
             })
             .collect()
     }

@@ -20,14 +20,16 @@ use crossbeam_utils::CachePadded;
 /// ```
 #[derive(Debug)]
 pub struct QueueBudget {
-    /// Requests currently reserved. Invariant: ≤ `max_requests` when that is non-zero.
+    /// Requests currently reserved. Invariant: ≤ `max_requests` when that is non-zero
+    /// (a reload that lowers the limit leaves the requests queued above it; none is added).
     requests: CachePadded<AtomicU64>,
-    /// Bytes currently reserved. Invariant: ≤ `max_bytes` when that is non-zero.
+    /// Bytes currently reserved. Invariant: ≤ `max_bytes` when that is non-zero (as
+    /// for `requests`).
     bytes: CachePadded<AtomicU64>,
-    /// Request limit; 0 = unlimited.
-    max_requests: u64,
+    /// Request limit; 0 = unlimited. Changed live by [`set_limits`](Self::set_limits).
+    max_requests: AtomicU64,
     /// Byte limit; 0 = unlimited.
-    max_bytes: u64,
+    max_bytes: AtomicU64,
 }
 
 impl QueueBudget {
@@ -36,22 +38,38 @@ impl QueueBudget {
         Self {
             requests: CachePadded::new(AtomicU64::new(0)),
             bytes: CachePadded::new(AtomicU64::new(0)),
-            max_requests,
-            max_bytes,
+            max_requests: AtomicU64::new(max_requests),
+            max_bytes: AtomicU64::new(max_bytes),
         }
+    }
+
+    /// New limits (a reload). Requests already queued stay, even above a lowered limit: the
+    /// queue shrinks as they leave, and newcomers are admitted only by displacing worse ones.
+    pub fn set_limits(&self, max_requests: u64, max_bytes: u64) {
+        self.max_requests.store(max_requests, Ordering::Relaxed);
+        self.max_bytes.store(max_bytes, Ordering::Relaxed);
+    }
+
+    fn max_requests(&self) -> u64 {
+        self.max_requests.load(Ordering::Relaxed)
+    }
+
+    fn max_bytes(&self) -> u64 {
+        self.max_bytes.load(Ordering::Relaxed)
     }
 
     /// Whether a request of `bytes` could ever fit (is not larger than the byte limit on its own).
     pub fn could_fit(&self, bytes: u64) -> bool {
-        self.max_bytes == 0 || bytes <= self.max_bytes
+        let max = self.max_bytes();
+        max == 0 || bytes <= max
     }
 
     /// Reserve room for one request of `bytes`; `false` (and nothing reserved) if over a limit.
     pub fn try_reserve(&self, bytes: u64) -> bool {
-        if !reserve(&self.requests, 1, self.max_requests) {
+        if !reserve(&self.requests, 1, self.max_requests()) {
             return false;
         }
-        if !reserve(&self.bytes, bytes, self.max_bytes) {
+        if !reserve(&self.bytes, bytes, self.max_bytes()) {
             // Undo the count reservation: the request does not fit by bytes.
             self.requests.fetch_sub(1, Ordering::AcqRel);
             return false;
@@ -63,11 +81,12 @@ impl QueueBudget {
     /// while the byte limit still holds. Used for a cross-shard displacement: the newcomer is
     /// admitted at once and another shard evicts its worse tail, bringing the count back.
     pub fn try_reserve_over(&self, bytes: u64, overshoot: u64) -> bool {
-        let limit = if self.max_requests == 0 { 0 } else { self.max_requests + overshoot };
+        let max = self.max_requests();
+        let limit = if max == 0 { 0 } else { max + overshoot };
         if !reserve(&self.requests, 1, limit) {
             return false;
         }
-        if !reserve(&self.bytes, bytes, self.max_bytes) {
+        if !reserve(&self.bytes, bytes, self.max_bytes()) {
             self.requests.fetch_sub(1, Ordering::AcqRel);
             return false;
         }
@@ -76,7 +95,8 @@ impl QueueBudget {
 
     /// Whether the byte limit (not the count) is what a reservation of `bytes` would hit.
     pub fn bytes_bound(&self, bytes: u64) -> bool {
-        self.max_bytes != 0 && self.bytes.load(Ordering::Acquire).saturating_add(bytes) > self.max_bytes
+        let max = self.max_bytes();
+        max != 0 && self.bytes.load(Ordering::Acquire).saturating_add(bytes) > max
     }
 
     /// Give back what one [`try_reserve`](Self::try_reserve)`(bytes)` took.

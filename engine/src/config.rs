@@ -13,6 +13,8 @@ pub const MAX_TTL: Duration = Duration::from_secs(3600);
 pub const MAX_SHARDS: usize = 256;
 /// Most backends (model servers) one engine may dispatch to.
 pub const MAX_BACKENDS: usize = 4096;
+/// Default [`EngineConfig::max_backends`].
+pub const DEFAULT_MAX_BACKENDS: usize = 1024;
 /// Shortest scrape interval accepted (`saturation.scrape_interval`).
 pub const MIN_SCRAPE_INTERVAL: Duration = Duration::from_millis(10);
 /// Highest `saturation.queue_depth_threshold` accepted (the gate packs waiting and sent counts into
@@ -227,8 +229,12 @@ pub struct EngineConfig {
     pub ring_capacity: usize,
     /// Most submitters (producer threads) registered at once; ≥ 1.
     pub max_submitters: usize,
-    /// The model servers.
+    /// The model servers at start (the set may change later: `Engine::set_backends`). Empty: every
+    /// request is refused with `no-endpoints` until a backend is set.
     pub backends: Vec<BackendConfig>,
+    /// Slots of the backend table: the most backends at once, draining ones included; 1 ..=
+    /// [`MAX_BACKENDS`].
+    pub max_backends: usize,
     /// When a backend counts as saturated.
     pub saturation: SaturationConfig,
     /// Queue limits.
@@ -254,6 +260,7 @@ impl Default for EngineConfig {
             ring_capacity: 4096,
             max_submitters: 1024,
             backends: vec![BackendConfig { address: "127.0.0.1:8000".into(), max_inflight: 8 }],
+            max_backends: DEFAULT_MAX_BACKENDS,
             saturation: SaturationConfig::default(),
             queue: QueueConfig::default(),
             scoring: ScoringConfig::default(),
@@ -303,11 +310,11 @@ impl EngineConfig {
         if self.max_submitters == 0 || self.max_submitters > 65_536 {
             bad("max_submitters", "must be between 1 and 65536".into());
         }
-        if self.backends.is_empty() {
-            bad("backends", "at least one backend is needed to dispatch anything".into());
+        if self.max_backends == 0 || self.max_backends > MAX_BACKENDS {
+            bad("max_backends", format!("must be between 1 and {MAX_BACKENDS}"));
         }
-        if self.backends.len() > MAX_BACKENDS {
-            bad("backends", format!("more than {MAX_BACKENDS} backends"));
+        if self.backends.len() > self.max_backends.clamp(1, MAX_BACKENDS) {
+            bad("backends", format!("more than max_backends ({}) backends", self.max_backends));
         }
         for (i, b) in self.backends.iter().enumerate() {
             if b.max_inflight > MAX_BACKEND_INFLIGHT {
@@ -432,6 +439,46 @@ impl EngineConfig {
         } else {
             self.shards
         }
+    }
+
+    /// The fields that differ from `running`'s but cannot change while the engine runs (a
+    /// reload keeps `running`'s value of each): shard count, ring sizes, table bounds, the rate
+    /// window's geometry.
+    ///
+    /// ```
+    /// let running = flowgate_engine::EngineConfig::default();
+    /// let mut next = running.clone();
+    /// next.shards = 7;
+    /// next.scoring.wait_weight = 0.1; // live
+    /// assert_eq!(next.restart_only_changes(&running), vec!["shards"]);
+    /// ```
+    pub fn restart_only_changes(&self, running: &EngineConfig) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        let mut check = |name, differs: bool| {
+            if differs {
+                changed.push(name);
+            }
+        };
+        check("shards", self.shards != running.shards);
+        check("ring_capacity", self.ring_capacity != running.ring_capacity);
+        check("max_submitters", self.max_submitters != running.max_submitters);
+        check("max_backends", self.max_backends != running.max_backends);
+        check("spin_before_park", self.spin_before_park != running.spin_before_park);
+        check("scoring.rate_window", self.scoring.rate_window != running.scoring.rate_window);
+        check("workloads.max_tracked", self.workloads.max_tracked != running.workloads.max_tracked);
+        changed
+    }
+
+    /// `self` with every restart-only field taken from `running` (what a reload applies).
+    pub fn keeping_restart_only(mut self, running: &EngineConfig) -> EngineConfig {
+        self.shards = running.shards;
+        self.ring_capacity = running.ring_capacity;
+        self.max_submitters = running.max_submitters;
+        self.max_backends = running.max_backends;
+        self.spin_before_park = running.spin_before_park;
+        self.scoring.rate_window = running.scoring.rate_window;
+        self.workloads.max_tracked = running.workloads.max_tracked;
+        self
     }
 
     /// Total dispatch slots: the sum of every backend's `max_inflight` (uncapped backends add 0).

@@ -15,11 +15,12 @@
 //! heads. A SeqCst fence on each side means at least one of them sees the other (`loom-tests`
 //! checks both hand-offs).
 
-use crate::backends::{BackendState, BackendTable, ScrapeReading};
+use crate::backends::{BackendChanges, BackendId, BackendState, BackendTable};
 use crate::clock::Clock;
-use crate::config::EngineConfig;
+use crate::config::{BackendConfig, EngineConfig, SaturationConfig};
 use crate::doorbell::Doorbell;
-use crate::sync::{fence, AtomicBool, AtomicF64, AtomicI64, AtomicU64, Ordering};
+use crate::load::ScrapeReading;
+use crate::sync::{fence, AtomicBool, AtomicF64, AtomicI64, AtomicU64, Mutex, Ordering};
 use crossbeam_utils::CachePadded;
 
 /// Published head score of a shard with nothing dispatchable.
@@ -81,18 +82,31 @@ pub enum Refusal {
     Ceiling,
 }
 
+/// A place [`Gate::try_acquire`] took: the backend slot, and whether it counts against the
+/// ceilings (it does when ceilings were on as it was taken; its release then uncounts it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Place {
+    /// Slot index of the backend.
+    pub backend: u32,
+    /// Counted in the gate's `held`.
+    pub counted: bool,
+}
+
 /// The backends' room and the shards' published heads.
 #[derive(Debug)]
 pub struct Gate {
     /// The model servers.
     backends: BackendTable,
-    /// Requests holding a slot, counted only while `ceilings` is set. Invariant: ≤
-    /// `ceiling_slots[4]` (criticality 5's ceiling).
+    /// Places taken while ceilings were on, not yet given back. Invariant: ≤
+    /// `ceiling_slots[4]` (criticality 5's ceiling) except after a live lowering.
     held: CachePadded<AtomicI64>,
-    /// Some ceiling is below the pool's capacity (then `held` is kept).
-    ceilings: bool,
+    /// Some ceiling is below the pool's capacity (then places are counted in `held`).
+    ceilings: AtomicBool,
     /// Criticality `c` dispatches only while held < `ceiling_slots[c - 1]`.
-    ceiling_slots: [i64; 5],
+    ceiling_slots: [AtomicI64; 5],
+    /// The configured fractions the slots are computed from, for recomputing them when the
+    /// backend set changes (control side only).
+    ceiling_fractions: Mutex<[f64; 5]>,
     /// One per shard.
     shards: Box<[CachePadded<ShardSignal>]>,
     /// Set once at shutdown; no waking afterwards.
@@ -103,17 +117,13 @@ pub struct Gate {
 impl Gate {
     /// A gate for `config`'s backends and `shards` shards.
     pub fn new(config: &EngineConfig, shards: usize, clock: Clock) -> Self {
-        let backends = BackendTable::new(config);
-        let capacity = backends.capacity() as i64;
-        // Validation allows ceilings below 1 only when every backend has enforced slots.
-        let ceilings = config.ceilings.iter().any(|c| *c < 1.0) && capacity > 0;
-        let ceiling_slots =
-            config.ceilings.map(|c| ((c * capacity as f64).ceil() as i64).clamp(1, capacity.max(1)));
-        Self {
+        let backends = BackendTable::new(&config.backends, config.max_backends, &config.saturation);
+        let gate = Self {
             backends,
             held: CachePadded::new(AtomicI64::new(0)),
-            ceilings,
-            ceiling_slots,
+            ceilings: AtomicBool::new(false),
+            ceiling_slots: std::array::from_fn(|_| AtomicI64::new(1)),
+            ceiling_fractions: Mutex::new(config.ceilings),
             shards: (0..shards)
                 .map(|_| {
                     CachePadded::new(ShardSignal {
@@ -128,7 +138,42 @@ impl Gate {
                 .collect(),
             closed: AtomicBool::new(false),
             clock,
+        };
+        gate.recompute_ceilings();
+        gate
+    }
+
+    /// Turn the ceiling fractions into slot counts for the current capacity (control side: after
+    /// the backend set or the fractions change).
+    fn recompute_ceilings(&self) {
+        let fractions = *self.ceiling_fractions.lock().unwrap_or_else(|p| p.into_inner());
+        let capacity = self.backends.capacity() as i64;
+        for (slots, c) in self.ceiling_slots.iter().zip(fractions) {
+            slots.store(((c * capacity as f64).ceil() as i64).clamp(1, capacity.max(1)), Ordering::Relaxed);
         }
+        // Validation allows ceilings below 1 only when every backend has enforced slots.
+        let on = fractions.iter().any(|c| *c < 1.0) && capacity > 0;
+        self.ceilings.store(on, Ordering::Release);
+    }
+
+    /// Controller side: make the backend set `desired` ([`BackendTable::set`]), recompute the
+    /// ceilings for the new capacity, and wake the best shard (new backends have room).
+    pub fn set_backends(&self, desired: &[BackendConfig]) -> BackendChanges {
+        let changes = self.backends.set(desired);
+        self.recompute_ceilings();
+        fence(Ordering::SeqCst);
+        self.wake_best(None);
+        changes
+    }
+
+    /// Controller side: new ceiling fractions and detector rules (a reload); wakes the best
+    /// shard, since either may have made room.
+    pub fn reconfigure(&self, ceilings: [f64; 5], saturation: &SaturationConfig) {
+        *self.ceiling_fractions.lock().unwrap_or_else(|p| p.into_inner()) = ceilings;
+        self.backends.set_saturation(saturation);
+        self.recompute_ceilings();
+        fence(Ordering::SeqCst);
+        self.wake_best(None);
     }
 
     /// Shard `i`'s signal.
@@ -172,19 +217,18 @@ impl Gate {
         self.backends.free_slots()
     }
 
-    /// In-flight counts, per backend.
-    pub fn inflight_per_backend(&self) -> Vec<u32> {
-        self.backends.inflight()
+    /// Requests in flight on every backend.
+    pub fn inflight_total(&self) -> u64 {
+        self.backends.inflight_total()
     }
 
-    /// `ip:port` of backend `backend`.
-    pub fn address(&self, backend: u32) -> &str {
-        self.backends.address(backend as usize)
-    }
-
-    /// Backend addresses, in configuration order.
-    pub fn addresses(&self) -> impl Iterator<Item = &str> {
-        (0..self.backends.len()).map(|i| self.backends.address(i))
+    /// `ip:port` of backend slot `backend`.
+    ///
+    /// # Safety
+    /// The caller holds a place on it (see [`BackendTable::address_held`]).
+    pub unsafe fn address_held(&self, backend: u32) -> &str {
+        // SAFETY: forwarded to the caller.
+        unsafe { self.backends.address_held(backend as usize) }
     }
 
     /// The backend table.
@@ -197,17 +241,21 @@ impl Gate {
         self.backends.states(self.clock.now_ns())
     }
 
-    /// Scraper side: publish a good scrape of backend `i`, then wake the shard with the best head
-    /// if the scrape made room (fence, as [`release`](Self::release) does).
-    pub fn publish_scrape(&self, i: usize, reading: ScrapeReading) {
-        self.backends.publish_scrape(i, reading, self.clock.now_ns());
+    /// Scraper side: publish a good scrape of backend `id`, then wake the shard with the best head
+    /// if the scrape made room (fence, as [`release`](Self::release) does). `false` if the slot
+    /// holds another backend by now (nothing published).
+    pub fn publish_scrape(&self, id: BackendId, reading: ScrapeReading) -> bool {
+        if !self.backends.publish_scrape(id, reading, self.clock.now_ns()) {
+            return false;
+        }
         fence(Ordering::SeqCst);
         self.wake_best(None);
+        true
     }
 
-    /// Scraper side: backend `i`'s metrics are stale; it takes nothing until a good scrape.
-    pub fn mark_stale(&self, i: usize) {
-        self.backends.mark_stale(i);
+    /// Scraper side: backend `id`'s metrics are stale; it takes nothing until a good scrape.
+    pub fn mark_stale(&self, id: BackendId) {
+        self.backends.mark_stale(id);
     }
 
     /// Shard side: publish the head score and queue length, then report whether a slot is free
@@ -281,9 +329,9 @@ impl Gate {
 
     /// Criticality `criticality`'s ceiling is not reached.
     fn under_ceiling(&self, criticality: u8) -> bool {
-        !self.ceilings
+        !self.ceilings.load(Ordering::Acquire)
             || self.held.load(Ordering::Acquire)
-                < self.ceiling_slots[usize::from(criticality.clamp(1, 5)) - 1]
+                < self.ceiling_slots[usize::from(criticality.clamp(1, 5)) - 1].load(Ordering::Relaxed)
     }
 
     /// Take a place for a request of `criticality` on the least-loaded backend with room; its
@@ -293,11 +341,13 @@ impl Gate {
     /// against the ceilings (one CAS, only when ceilings are set); take the backend's place
     /// ([`BackendTable::try_reserve`]). If another dispatcher or a scrape took that place first,
     /// undo the ceiling count (waking whoever it may have held back) and pick again.
-    pub fn try_acquire(&self, criticality: u8) -> Result<u32, Refusal> {
-        let ceiling = self.ceiling_slots[usize::from(criticality.clamp(1, 5)) - 1];
+    pub fn try_acquire(&self, criticality: u8) -> Result<Place, Refusal> {
         loop {
             let Some(i) = self.backends.pick() else { return Err(Refusal::NoRoom) };
-            if self.ceilings
+            let counted = self.ceilings.load(Ordering::Acquire);
+            let ceiling =
+                self.ceiling_slots[usize::from(criticality.clamp(1, 5)) - 1].load(Ordering::Relaxed);
+            if counted
                 && self
                     .held
                     .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < ceiling).then_some(n + 1))
@@ -306,9 +356,9 @@ impl Gate {
                 return Err(Refusal::Ceiling);
             }
             if self.backends.try_reserve(i) {
-                return Ok(i as u32);
+                return Ok(Place { backend: i as u32, counted });
             }
-            if self.ceilings {
+            if counted {
                 self.held.fetch_sub(1, Ordering::AcqRel);
                 fence(Ordering::SeqCst);
                 self.wake_best(None);
@@ -316,10 +366,11 @@ impl Gate {
         }
     }
 
-    /// Give a backend place back and wake the shard whose head is best.
-    pub fn release(&self, backend: u32) {
-        self.backends.release(backend as usize);
-        if self.ceilings {
+    /// Give a backend place back and wake the shard whose head is best. (A draining backend whose
+    /// last place this was leaves the table here.)
+    pub fn release(&self, place: Place) {
+        self.backends.release(place.backend as usize);
+        if place.counted {
             self.held.fetch_sub(1, Ordering::AcqRel);
         }
         fence(Ordering::SeqCst);

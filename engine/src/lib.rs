@@ -20,6 +20,8 @@ pub mod gate;
 pub mod heap;
 #[cfg(not(flowgate_loom))]
 mod inbox;
+pub mod load;
+pub mod occupancy;
 pub mod outcome;
 pub mod permit;
 pub mod registry;

@@ -1,7 +1,7 @@
 //! A [`Permit`]: one held backend slot, for one dispatched request. Dropping it gives the slot
 //! back to the [`Gate`] and releases the workload's active count.
 
-use crate::gate::Gate;
+use crate::gate::{Gate, Place};
 use crate::registry::WorkloadEntry;
 use std::sync::Arc;
 
@@ -9,25 +9,27 @@ use std::sync::Arc;
 /// the best waiting shard. Not `Clone`: one permit, one slot.
 pub struct Permit {
     gate: Arc<Gate>,
-    /// Index of the backend whose slot this is.
-    backend: u32,
+    /// The backend place this is. Invariant: held (taken, not given back) for the permit's life,
+    /// so the backend's slot cannot be freed or rewritten meanwhile.
+    place: Place,
     workload: Arc<WorkloadEntry>,
 }
 
 impl Permit {
     /// Wrap a slot reserved by [`Gate::try_acquire`] for a request of `workload`.
-    pub fn new(gate: Arc<Gate>, backend: u32, workload: Arc<WorkloadEntry>) -> Self {
-        Self { gate, backend, workload }
+    pub fn new(gate: Arc<Gate>, place: Place, workload: Arc<WorkloadEntry>) -> Self {
+        Self { gate, place, workload }
     }
 
-    /// Index of the chosen backend in the configuration.
+    /// Slot index of the chosen backend in the backend table.
     pub fn backend_index(&self) -> usize {
-        self.backend as usize
+        self.place.backend as usize
     }
 
     /// `ip:port` of the chosen backend.
     pub fn address(&self) -> &str {
-        self.gate.address(self.backend)
+        // SAFETY: the permit holds its place until it drops (the field's invariant).
+        unsafe { self.gate.address_held(self.place.backend) }
     }
 
     /// The workload it was dispatched for.
@@ -40,7 +42,7 @@ impl Drop for Permit {
     fn drop(&mut self) {
         // Last activity needs ms, not ns: the coarse clock spares the caller a clock read.
         self.workload.release(self.gate.clock().coarse_now_ns());
-        self.gate.release(self.backend);
+        self.gate.release(self.place);
     }
 }
 

@@ -256,6 +256,11 @@ impl WorkloadTable {
         }
     }
 
+    /// A new idle timeout (a reload); the next sweep uses it.
+    pub fn set_idle_timeout(&mut self, idle_timeout: std::time::Duration) {
+        self.idle_timeout_ns = idle_timeout.as_nanos().min(u64::MAX as u128) as u64;
+    }
+
     /// The readers' handle on this table's membership.
     pub fn directory(&self) -> Directory {
         self.directory.clone()

@@ -122,7 +122,7 @@ impl Submitter {
         let criticality = if (1..=5).contains(&ctx.criticality) {
             ctx.criticality
         } else {
-            shared.config.workloads.default_criticality
+            shared.default_criticality.load(Ordering::Relaxed)
         };
         let arrival = Arrival {
             workload_id: ctx.workload_id.clone(),

@@ -6,15 +6,17 @@
 //! one per thread); tickets resolve to a [`Decision`]; a dispatched decision carries a [`Permit`]
 //! whose drop frees the backend slot.
 
+use crate::backends::{BackendChanges, BackendId, BackendState};
 use crate::budget::QueueBudget;
 use crate::clock::Clock;
 use crate::config::{ConfigError, EngineConfig};
 use crate::gate::Gate;
+use crate::load::ScrapeReading;
 use crate::outcome::Outcome;
 use crate::registry::{Directory, RateWindow, RegistryView};
 use crate::shard::Shard;
 use crate::shared::{OutcomeCounters, Shared};
-use crate::sync::{AtomicBool, AtomicUsize, Ordering};
+use crate::sync::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use crate::worker::Worker;
 use crossbeam_queue::ArrayQueue;
 use std::cell::RefCell;
@@ -65,6 +67,15 @@ pub struct EngineStats {
     pub capacity: u64,
 }
 
+/// What [`Engine::reconfigure`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reconfigured {
+    /// Fields that changed but need a restart: their running values were kept.
+    pub restart_only: Vec<&'static str>,
+    /// What changed in the backend set.
+    pub backends: BackendChanges,
+}
+
 /// A running engine. Dropping it shuts it down.
 pub struct Engine {
     shared: Arc<Shared>,
@@ -107,6 +118,9 @@ impl Engine {
         let shared = Arc::new(Shared {
             id: NEXT_ENGINE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             config: config.clone(),
+            live: crate::sync::Mutex::new(Arc::new(config.clone())),
+            config_generation: AtomicU64::new(0),
+            default_criticality: AtomicU8::new(config.workloads.default_criticality),
             clock,
             gate,
             budget: budget.clone(),
@@ -185,7 +199,7 @@ impl Engine {
         EngineStats {
             queued: self.shared.budget.requests(),
             queued_bytes: self.shared.budget.bytes(),
-            inflight: gate.inflight_per_backend().iter().map(|&n| u64::from(n)).sum(),
+            inflight: gate.inflight_total(),
             capacity: gate.capacity(),
         }
     }
@@ -199,39 +213,99 @@ impl Engine {
             .collect()
     }
 
-    /// The configuration it runs with.
-    pub fn config(&self) -> &EngineConfig {
-        &self.shared.config
+    /// The configuration it runs with now (the last one [`reconfigure`](Self::reconfigure) applied;
+    /// its `backends` are the set as of then, see [`backend_states`](Self::backend_states) for
+    /// the set now).
+    pub fn config(&self) -> Arc<EngineConfig> {
+        self.shared.live.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// The backends, in configuration order (what [`Permit::backend_index`] indexes).
-    pub fn backends(&self) -> &[crate::config::BackendConfig] {
-        &self.shared.config.backends
+    /// Apply a new configuration while requests flow: validated first (refused whole, nothing
+    /// changed, when invalid); restart-only fields ([`EngineConfig::restart_only_changes`]) keep
+    /// their running values and are reported. Applied at once: queue limits, ceilings, the
+    /// detector's rules, the backend set ([`set_backends`](Self::set_backends)), the default
+    /// criticality; at each shard's next pass: the scoring rule, default TTL (for new requests)
+    /// and idle timeout, followed by a rescore of every queued request. Nothing queued is dropped.
+    ///
+    /// ```
+    /// use flowgate_engine::{runtime::Engine, config::BackendConfig, EngineConfig};
+    /// let mut config = EngineConfig::default();
+    /// config.shards = 1;
+    /// let engine = Engine::start(config.clone()).unwrap();
+    /// config.backends.push(BackendConfig { address: "127.0.0.1:8001".into(), max_inflight: 4 });
+    /// config.shards = 2; // restart-only: kept at 1
+    /// let done = engine.reconfigure(config).unwrap();
+    /// assert_eq!(done.restart_only, vec!["shards"]);
+    /// assert_eq!(done.backends.added.len(), 1);
+    /// assert_eq!(engine.stats().capacity, 12);
+    /// engine.shutdown();
+    /// ```
+    pub fn reconfigure(&self, config: EngineConfig) -> Result<Reconfigured, Vec<ConfigError>> {
+        let errors = config.validate();
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let shared = &self.shared;
+        // Held throughout: reloads apply one at a time, in order.
+        let mut live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
+        let restart_only = config.restart_only_changes(&shared.config);
+        let config = config.keeping_restart_only(&shared.config);
+        shared.budget.set_limits(config.queue.max_requests, config.queue.max_bytes);
+        shared.default_criticality.store(config.workloads.default_criticality, Ordering::Relaxed);
+        shared.gate.reconfigure(config.ceilings, &config.saturation);
+        let backends = shared.gate.set_backends(&config.backends);
+        *live = Arc::new(config);
+        shared.config_generation.fetch_add(1, Ordering::Release);
+        drop(live);
+        for i in 0..shared.shards() {
+            shared.gate.shard(i).doorbell.ring();
+        }
+        Ok(Reconfigured { restart_only, backends })
     }
 
-    /// Backend `ip:port`s, in configuration order.
-    pub fn backend_addresses(&self) -> Vec<String> {
-        self.shared.gate.addresses().map(str::to_string).collect()
+    /// Make the backend set `desired` while requests flow (discovery): new backends take requests
+    /// at once; those not in it drain (no new requests; in-flight ones finish and free their
+    /// places) and leave the table with their last request; the rest take their new
+    /// `max_inflight`. Entries past the table's `max_backends` slots are refused and reported.
+    ///
+    /// ```
+    /// use flowgate_engine::{runtime::Engine, config::BackendConfig, EngineConfig};
+    /// let mut config = EngineConfig::default();
+    /// config.shards = 1;
+    /// let engine = Engine::start(config).unwrap();
+    /// let next = [BackendConfig { address: "127.0.0.1:8001".into(), max_inflight: 2 }];
+    /// let changes = engine.set_backends(&next);
+    /// assert_eq!(changes.drained, vec!["127.0.0.1:8000".to_string()]);
+    /// let states = engine.backend_states();
+    /// assert_eq!(states.len(), 1); // idle, so the old one left at once
+    /// assert_eq!(states[0].address, "127.0.0.1:8001");
+    /// engine.shutdown();
+    /// ```
+    pub fn set_backends(&self, desired: &[crate::config::BackendConfig]) -> BackendChanges {
+        for b in desired {
+            debug_assert!(
+                b.address.parse::<std::net::SocketAddr>().is_ok(),
+                "{:?} is not an ip:port",
+                b.address
+            );
+        }
+        self.shared.gate.set_backends(desired)
     }
 
-    /// In-flight requests per backend, in configuration order.
-    pub fn inflight_per_backend(&self) -> Vec<u32> {
-        self.shared.gate.inflight_per_backend()
-    }
-
-    /// Every backend's state: slots, last scrape, saturation score (configuration order).
-    pub fn backend_states(&self) -> Vec<crate::backends::BackendState> {
+    /// Every backend's state: slots, last scrape, saturation score, draining (slot order).
+    pub fn backend_states(&self) -> Vec<BackendState> {
         self.shared.gate.backend_states()
     }
 
-    /// Scraper side: publish a good scrape of backend `i` (wakes a shard if it made room).
-    pub fn publish_scrape(&self, i: usize, reading: crate::backends::ScrapeReading) {
-        self.shared.gate.publish_scrape(i, reading);
+    /// Scraper side: publish a good scrape of backend `id` (wakes a shard if it made room);
+    /// `false` if that backend has left the table.
+    pub fn publish_scrape(&self, id: BackendId, reading: ScrapeReading) -> bool {
+        self.shared.gate.publish_scrape(id, reading)
     }
 
-    /// Scraper side: backend `i` had no good scrape within `saturation.staleness`.
-    pub fn mark_stale(&self, i: usize) {
-        self.shared.gate.mark_stale(i);
+    /// Scraper side: backend `id` had no good scrape within `saturation.staleness`.
+    pub fn mark_stale(&self, id: BackendId) {
+        self.shared.gate.mark_stale(id);
     }
 
     /// What each shard last published (head/tail scores, queue length, ceiling-blocked, asleep).

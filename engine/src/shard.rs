@@ -145,6 +145,16 @@ impl<C> Shard<C> {
         }
     }
 
+    /// Take the live part of a new configuration (a reload): the scoring rule, the default TTL
+    /// (for requests queued from now on), the idle timeout. Queued requests keep their place and
+    /// deadline until the caller's next [`rescore`](Self::rescore) rekeys them by the new rule.
+    pub fn reconfigure(&mut self, config: &EngineConfig) {
+        self.scorer = Scorer::new(&config.scoring);
+        self.default_ttl_ns = duration_ns(config.queue.ttl.min(MAX_TTL));
+        self.sweep_interval_ns = duration_ns(config.workloads.idle_timeout / 4).max(1_000_000);
+        self.table.set_idle_timeout(config.workloads.idle_timeout);
+    }
+
     /// Queued requests in this shard.
     pub fn len(&self) -> usize {
         self.heap.len()

@@ -8,7 +8,7 @@ use crate::inbox::Inbox;
 use crate::outcome::Outcome;
 use crate::permit::Permit;
 use crate::slot::Slot;
-use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use crate::sync::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Mutex, Ordering};
 use crossbeam_queue::ArrayQueue;
 use std::sync::Arc;
 
@@ -38,7 +38,17 @@ impl OutcomeCounters {
 pub struct Shared {
     /// Unique per engine in this process (keys the per-thread submitters).
     pub(crate) id: u64,
+    /// The configuration the engine started with: what the restart-only fields come from.
     pub(crate) config: EngineConfig,
+    /// The running configuration, replaced whole by `Engine::reconfigure` (which holds the lock
+    /// while it applies one, so reloads never interleave); shards copy it when
+    /// `config_generation` moves.
+    pub(crate) live: Mutex<Arc<EngineConfig>>,
+    /// Bumped (release) after each new `live` is stored; a shard that reads a new value (acquire)
+    /// locks `live` and applies it at its next pass.
+    pub(crate) config_generation: AtomicU64,
+    /// `workloads.default_criticality` of the running configuration, for submitters.
+    pub(crate) default_criticality: AtomicU8,
     pub(crate) clock: Clock,
     pub(crate) gate: Arc<Gate>,
     pub(crate) budget: Arc<QueueBudget>,

@@ -48,6 +48,8 @@ pub(crate) struct Worker {
     /// How long to keep polling after the last pass that did work before parking
     /// (`EngineConfig::spin_before_park`).
     spin_ns: u64,
+    /// The `Shared::config_generation` this worker last applied.
+    config_generation: u64,
     /// Wakers of callers whose decisions were delivered in this pass, woken at its end (or when
     /// [`WAKE_BATCH`] are held). Invariant: `len() < WAKE_BATCH` between deliveries.
     wakers: Vec<Waker>,
@@ -57,6 +59,7 @@ impl Worker {
     pub(crate) fn new(index: usize, shard: Shard<Completion>, shared: Arc<Shared>) -> Self {
         let rescore_ns = shared.config.scoring.rescore_interval.as_nanos() as u64;
         let spin_ns = shared.config.spin_before_park.as_nanos() as u64;
+        let config_generation = shared.config_generation.load(Ordering::Acquire);
         Self {
             index,
             shard,
@@ -65,6 +68,7 @@ impl Worker {
             next_rescore_ns: rescore_ns,
             rescore_ns,
             spin_ns,
+            config_generation,
             wakers: Vec::with_capacity(WAKE_BATCH),
         }
     }
@@ -111,6 +115,16 @@ impl Worker {
     fn pass(&mut self) -> bool {
         let now = self.shared.clock.now_ns();
         let mut worked = false;
+        // 0. A reload: take the new rules now, rescore by them in step 5.
+        let generation = self.shared.config_generation.load(Ordering::Acquire);
+        if generation != self.config_generation {
+            self.config_generation = generation;
+            let config = self.shared.live.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            self.shard.reconfigure(&config);
+            self.rescore_ns = config.scoring.rescore_interval.as_nanos() as u64;
+            self.next_rescore_ns = now;
+            worked = true;
+        }
         // 1. New submitters.
         while let Some(inbox) = self.shared.registrations[self.index].pop() {
             self.inboxes.push(inbox);
@@ -175,6 +189,18 @@ impl Worker {
         if arrival.completion.is_cancelled() {
             // Its caller left before it reached the shard: nothing to queue.
             self.shared.outcomes[self.index].count(Outcome::EvictedCancelled);
+            return;
+        }
+        if self.shared.gate.backends().active() == 0 {
+            // No backend in the set (all removed, or none discovered): nothing to wait for.
+            let outcome = Outcome::RejectedOther(OtherReason::NoEndpoints);
+            let decision =
+                Decision { outcome, permit: None, queued_ns: now.saturating_sub(arrival.arrived_ns) };
+            let counted = match self.deliver(&arrival.completion, decision) {
+                Ok(()) => outcome,
+                Err(_) => Outcome::EvictedCancelled,
+            };
+            self.shared.outcomes[self.index].count(counted);
             return;
         }
         let slot = arrival.completion.clone();
@@ -280,6 +306,7 @@ impl Worker {
     fn has_work(&self) -> bool {
         let shared = &self.shared;
         shared.shutting_down.load(Ordering::SeqCst)
+            || shared.config_generation.load(Ordering::Acquire) != self.config_generation
             || !shared.registrations[self.index].is_empty()
             || !shared.cancels[self.index].is_empty()
             || !shared.displacements[self.index].is_empty()

@@ -87,8 +87,20 @@ pub fn gate(max_inflight: &[u32], shards: usize) -> Arc<Gate> {
 
 /// [`gate`] with a saturation detector.
 pub fn gate_with(max_inflight: &[u32], shards: usize, saturation: SaturationConfig) -> Arc<Gate> {
+    gate_sized(max_inflight, shards, saturation, max_inflight.len())
+}
+
+/// [`gate_with`] whose backend table has `max_backends` slots (each slot costs every execution
+/// its loom atomics: keep it small).
+pub fn gate_sized(
+    max_inflight: &[u32],
+    shards: usize,
+    saturation: SaturationConfig,
+    max_backends: usize,
+) -> Arc<Gate> {
     let config = EngineConfig {
         saturation,
+        max_backends,
         backends: max_inflight
             .iter()
             .enumerate()
@@ -112,9 +124,9 @@ pub fn workload() -> Arc<WorkloadEntry> {
 /// What a shard does to dispatch a request of `workload`: it counts as active from admission, then
 /// a gate slot wrapped in a permit. `None` (and nothing held) if no slot is free.
 pub fn dispatch(gate: &Arc<Gate>, workload: &Arc<WorkloadEntry>) -> Option<Permit> {
-    let backend = gate.try_acquire(3).ok()?;
+    let place = gate.try_acquire(3).ok()?;
     workload.acquire_as_shard();
-    Some(Permit::new(gate.clone(), backend, workload.clone()))
+    Some(Permit::new(gate.clone(), place, workload.clone()))
 }
 
 /// A shard with one request queued (head score `head`) as `worker.rs` runs it on its own thread:
@@ -141,7 +153,7 @@ pub fn shard_dispatches_when_room(gate: &Arc<Gate>, workload: &Arc<WorkloadEntry
 
 /// `free + Σ inflight == capacity`, `Σ inflight == held`: no slot lost or invented.
 pub fn assert_conserved(gate: &Gate, held: u64) {
-    let inflight: u64 = gate.inflight_per_backend().iter().map(|&n| u64::from(n)).sum();
+    let inflight = gate.inflight_total();
     assert_eq!(inflight, held, "backend slots in flight vs permits alive");
     if gate.capacity() > 0 {
         // (Uncapped backends have no slots to count.)

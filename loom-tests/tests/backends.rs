@@ -36,7 +36,8 @@ fn reading(waiting: f64) -> ScrapeReading {
 fn scrape_and_dispatch_never_exceed_the_burst_bound() {
     model(|| {
         let gate = gate_with(&[0], 1, utilization(2));
-        gate.publish_scrape(0, reading(1.0));
+        let id = gate.backend_states()[0].id;
+        gate.publish_scrape(id, reading(1.0));
         let workload = workload();
         let granted = Arc::new(AtomicUsize::new(0));
         let dispatchers: Vec<_> = (0..2)
@@ -53,7 +54,7 @@ fn scrape_and_dispatch_never_exceed_the_burst_bound() {
             .collect();
         let scraper = {
             let gate = gate.clone();
-            thread::spawn(move || gate.publish_scrape(0, reading(2.0)))
+            thread::spawn(move || gate.publish_scrape(id, reading(2.0)))
         };
         let mut permits: Vec<_> = dispatchers.into_iter().filter_map(|t| t.join().unwrap()).collect();
         scraper.join().unwrap();
@@ -76,10 +77,11 @@ fn scrape_and_dispatch_never_exceed_the_burst_bound() {
 fn fresh_scrape_wakes_a_sleeping_shard() {
     model(|| {
         let gate = gate_with(&[0], 1, utilization(4));
+        let id = gate.backend_states()[0].id;
         let workload = workload();
         let scraper = {
             let gate = gate.clone();
-            thread::spawn(move || gate.publish_scrape(0, reading(0.0)))
+            thread::spawn(move || gate.publish_scrape(id, reading(0.0)))
         };
         let shard = {
             let (gate, workload) = (gate.clone(), workload.clone());

@@ -13,7 +13,9 @@
 //! Waiting, KV use and age exist once a backend has had a good scrape. Gauges are refreshed from
 //! the engine at each `/metrics` request; the scrape counter is bumped by the scrapers.
 
+use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
 
 use flowgate_engine::backends::BackendState;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -50,6 +52,8 @@ pub struct BackendMetrics {
     scrapes: Family<ScrapeLabels, Counter>,
     stale: Gauge,
     pool_saturation: FloatGauge,
+    /// Backends with series now: a backend's series go when it leaves the table.
+    known: Mutex<HashSet<String>>,
 }
 
 impl BackendMetrics {
@@ -63,6 +67,7 @@ impl BackendMetrics {
             scrapes: Family::default(),
             stale: Gauge::default(),
             pool_saturation: FloatGauge::default(),
+            known: Mutex::new(HashSet::new()),
         };
         registry.register(
             "flowgate_backend_saturation",
@@ -118,8 +123,26 @@ impl BackendMetrics {
             .inc();
     }
 
-    /// Set the gauges from the engine's backend states.
-    pub fn refresh(&self, states: &[BackendState]) {
+    /// Set the gauges from the engine's backend states; drop the series of backends that left
+    /// the table since the last refresh, and return their addresses.
+    pub fn refresh(&self, states: &[BackendState]) -> Vec<String> {
+        let now: HashSet<String> = states.iter().map(|s| s.address.clone()).collect();
+        let gone: Vec<String> = {
+            let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            let gone = known.difference(&now).cloned().collect();
+            *known = now;
+            gone
+        };
+        for backend in &gone {
+            let labels = BackendLabels { backend: backend.clone() };
+            self.saturation.remove(&labels);
+            self.waiting.remove(&labels);
+            self.kv_cache_usage.remove(&labels);
+            self.metrics_age.remove(&labels);
+            for result in ScrapeResult::ALL {
+                self.scrapes.remove(&ScrapeLabels { backend: backend.clone(), result: result.label() });
+            }
+        }
         let mut stale = 0;
         for s in states {
             let labels = BackendLabels { backend: s.address.clone() };
@@ -142,5 +165,6 @@ impl BackendMetrics {
             states.iter().map(|s| s.saturation).sum::<f64>() / states.len() as f64
         };
         self.pool_saturation.set(mean);
+        gone
     }
 }

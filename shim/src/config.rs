@@ -102,6 +102,12 @@ impl ServeConfig {
             });
         }
         errors.extend(self.engine.validate());
+        if self.engine.backends.is_empty() {
+            errors.push(ConfigError {
+                path: "backends".into(),
+                reason: "at least one backend is needed to dispatch anything".into(),
+            });
+        }
         let e = &self.engine;
         if e.saturation.detector.uses_metrics() {
             for (i, t) in self.scrape.iter().enumerate() {
@@ -111,6 +117,19 @@ impl ServeConfig {
             }
         }
         errors
+    }
+
+    /// The fields of `next` that differ from `self`'s but need a restart (a reload keeps the
+    /// running values); the engine's own are `EngineConfig::restart_only_changes`.
+    pub fn restart_only_changes(&self, next: &ServeConfig) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        if self.listen != next.listen {
+            changed.push("listen");
+        }
+        if self.metrics_listen != next.metrics_listen {
+            changed.push("metrics_listen");
+        }
+        changed
     }
 
     /// A one-line description, for `check-config` and the startup log.

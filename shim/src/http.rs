@@ -6,7 +6,7 @@
 //! | `GET /healthz` | `200 ok`; `503 shutting down` once shutdown has begun |
 //! | `GET /api/v1/workloads` | JSON array of every tracked workload, sorted by id |
 //! | `GET /api/v1/workload/{id}/metrics` | JSON object for one workload; `404` with a JSON error for an unknown id |
-//! | `GET /api/v1/backends` | JSON array, one object per backend ([`BackendJson`]), in configuration order |
+//! | `GET /api/v1/backends` | JSON array, one object per backend ([`BackendJson`]), in slot order (draining ones included) |
 //! | `GET /api/v1/engine` | JSON object of the engine's totals ([`EngineJson`]): queue by criticality, slots, outcomes |
 //! | `GET /` | the status page ([`crate::status_page`]): HTML polling the three JSON routes above |
 //!
@@ -83,7 +83,8 @@ impl From<WorkloadSnapshot> for WorkloadJson {
 pub struct BackendJson {
     /// `ip:port`.
     pub address: String,
-    /// Where the backend came from: `static` (the config's `backends`).
+    /// Where the backend came from: `static` (the config's `backends`), `file` or `dns`
+    /// (discovery).
     pub source: String,
     /// Requests holding a slot on it.
     pub inflight: u32,
@@ -107,11 +108,12 @@ pub struct BackendJson {
     pub draining: bool,
 }
 
-impl From<BackendState> for BackendJson {
-    fn from(b: BackendState) -> Self {
+impl BackendJson {
+    /// The JSON of `b`, which came from `source` (`static` | `file` | `dns`).
+    pub fn new(b: BackendState, source: &str) -> Self {
         BackendJson {
             address: b.address,
-            source: "static".into(),
+            source: source.into(),
             inflight: b.inflight,
             max_inflight: b.max_inflight,
             waiting: b.waiting,
@@ -121,7 +123,7 @@ impl From<BackendState> for BackendJson {
             saturation: b.saturation,
             metrics_age_ms: b.metrics_age_ns.map(|ns| ns as f64 / 1e6),
             stale: b.stale,
-            draining: false,
+            draining: b.draining,
         }
     }
 }
@@ -169,7 +171,16 @@ async fn workloads(State(state): State<HttpState>) -> Json<Vec<WorkloadJson>> {
 }
 
 async fn backends(State(state): State<HttpState>) -> Json<Vec<BackendJson>> {
-    Json(state.view.backend_states().into_iter().map(BackendJson::from).collect())
+    let view = state.view.as_ref();
+    Json(
+        view.backend_states()
+            .into_iter()
+            .map(|b| {
+                let source = view.backend_source(&b.address);
+                BackendJson::new(b, source)
+            })
+            .collect(),
+    )
 }
 
 async fn engine(State(state): State<HttpState>) -> Json<EngineJson> {

@@ -10,17 +10,23 @@
 //! * [`backend_metrics`] — the saturation detector's metrics.
 //! * [`scrape`] — one scraper per backend: its metrics page into the engine's backend table.
 //! * [`metrics_page`] — reading a model server's Prometheus page (queue, running, KV use).
-//! * [`view`] — what the metrics listener reads from the engine.
+//! * [`view`] — what the metrics listener reads from the engine; [`served_view`] — the running
+//!   server's.
+//! * [`reload`] — `SIGHUP` and `--watch-config`: the config file reloaded live.
+//! * [`backend_set`] — static and discovered backends, merged into the engine's table; scrapers follow.
 #![warn(missing_docs, rust_2018_idioms)]
 
 pub mod backend_metrics;
+pub mod backend_set;
 pub mod config;
 pub mod engine_json;
 pub mod http;
 pub mod metrics;
 pub mod metrics_page;
+pub mod reload;
 pub mod scrape;
 pub mod serve;
+pub mod served_view;
 pub mod server;
 pub mod status_page;
 pub mod view;

@@ -1,10 +1,11 @@
 //! `flowgate`: the flow-control ext_proc server for Envoy.
 //!
 //! ```text
-//! flowgate serve [--config FILE] [--listen ADDR] [--metrics-listen ADDR]
+//! flowgate serve [--config FILE [--watch-config]] [--listen ADDR] [--metrics-listen ADDR]
 //! flowgate check-config FILE
 //! ```
 //!
+//! `SIGHUP` reloads the config file (see `reload.rs`); SIGINT and SIGTERM shut down gracefully.
 //! Logs go to stderr; `RUST_LOG` filters them (default `info`; `flowgate=debug` shows every
 //! decision).
 
@@ -45,6 +46,9 @@ enum Command {
         /// Metrics / health listen address (overrides `metrics_listen`).
         #[arg(long, value_name = "ADDR")]
         metrics_listen: Option<SocketAddr>,
+        /// Reload the config file whenever it changes (SIGHUP always reloads it).
+        #[arg(long, requires = "config")]
+        watch_config: bool,
     },
     /// Validate a configuration file: prints `ok: ...` or one `path: reason` line per error.
     CheckConfig {
@@ -57,8 +61,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { file } => check_config(&file),
-        Command::Serve { config, listen, metrics_listen } => {
-            serve_command(config.as_deref(), listen, metrics_listen)
+        Command::Serve { config, listen, metrics_listen, watch_config } => {
+            serve_command(config.as_deref(), listen, metrics_listen, watch_config)
         }
     }
 }
@@ -94,6 +98,7 @@ fn serve_command(
     file: Option<&Path>,
     listen: Option<SocketAddr>,
     metrics_listen: Option<SocketAddr>,
+    watch_config: bool,
 ) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -129,7 +134,13 @@ fn serve_command(
         };
     runtime.block_on(async move {
         tracing::info!(config = %config.summary(), "starting");
-        let running = match serve::start(config).await {
+        let options = serve::ServeOptions {
+            config_path: file.map(Path::to_path_buf),
+            watch_config,
+            listen_override: listen,
+            metrics_listen_override: metrics_listen,
+        };
+        let running = match serve::start_with(config, options).await {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("{e}");

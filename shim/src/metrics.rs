@@ -113,6 +113,11 @@ struct Admission {
     overflow: Arc<str>,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
 /// Every metric the server exports.
 pub struct Metrics {
     registry: Registry,
@@ -126,6 +131,8 @@ pub struct Metrics {
     capped: Counter,
     /// Set from the engine at each scrape.
     shard_parks: Family<ShardLabels, Counter>,
+    /// `flowgate_config_reloads_total{result}`.
+    reloads: Family<ResultLabels, Counter>,
     /// Saturation detector metrics (`backend_metrics.rs`).
     backends: BackendMetrics,
     admission: Mutex<Admission>,
@@ -205,7 +212,17 @@ impl Metrics {
             fairness_id: Arc::from(DEFAULT_WORKLOAD_ID),
             priority: default_criticality,
         });
+        let reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "flowgate_config_reloads",
+            "Configuration reloads (SIGHUP, --watch-config), by result: ok or error (refused, old config kept)",
+            reloads.clone(),
+        );
+        for result in ["ok", "error"] {
+            let _ = reloads.get_or_create(&ResultLabels { result });
+        }
         Metrics {
+            reloads,
             registry,
             queue_size,
             queue_duration,
@@ -328,6 +345,11 @@ impl Metrics {
         self.queued_by_priority.get(usize::from(priority).checked_sub(1)?)
     }
 
+    /// Count one configuration reload: applied (`ok`) or refused (`error`).
+    pub fn count_reload(&self, ok: bool) {
+        self.reloads.get_or_create(&ResultLabels { result: if ok { "ok" } else { "error" } }).inc();
+    }
+
     /// Workload ids with their own label right now (for tests and debugging).
     pub fn admitted(&self) -> usize {
         self.admission().live.len()
@@ -340,10 +362,16 @@ impl Metrics {
         self.queued.set(i64::try_from(stats.queued).unwrap_or(i64::MAX));
         let registry = view.registry();
         self.tracked.set(i64::try_from(registry.tracked()).unwrap_or(i64::MAX));
-        for (address, n) in view.backend_addresses().into_iter().zip(view.inflight_per_backend()) {
-            self.inflight.get_or_create(&BackendLabels { backend: address }).set(i64::from(n));
+        let states = view.backend_states();
+        for s in &states {
+            self.inflight
+                .get_or_create(&BackendLabels { backend: s.address.clone() })
+                .set(i64::from(s.inflight));
         }
-        self.backends.refresh(&view.backend_states());
+        // A backend keeps its series while it is in the table (draining included), not after.
+        for gone in self.backends.refresh(&states) {
+            self.inflight.remove(&BackendLabels { backend: gone });
+        }
         for (shard, parks) in view.shard_parks().into_iter().enumerate() {
             let labels = ShardLabels { shard: u32::try_from(shard).unwrap_or(u32::MAX) };
             // The engine's own count is monotonic: the counter mirrors it.

@@ -15,7 +15,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use flowgate_engine::backends::ScrapeReading;
+use flowgate_engine::backends::{BackendId, ScrapeReading};
 use flowgate_engine::config::SaturationConfig;
 use flowgate_engine::runtime::Engine;
 use http_body_util::{BodyExt, Empty, Limited};
@@ -78,49 +78,41 @@ struct Connection {
     driver: Pin<Box<hyper::client::conn::http1::Connection<TokioIo<tokio::net::TcpStream>, Empty<Bytes>>>>,
 }
 
-/// Start one scraper per backend (none when the detector reads no metrics). They stop when `stop`
-/// is cancelled.
-pub fn spawn(
+/// Start the scraper of backend `id` (at `address`, its page at `target`); it stops when `stop` is
+/// cancelled (the backend left the set, the scrape rules changed, or shutdown).
+pub fn spawn_one(
     engine: Arc<Engine>,
-    targets: &[ScrapeTarget],
+    id: BackendId,
+    address: &str,
+    target: ScrapeTarget,
     saturation: &SaturationConfig,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
-) -> Vec<JoinHandle<()>> {
-    if !saturation.detector.uses_metrics() {
-        return Vec::new();
-    }
-    let addresses = engine.backend_addresses();
-    targets
-        .iter()
-        .enumerate()
-        .map(|(index, target)| {
-            let scraper = BackendScraper {
-                index,
-                backend: addresses[index].clone(),
-                target: target.clone(),
-                engine: engine.clone(),
-                metrics: metrics.clone(),
-                saturation: saturation.clone(),
-                last_good: Instant::now(),
-                stale: true,
-            };
-            metrics.backends().register_scrape_target(&addresses[index]);
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = stop.cancelled() => {}
-                    _ = scraper.run() => {}
-                }
-            })
-        })
-        .collect()
+) -> JoinHandle<()> {
+    metrics.backends().register_scrape_target(address);
+    let scraper = BackendScraper {
+        id,
+        backend: address.to_string(),
+        target,
+        engine,
+        metrics,
+        saturation: saturation.clone(),
+        last_good: Instant::now(),
+        stale: true,
+        stop: stop.clone(),
+    };
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = scraper.run() => {}
+        }
+    })
 }
 
 /// One backend's scrape loop.
 struct BackendScraper {
-    /// The backend's index in the engine's table.
-    index: usize,
+    /// The backend in the engine's table.
+    id: BackendId,
     /// Its address (the metric label).
     backend: String,
     target: ScrapeTarget,
@@ -131,6 +123,9 @@ struct BackendScraper {
     last_good: Instant,
     /// Marked stale in the engine since `last_good` (the engine starts every backend stale).
     stale: bool,
+    /// Cancelled when this scraper must stop; a scrape that ends after it counts nothing (the
+    /// backend's series may be gone).
+    stop: CancellationToken,
 }
 
 impl BackendScraper {
@@ -156,7 +151,7 @@ impl BackendScraper {
                             running: page.running,
                             kv_cache_usage: page.kv_cache_usage,
                         };
-                        self.engine.publish_scrape(self.index, reading);
+                        self.engine.publish_scrape(self.id, reading);
                         self.last_good = Instant::now();
                         if self.stale {
                             tracing::info!(backend = %self.backend, "metrics fresh again");
@@ -174,6 +169,9 @@ impl BackendScraper {
             if result != ScrapeResult::Ok {
                 connection = None;
             }
+            if self.stop.is_cancelled() {
+                return;
+            }
             self.metrics.backends().count_scrape(&self.backend, result);
         }
     }
@@ -186,7 +184,7 @@ impl BackendScraper {
             tokio::select! {
                 out = &mut f => return out,
                 _ = tokio::time::sleep_until(stale_at), if !self.stale => {
-                    self.engine.mark_stale(self.index);
+                    self.engine.mark_stale(self.id);
                     self.stale = true;
                     tracing::warn!(
                         backend = %self.backend,

@@ -24,9 +24,12 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
+use crate::backend_set::BackendSet;
 use crate::config::ServeConfig;
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
+use crate::reload::{self, static_members, ReloadOutcome, Reloader};
+use crate::served_view::ServedView;
 use crate::server::FlowControl;
 use crate::view::EngineView;
 
@@ -77,6 +80,19 @@ impl std::fmt::Display for ServeError {
 
 impl std::error::Error for ServeError {}
 
+/// How `serve` was started beyond its config.
+#[derive(Clone, Debug, Default)]
+pub struct ServeOptions {
+    /// The config file, when there is one: `SIGHUP` reloads it.
+    pub config_path: Option<std::path::PathBuf>,
+    /// Reload the config file whenever it changes (`--watch-config`).
+    pub watch_config: bool,
+    /// `--listen`, applied to every reloaded file too.
+    pub listen_override: Option<SocketAddr>,
+    /// `--metrics-listen`, likewise.
+    pub metrics_listen_override: Option<SocketAddr>,
+}
+
 /// A running server.
 pub struct Running {
     grpc_addr: SocketAddr,
@@ -90,9 +106,13 @@ pub struct Running {
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     http: JoinHandle<std::io::Result<()>>,
     sweeper: JoinHandle<()>,
-    /// Stops the backend scrapers.
-    stop_scrapes: CancellationToken,
-    scrapers: Vec<JoinHandle<()>>,
+    /// Static and discovered backends; owns the scrapers.
+    backends: Arc<BackendSet>,
+    /// Reloads the config file (when serving one).
+    reloader: Option<Arc<Reloader>>,
+    /// Stops the reload and discovery tasks.
+    stop_tasks: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Running {
@@ -111,6 +131,11 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Serve
 /// Validate `config`, bind both listeners, start the engine and serve. Must be called inside a
 /// multi-threaded tokio runtime.
 pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
+    start_with(config, ServeOptions::default()).await
+}
+
+/// [`start`], reloading `options.config_path` on `SIGHUP` (and on change with `watch_config`).
+pub async fn start_with(config: ServeConfig, options: ServeOptions) -> Result<Running, ServeError> {
     let errors = config.validate();
     if !errors.is_empty() {
         return Err(ServeError::Config(errors));
@@ -151,6 +176,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     health.set_service_status("", ServingStatus::Serving).await;
 
     let service = FlowControl::new(engine.clone(), metrics.clone(), stop_grpc.clone());
+    let reload_service = service.clone();
     let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
     let grpc_stop = stop_grpc.clone();
     let grpc = tokio::spawn(
@@ -165,20 +191,32 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
             .serve_with_incoming_shutdown(incoming, async move { grpc_stop.cancelled().await }),
     );
 
-    let view: Arc<dyn EngineView> = engine.clone();
+    let backends = BackendSet::new(
+        engine.clone(),
+        metrics.clone(),
+        static_members(&config),
+        config.engine.saturation.clone(),
+    );
+    let view: Arc<dyn EngineView> =
+        Arc::new(ServedView { engine: engine.clone(), backends: backends.clone() });
     let state =
         HttpState { view: view.clone(), metrics: metrics.clone(), shutting_down: shutting_down.clone() };
     let http_stop = stop_http.clone();
     let http = tokio::spawn(http::serve(http_listener, state, async move { http_stop.cancelled().await }));
 
-    let stop_scrapes = CancellationToken::new();
-    let scrapers = crate::scrape::spawn(
-        engine.clone(),
-        &config.scrape,
-        &config.engine.saturation,
-        metrics.clone(),
-        stop_scrapes.clone(),
-    );
+    let stop_tasks = CancellationToken::new();
+    let mut tasks = Vec::new();
+    let overrides = (options.listen_override, options.metrics_listen_override);
+    let reloader = options.config_path.map(|path| {
+        let r = Reloader::new(path, config.clone(), backends.clone(), reload_service, metrics.clone());
+        Arc::new(r.with_overrides(overrides.0, overrides.1))
+    });
+    tasks.push(tokio::spawn(reload::on_sighup(reloader.clone(), stop_tasks.clone())));
+    if let Some(r) = &reloader {
+        if options.watch_config {
+            tasks.push(tokio::spawn(reload::watch(r.clone(), stop_tasks.clone())));
+        }
+    }
 
     let sweep_metrics = metrics.clone();
     let sweeper = tokio::spawn(async move {
@@ -195,7 +233,8 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         %metrics_addr,
         shards = engine.shards(),
         detector = config.engine.saturation.detector.name(),
-        scrapers = scrapers.len(),
+        scrapers = backends.scrapers(),
+        reload = reloader.as_ref().map(|r| r.path().display().to_string()),
         "flowgate serving"
     );
     Ok(Running {
@@ -210,8 +249,10 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         grpc,
         http,
         sweeper,
-        stop_scrapes,
-        scrapers,
+        backends,
+        reloader,
+        stop_tasks,
+        tasks,
     })
 }
 
@@ -234,6 +275,16 @@ impl Running {
     /// The metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The backend set (static and discovered backends).
+    pub fn backends(&self) -> &Arc<BackendSet> {
+        &self.backends
+    }
+
+    /// Reload the config file now, as `SIGHUP` does (`None` without a config file).
+    pub fn reload(&self) -> Option<ReloadOutcome> {
+        self.reloader.as_ref().map(|r| r.reload())
     }
 
     /// Shut down gracefully (see the module docs).
@@ -259,10 +310,11 @@ impl Running {
             tracing::warn!("metrics listener still busy after {DRAIN_TIMEOUT:?}; closing");
         }
         self.sweeper.abort();
-        self.stop_scrapes.cancel();
-        for s in self.scrapers {
-            let _ = s.await;
+        self.stop_tasks.cancel();
+        for t in self.tasks {
+            let _ = t.await;
         }
+        self.backends.shutdown().await;
         // The engine is already shut down; its last handle may drop anywhere.
         tracing::info!("shut down");
     }

@@ -28,6 +28,7 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
@@ -39,7 +40,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
     ProcessingRequest, ProcessingResponse, TrailersResponse,
 };
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
-use flowgate_engine::config::WorkloadConfig;
+use flowgate_engine::config::{EngineConfig, WorkloadConfig};
 use flowgate_engine::context::{CONTEXT_HEADER, FAIRNESS_ID_HEADER, LLM_D_FAIRNESS_ID_HEADER};
 use flowgate_engine::outcome::OtherReason;
 use flowgate_engine::runtime::{Engine, Permit, Request, SubmitError};
@@ -81,11 +82,24 @@ pub struct FlowControl {
     shared: Arc<Shared>,
 }
 
+/// The live part of the configuration the service reads per request; replaced whole by a reload
+/// ([`FlowControl::apply`]).
+#[derive(Debug)]
+struct Rules {
+    workloads: WorkloadConfig,
+    default_ttl: Duration,
+}
+
+impl Rules {
+    fn of(config: &EngineConfig) -> Arc<Rules> {
+        Arc::new(Rules { workloads: config.workloads.clone(), default_ttl: config.queue.ttl })
+    }
+}
+
 struct Shared {
     engine: Arc<Engine>,
     metrics: Arc<Metrics>,
-    workloads: WorkloadConfig,
-    default_ttl: Duration,
+    rules: ArcSwap<Rules>,
     /// Cancelled when the server shuts down: streams already answered close.
     shutdown: CancellationToken,
 }
@@ -101,14 +115,14 @@ impl FlowControl {
     /// when `shutdown` is cancelled.
     pub fn new(engine: Arc<Engine>, metrics: Arc<Metrics>, shutdown: CancellationToken) -> Self {
         let config = engine.config();
-        let shared = Shared {
-            workloads: config.workloads.clone(),
-            default_ttl: config.queue.ttl,
-            engine,
-            metrics,
-            shutdown,
-        };
+        let shared = Shared { rules: ArcSwap::new(Rules::of(&config)), engine, metrics, shutdown };
         FlowControl { shared: Arc::new(shared) }
+    }
+
+    /// Take a reloaded configuration's caps, default criticality and default TTL (for requests
+    /// arriving from now on).
+    pub fn apply(&self, config: &EngineConfig) {
+        self.shared.rules.store(Rules::of(config));
     }
 }
 
@@ -284,7 +298,7 @@ where
             criticality = context.criticality,
             ttl_ms = context.ttl.map(|t| t.as_millis() as u64),
         );
-        let ttl = context.ttl.unwrap_or(shared.default_ttl);
+        let ttl = context.ttl.unwrap_or(shared.rules.load().default_ttl);
         let queued = shared.metrics.enqueue(&context.workload_id, context.criticality);
         let started = Instant::now();
         let ticket = match shared.engine.submit(Request { context, bytes: 0 }) {
@@ -364,7 +378,8 @@ fn header_bytes(h: &HeaderValue) -> &[u8] {
 /// The request's workload context (after caps, with defaults and caps counted), and the names of
 /// client-sent `x-flowgate-*` headers to remove.
 fn read_context(shared: &Shared, headers: &HttpHeaders) -> (WorkloadContext, Vec<String>) {
-    let default_criticality = shared.workloads.default_criticality;
+    let rules = shared.rules.load();
+    let default_criticality = rules.workloads.default_criticality;
     let list = headers.headers.as_ref().map(|m| m.headers.as_slice()).unwrap_or_default();
     let find = |name: &str| list.iter().find(|h| h.key.eq_ignore_ascii_case(name)).map(header_bytes);
     let fairness_id = find(FAIRNESS_ID_HEADER).or_else(|| find(LLM_D_FAIRNESS_ID_HEADER));
@@ -374,7 +389,7 @@ fn read_context(shared: &Shared, headers: &HttpHeaders) -> (WorkloadContext, Vec
         (None, None) => WorkloadContext::parse(None, default_criticality),
     };
     shared.metrics.count_defaults(defaults);
-    let (criticality, capped) = shared.workloads.clamp(&context.workload_id, context.criticality);
+    let (criticality, capped) = rules.workloads.clamp(&context.workload_id, context.criticality);
     if capped {
         shared.metrics.count_capped();
         context.criticality = criticality;

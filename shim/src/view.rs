@@ -1,7 +1,7 @@
 //! What the metrics listener reads from a running engine, as a trait so that the HTTP side and the
 //! metrics rendering can be tested without starting one.
 
-use flowgate_engine::backends::BackendState;
+use flowgate_engine::backends::{BackendId, BackendState};
 use flowgate_engine::registry::RegistryView;
 use flowgate_engine::runtime::{Engine, EngineStats};
 use flowgate_engine::Outcome;
@@ -12,29 +12,11 @@ pub trait EngineView: Send + Sync + 'static {
     fn registry(&self) -> RegistryView;
     /// Queue and capacity totals.
     fn stats(&self) -> EngineStats;
-    /// Backend addresses, in configuration order.
-    fn backend_addresses(&self) -> Vec<String>;
-    /// In-flight requests per backend, same order as [`EngineView::backend_addresses`].
-    fn inflight_per_backend(&self) -> Vec<u32>;
-    /// Every backend's state (slots, last scrape, saturation). The default knows only addresses
-    /// and in-flight counts.
-    fn backend_states(&self) -> Vec<BackendState> {
-        self.backend_addresses()
-            .into_iter()
-            .zip(self.inflight_per_backend())
-            .map(|(address, inflight)| BackendState {
-                address,
-                max_inflight: 0,
-                inflight,
-                waiting: None,
-                running: None,
-                kv_cache_usage: None,
-                sent_since_scrape: 0,
-                saturation: 0.0,
-                metrics_age_ns: None,
-                stale: false,
-            })
-            .collect()
+    /// Every backend's state (slots, last scrape, saturation, draining), in slot order.
+    fn backend_states(&self) -> Vec<BackendState>;
+    /// Where the backend at `address` came from: `static` | `file` | `dns`.
+    fn backend_source(&self, _address: &str) -> &'static str {
+        "static"
     }
     /// Times each shard has parked its thread, by shard (none without an engine).
     fn shard_parks(&self) -> Vec<u64> {
@@ -75,14 +57,6 @@ impl EngineView for Engine {
     fn stats(&self) -> EngineStats {
         Engine::stats(self)
     }
-
-    fn backend_addresses(&self) -> Vec<String> {
-        Engine::backend_addresses(self)
-    }
-
-    fn inflight_per_backend(&self) -> Vec<u32> {
-        Engine::inflight_per_backend(self)
-    }
 }
 
 /// A fixed view: a registry (possibly over empty directories), fixed stats and in-flight counts.
@@ -108,12 +82,25 @@ impl EngineView for StaticView {
         self.stats
     }
 
-    fn backend_addresses(&self) -> Vec<String> {
-        self.backends.iter().map(|(a, _)| a.clone()).collect()
-    }
-
-    fn inflight_per_backend(&self) -> Vec<u32> {
-        self.backends.iter().map(|(_, n)| *n).collect()
+    fn backend_states(&self) -> Vec<BackendState> {
+        self.backends
+            .iter()
+            .enumerate()
+            .map(|(i, (address, inflight))| BackendState {
+                id: BackendId { index: i as u32, generation: 1 },
+                address: address.clone(),
+                max_inflight: 0,
+                inflight: *inflight,
+                waiting: None,
+                running: None,
+                kv_cache_usage: None,
+                sent_since_scrape: 0,
+                saturation: 0.0,
+                metrics_age_ns: None,
+                stale: false,
+                draining: false,
+            })
+            .collect()
     }
 
     fn shard_parks(&self) -> Vec<u64> {

@@ -257,18 +257,18 @@ impl EngineQueue {
         let feed = {
             let (engine, stop) = (engine.clone(), stop.clone());
             move || {
-                let backends = engine.backends().len();
+                let ids: Vec<_> = engine.backend_states().iter().map(|s| s.id).collect();
                 while !stop.load(Ordering::Acquire) {
-                    for i in 0..backends {
-                        engine.publish_scrape(i, ScrapeReading::default());
+                    for &id in &ids {
+                        engine.publish_scrape(id, ScrapeReading::default());
                     }
                     std::thread::sleep(FEED_INTERVAL);
                 }
             }
         };
         // The first scrape lands before any submission.
-        for i in 0..engine.backends().len() {
-            engine.publish_scrape(i, ScrapeReading::default());
+        for s in engine.backend_states() {
+            engine.publish_scrape(s.id, ScrapeReading::default());
         }
         let thread = std::thread::Builder::new().name("scrape-feeder".into()).spawn(feed).expect("spawn");
         Ok(EngineQueue { engine, feeder: Some((stop, thread)), scraped: true })

@@ -1,0 +1,271 @@
+//! The backend set: the config's static `backends` plus what discovery found (file, DNS), merged
+//! and applied to the engine's backend table; the metrics scrapers follow it.
+//!
+//! One [`BackendSet`] per server, the only caller of `Engine::set_backends` and
+//! `Engine::reconfigure`, so changes apply one at a time and in order (its lock is held across
+//! each; nothing on the request path takes it). Merging: static entries first, then the file's,
+//! then DNS's; the first entry of an address wins (and names the backend's source). After each
+//! change, every backend in the table that is not draining has exactly one scraper (when the
+//! detector reads metrics); a draining or removed backend's scraper is stopped.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use flowgate_engine::backends::{BackendChanges, BackendId};
+use flowgate_engine::config::{BackendConfig, ConfigError, EngineConfig, SaturationConfig};
+use flowgate_engine::runtime::{Engine, Reconfigured};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ScrapeTarget;
+use crate::metrics::Metrics;
+
+/// Where a backend came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// The config file's `backends`.
+    Static,
+    /// `discovery.file`.
+    File,
+    /// `discovery.dns`.
+    Dns,
+}
+
+impl Source {
+    /// Every source, in merge order.
+    pub const ALL: [Source; 3] = [Source::Static, Source::File, Source::Dns];
+
+    /// The name `/api/v1/backends` shows.
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Static => "static",
+            Source::File => "file",
+            Source::Dns => "dns",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One backend as a source gives it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// `ip:port`.
+    pub address: String,
+    /// Its `max_inflight` (0 = no cap).
+    pub max_inflight: u32,
+    /// Its metrics page.
+    pub scrape: ScrapeTarget,
+}
+
+/// A running scraper.
+struct Scraper {
+    target: ScrapeTarget,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+struct Inner {
+    /// Each source's last good set, by [`Source::index`].
+    members: [Vec<Member>; 3],
+    saturation: SaturationConfig,
+    scrapers: HashMap<BackendId, Scraper>,
+    /// Address → the source of the entry applied for it.
+    origin: HashMap<String, Source>,
+    /// Set by [`BackendSet::shutdown`]: no scraper starts after it.
+    closed: bool,
+}
+
+/// The server's backend set (see the module docs).
+pub struct BackendSet {
+    engine: Arc<Engine>,
+    metrics: Arc<Metrics>,
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for BackendSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendSet").finish_non_exhaustive()
+    }
+}
+
+impl BackendSet {
+    /// The set of an engine started with `statics` as its backends; starts their scrapers. Must be
+    /// called inside a tokio runtime.
+    pub fn new(
+        engine: Arc<Engine>,
+        metrics: Arc<Metrics>,
+        statics: Vec<Member>,
+        saturation: SaturationConfig,
+    ) -> Arc<BackendSet> {
+        let set = Arc::new(BackendSet {
+            engine,
+            metrics,
+            inner: Mutex::new(Inner {
+                members: [statics, Vec::new(), Vec::new()],
+                saturation,
+                scrapers: HashMap::new(),
+                origin: HashMap::new(),
+                closed: false,
+            }),
+        });
+        {
+            let mut inner = set.lock();
+            let merged = merge(&inner.members);
+            inner.origin = merged.iter().map(|(m, s)| (m.address.clone(), *s)).collect();
+            set.reconcile_scrapers(&mut inner, &merged, false);
+        }
+        set
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A source's new set (discovery): merged with the others and applied at once.
+    pub fn set_source(&self, source: Source, members: Vec<Member>) -> BackendChanges {
+        let mut inner = self.lock();
+        inner.members[source.index()] = members;
+        let merged = merge(&inner.members);
+        let desired: Vec<BackendConfig> = merged.iter().map(|(m, _)| config_of(m)).collect();
+        let changes = self.engine.set_backends(&desired);
+        self.after_change(&mut inner, &merged, &changes, false);
+        changes
+    }
+
+    /// A reload: apply `config` (its `backends` are the new static set, `statics` their scrape
+    /// targets) with the discovered backends merged in. Refused whole when invalid.
+    pub fn reload(
+        &self,
+        mut config: EngineConfig,
+        statics: Vec<Member>,
+    ) -> Result<Reconfigured, Vec<ConfigError>> {
+        let mut inner = self.lock();
+        let mut members = inner.members.clone();
+        members[Source::Static.index()] = statics;
+        let merged = merge(&members);
+        config.backends = merged.iter().map(|(m, _)| config_of(m)).collect();
+        let done = self.engine.reconfigure(config.clone())?;
+        let rules_changed = inner.saturation != config.saturation;
+        inner.members = members;
+        inner.saturation = config.saturation;
+        self.after_change(&mut inner, &merged, &done.backends, rules_changed);
+        Ok(done)
+    }
+
+    /// Where the backend at `address` came from (`static` for one not in the set).
+    pub fn source_of(&self, address: &str) -> &'static str {
+        self.lock().origin.get(address).map_or("static", |s| s.name())
+    }
+
+    /// Stop every scraper and wait for them.
+    pub async fn shutdown(&self) {
+        let tasks: Vec<JoinHandle<()>> = {
+            let mut inner = self.lock();
+            inner.closed = true;
+            inner
+                .scrapers
+                .drain()
+                .map(|(_, s)| {
+                    s.stop.cancel();
+                    s.task
+                })
+                .collect()
+        };
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Scrapers running now.
+    pub fn scrapers(&self) -> usize {
+        self.lock().scrapers.len()
+    }
+
+    fn after_change(
+        &self,
+        inner: &mut Inner,
+        merged: &[(Member, Source)],
+        changes: &BackendChanges,
+        restart_scrapers: bool,
+    ) {
+        inner.origin = merged.iter().map(|(m, s)| (m.address.clone(), *s)).collect();
+        for id in &changes.added {
+            let address = self.address_of(*id);
+            let source = address.as_deref().and_then(|a| inner.origin.get(a)).map_or("?", |s| s.name());
+            tracing::info!(backend = address.as_deref().unwrap_or("?"), source, "backend added");
+        }
+        for address in &changes.drained {
+            tracing::info!(backend = %address, "backend removed: draining (no new requests; in-flight ones finish)");
+        }
+        for address in &changes.refused {
+            tracing::warn!(
+                backend = %address,
+                "backend refused: the backend table is full (max_backends slots, draining ones included)"
+            );
+        }
+        self.reconcile_scrapers(inner, merged, restart_scrapers);
+    }
+
+    fn address_of(&self, id: BackendId) -> Option<String> {
+        self.engine.backend_states().into_iter().find(|s| s.id == id).map(|s| s.address)
+    }
+
+    /// One scraper per backend in the table that takes requests (none when the detector reads no
+    /// metrics); `restart` replaces all of them (the scrape rules changed).
+    fn reconcile_scrapers(&self, inner: &mut Inner, merged: &[(Member, Source)], restart: bool) {
+        let targets: HashMap<&str, &ScrapeTarget> =
+            merged.iter().map(|(m, _)| (m.address.as_str(), &m.scrape)).collect();
+        let mut wanted: HashMap<BackendId, (String, ScrapeTarget)> = HashMap::new();
+        if inner.saturation.detector.uses_metrics() && !inner.closed {
+            for s in self.engine.backend_states() {
+                if let (false, Some(t)) = (s.draining, targets.get(s.address.as_str())) {
+                    wanted.insert(s.id, (s.address, (*t).clone()));
+                }
+            }
+        }
+        inner.scrapers.retain(|id, scraper| {
+            let keep = !restart && wanted.get(id).is_some_and(|(_, t)| *t == scraper.target);
+            if !keep {
+                scraper.stop.cancel();
+            }
+            keep
+        });
+        for (id, (address, target)) in wanted {
+            if inner.scrapers.contains_key(&id) {
+                continue;
+            }
+            let stop = CancellationToken::new();
+            let task = crate::scrape::spawn_one(
+                self.engine.clone(),
+                id,
+                &address,
+                target.clone(),
+                &inner.saturation,
+                self.metrics.clone(),
+                stop.clone(),
+            );
+            inner.scrapers.insert(id, Scraper { target, stop, task });
+        }
+    }
+}
+
+fn config_of(m: &Member) -> BackendConfig {
+    BackendConfig { address: m.address.clone(), max_inflight: m.max_inflight }
+}
+
+/// Every source's members in merge order, the first entry of each address kept.
+fn merge(members: &[Vec<Member>; 3]) -> Vec<(Member, Source)> {
+    let mut seen = std::collections::HashSet::new();
+    let mut merged = Vec::new();
+    for source in Source::ALL {
+        for m in &members[source.index()] {
+            if seen.insert(m.address.clone()) {
+                merged.push((m.clone(), source));
+            }
+        }
+    }
+    merged
+}

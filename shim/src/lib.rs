@@ -11,6 +11,7 @@
 //! * [`scrape`] — one scraper per backend: its metrics page into the engine's backend table.
 //! * [`metrics_page`] — reading a model server's Prometheus page (queue, running, KV use).
 //! * [`view`] — what the metrics listener reads from the engine.
+//! * [`tls`] — TLS and mTLS on the ext_proc listener: the `tls:` section and its PEM files.
 #![warn(missing_docs, rust_2018_idioms)]
 
 pub mod backend_metrics;
@@ -23,4 +24,5 @@ pub mod scrape;
 pub mod serve;
 pub mod server;
 pub mod status_page;
+pub mod tls;
 pub mod view;

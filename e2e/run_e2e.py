@@ -35,6 +35,8 @@ import sys
 import threading
 import time
 
+import tls_pair  # the TLS pair: Envoy -> flowgate over mTLS (e2e/tls_pair.py)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 QUEUE_GAUGE = "inference_extension_flow_control_queue_size"
 DEST_HEADER = "x-gateway-destination-endpoint"
@@ -1184,6 +1186,13 @@ class Harness:
         self.run_phase("d. drained", self.phase_drained)
         self.run_phase("e. envoy SIGKILL + restart", self.phase_envoy_kill)
         self.run_phase("d'. drained after fault", self.phase_drained)
+        # --- TLS pair (e2e/tls_pair.py): its own Envoy and flowgate, mTLS between them ---
+        if self.args.no_tls:
+            print("--- TLS pair skipped (--no-tls)", flush=True)
+        else:
+            self.run_phase("tls. Envoy -> flowgate over mTLS",
+                           lambda: tls_pair.phase(self, sys.modules[__name__]))
+        # --- end of the TLS pair ---
         if self.args.no_sat:
             print("--- saturation checks skipped (--no-sat)", flush=True)
             return
@@ -1215,6 +1224,7 @@ def main():
     ap.add_argument("--shards", type=int, default=1)
     ap.add_argument("--deadline", type=float, default=280.0, help="overall seconds")
     ap.add_argument("--no-ext-proc", action="store_true")
+    ap.add_argument("--no-tls", action="store_true", help="skip the TLS pair (e2e/tls_pair.py)")
     ap.add_argument("--validate-only", action="store_true")
     args = ap.parse_args()
     if not (args.no_ext_proc or args.validate_only):

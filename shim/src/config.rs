@@ -26,6 +26,7 @@ use flowgate_engine::config::{
 };
 
 use crate::metrics_page::ModelServer;
+use crate::tls::{RawTls, TlsConfig};
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
@@ -42,6 +43,8 @@ pub const DEFAULT_YAML: &str = include_str!("default.yaml");
 pub struct ServeConfig {
     /// ext_proc gRPC listener.
     pub listen: SocketAddr,
+    /// TLS (and mTLS) on the ext_proc listener; `None` = plaintext.
+    pub tls: Option<TlsConfig>,
     /// Metrics / health / workload API HTTP listener.
     pub metrics_listen: SocketAddr,
     /// The engine's configuration.
@@ -63,7 +66,7 @@ pub struct ScrapeTarget {
 impl ServeConfig {
     /// Parse and validate a YAML document; every problem found, as `path: reason` errors.
     pub fn from_yaml(text: &str) -> Result<ServeConfig, Vec<ConfigError>> {
-        let raw = parse(text).map_err(|e| vec![e])?;
+        let mut raw = parse(text).map_err(|e| vec![e])?;
         let scrape = raw
             .backends
             .iter()
@@ -74,6 +77,7 @@ impl ServeConfig {
             .collect();
         let config = ServeConfig {
             listen: raw.listen.0,
+            tls: raw.tls.take().map(TlsConfig::from),
             metrics_listen: raw.metrics_listen.0,
             engine: raw.into_engine(),
             scrape,
@@ -101,6 +105,7 @@ impl ServeConfig {
                 reason: format!("{} is also the ext_proc listen address", self.metrics_listen),
             });
         }
+        errors.extend(self.tls.as_ref().map(TlsConfig::validate).unwrap_or_default());
         errors.extend(self.engine.validate());
         if self.engine.backends.is_empty() {
             errors.push(ConfigError {
@@ -136,8 +141,13 @@ impl ServeConfig {
     pub fn summary(&self) -> String {
         let e = &self.engine;
         format!(
-            "listen {}, metrics {}, {} shard(s){}, {} backend(s) with {} slot(s), detector {}, queue {} requests / {}, ttl {}, {} criticality cap(s)",
+            "listen {}{}, metrics {}, {} shard(s){}, {} backend(s) with {} slot(s), detector {}, queue {} requests / {}, ttl {}, {} criticality cap(s)",
             self.listen,
+            match &self.tls {
+                None => "",
+                Some(t) if t.mtls() => " (mTLS)",
+                Some(_) => " (TLS)",
+            },
             self.metrics_listen,
             e.shard_count(),
             if e.shards == 0 { " (one per core)" } else { "" },
@@ -230,6 +240,7 @@ fn parse_error(e: serde_path_to_error::Error<serde_yaml::Error>) -> ConfigError 
 #[serde(deny_unknown_fields, default)]
 struct RawConfig {
     listen: Listen,
+    tls: Option<RawTls>,
     metrics_listen: Listen,
     shards: usize,
     ring_capacity: usize,
@@ -252,6 +263,7 @@ impl Default for RawConfig {
         let e = EngineConfig::default();
         Self {
             listen: Listen(SocketAddr::from(([127, 0, 0, 1], 9002))),
+            tls: None,
             metrics_listen: Listen(SocketAddr::from(([127, 0, 0, 1], 9090))),
             shards: e.shards,
             ring_capacity: e.ring_capacity,
@@ -459,3 +471,7 @@ mod tests;
 #[cfg(test)]
 #[path = "config_saturation_tests.rs"]
 mod saturation_tests;
+
+#[cfg(test)]
+#[path = "config_tls_tests.rs"]
+mod tls_tests;

@@ -14,6 +14,7 @@
 //!   server's.
 //! * [`reload`] — `SIGHUP` and `--watch-config`: the config file reloaded live.
 //! * [`backend_set`] — static and discovered backends, merged into the engine's table; scrapers follow.
+//! * [`tls`] — TLS and mTLS on the ext_proc listener: the `tls:` section and its PEM files.
 #![warn(missing_docs, rust_2018_idioms)]
 
 pub mod backend_metrics;
@@ -29,4 +30,5 @@ pub mod serve;
 pub mod served_view;
 pub mod server;
 pub mod status_page;
+pub mod tls;
 pub mod view;

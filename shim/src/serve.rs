@@ -56,6 +56,8 @@ pub enum ServeError {
     },
     /// The engine did not start.
     Engine(String),
+    /// The TLS configuration was refused by the gRPC server.
+    Tls(String),
 }
 
 impl std::fmt::Display for ServeError {
@@ -74,6 +76,7 @@ impl std::fmt::Display for ServeError {
                 write!(f, "{what}: cannot listen on {addr}: {source}")
             }
             ServeError::Engine(e) => write!(f, "engine: {e}"),
+            ServeError::Tls(e) => write!(f, "tls: {e}"),
         }
     }
 }
@@ -124,6 +127,17 @@ impl std::fmt::Debug for Running {
     }
 }
 
+/// An error and its sources, `outer: inner: ...`.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
+
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
     TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { what, addr, source })
 }
@@ -139,6 +153,16 @@ pub async fn start_with(config: ServeConfig, options: ServeOptions) -> Result<Ru
     let errors = config.validate();
     if !errors.is_empty() {
         return Err(ServeError::Config(errors));
+    }
+    // The PEM files were checked by `validate`; read them once more for the server to use.
+    let tls = match &config.tls {
+        Some(tls) => Some(tls.load().map_err(ServeError::Config)?),
+        None => None,
+    };
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &tls {
+        crate::tls::install_crypto_provider();
+        builder = builder.tls_config(tls.server_config()).map_err(|e| ServeError::Tls(error_chain(&e)))?;
     }
     // Bind first: a taken port should not cost an engine start.
     let grpc_listener = bind("listen", config.listen).await?;
@@ -180,7 +204,7 @@ pub async fn start_with(config: ServeConfig, options: ServeOptions) -> Result<Ru
     let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
     let grpc_stop = stop_grpc.clone();
     let grpc = tokio::spawn(
-        tonic::transport::Server::builder()
+        builder
             // Queued requests hold their streams: do not cap streams per connection (Envoy
             // multiplexes every request of a cluster over few connections).
             .max_concurrent_streams(None)
@@ -231,6 +255,8 @@ pub async fn start_with(config: ServeConfig, options: ServeOptions) -> Result<Ru
     tracing::info!(
         %grpc_addr,
         %metrics_addr,
+        tls = tls.is_some(),
+        mtls = tls.as_ref().is_some_and(|t| t.mtls()),
         shards = engine.shards(),
         detector = config.engine.saturation.detector.name(),
         scrapers = backends.scrapers(),

@@ -25,6 +25,7 @@ use flowgate_engine::config::{
     ScoringConfig, WorkloadConfig,
 };
 
+use crate::discovery::Discovery;
 use crate::metrics_page::ModelServer;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
@@ -49,6 +50,10 @@ pub struct ServeConfig {
     /// Where each backend's metrics page is and how to read it, in the order of
     /// `engine.backends`.
     pub scrape: Vec<ScrapeTarget>,
+    /// `discovery:`: backends found at run time, added to `engine.backends`. When it is set,
+    /// `engine.backends` may rightly be empty, but the engine's own check still asks for one
+    /// (see [`ServeConfig::validate`]).
+    pub discovery: Option<Discovery>,
 }
 
 /// One backend's metrics page.
@@ -63,7 +68,8 @@ pub struct ScrapeTarget {
 impl ServeConfig {
     /// Parse and validate a YAML document; every problem found, as `path: reason` errors.
     pub fn from_yaml(text: &str) -> Result<ServeConfig, Vec<ConfigError>> {
-        let raw = parse(text).map_err(|e| vec![e])?;
+        let mut raw = parse(text).map_err(|e| vec![e])?;
+        let discovery = raw.discovery.take();
         let scrape = raw
             .backends
             .iter()
@@ -77,6 +83,7 @@ impl ServeConfig {
             metrics_listen: raw.metrics_listen.0,
             engine: raw.into_engine(),
             scrape,
+            discovery,
         };
         let errors = config.validate();
         if errors.is_empty() {
@@ -102,6 +109,10 @@ impl ServeConfig {
             });
         }
         errors.extend(self.engine.validate());
+        if let Some(d) = &self.discovery {
+            errors.extend(d.validate());
+            errors.extend(d.validate_for(self.engine.saturation.detector));
+        }
         let e = &self.engine;
         if e.saturation.detector.uses_metrics() {
             for (i, t) in self.scrape.iter().enumerate() {
@@ -137,7 +148,7 @@ impl ServeConfig {
 pub const MAX_METRICS_URL_BYTES: usize = 2048;
 
 /// A metrics URL flowgate can scrape: `http://host:port/path` (no TLS, no credentials).
-fn check_metrics_url(url: &str) -> Result<(), String> {
+pub(crate) fn check_metrics_url(url: &str) -> Result<(), String> {
     if url.len() > MAX_METRICS_URL_BYTES {
         return Err(format!("longer than {MAX_METRICS_URL_BYTES} bytes"));
     }
@@ -226,6 +237,7 @@ struct RawConfig {
     workloads: RawWorkloads,
     ceilings: [f64; 5],
     spin_before_park: Dur,
+    discovery: Option<Discovery>,
 }
 
 impl Default for RawConfig {
@@ -252,6 +264,7 @@ impl Default for RawConfig {
             workloads: RawWorkloads::default(),
             ceilings: e.ceilings,
             spin_before_park: Dur(e.spin_before_park),
+            discovery: None,
         }
     }
 }

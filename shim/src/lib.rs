@@ -1,6 +1,7 @@
 //! flowgate: an Envoy ext_proc server in front of the flowgate flow-control engine.
 //!
 //! * [`config`] — the YAML configuration file.
+//! * [`discovery`] — backends found at run time: the sources' interface and the `discovery:` section.
 //! * [`server`] — the ext_proc service: one stream per request, answered when the engine decides.
 //! * [`serve`] — starting and stopping the gRPC server, the engine and the metrics listener.
 //! * [`http`] — the metrics listener: `/metrics`, `/healthz`, the workload API.
@@ -15,6 +16,7 @@
 
 pub mod backend_metrics;
 pub mod config;
+pub mod discovery;
 pub mod engine_json;
 pub mod http;
 pub mod metrics;

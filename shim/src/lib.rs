@@ -17,6 +17,7 @@
 pub mod backend_metrics;
 pub mod config;
 pub mod discovery;
+pub mod discovery_file;
 pub mod engine_json;
 pub mod http;
 pub mod metrics;

@@ -138,3 +138,18 @@ fn publish_sends_only_a_changed_set() {
     assert!(!publish(&tx, vec![b]));
     assert!(!rx.has_changed().unwrap());
 }
+
+#[test]
+fn the_commented_example_in_default_yaml_is_valid() {
+    let text = crate::config::DEFAULT_YAML;
+    let start = text.find("# discovery:").expect("default.yaml documents discovery");
+    let block: String = text[start..]
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .map(|l| format!("{}\n", l.strip_prefix("# ").unwrap_or("")))
+        .collect();
+    let c = ServeConfig::from_yaml(&block).unwrap_or_else(|e| panic!("{block}\nrefused: {e:?}"));
+    let d = c.discovery.expect("discovery is set");
+    assert_eq!(d.file.unwrap().path, PathBuf::from("endpoints.yaml"));
+    assert_eq!(d.dns.unwrap().max_inflight, 8);
+}

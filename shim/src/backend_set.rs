@@ -18,34 +18,19 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ScrapeTarget;
+use crate::discovery::DiscoveredBackend;
+pub use crate::discovery::Source;
 use crate::metrics::Metrics;
 
-/// Where a backend came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Source {
-    /// The config file's `backends`.
-    Static,
-    /// `discovery.file`.
-    File,
-    /// `discovery.dns`.
-    Dns,
-}
+/// Every source, in merge order.
+const SOURCES: [Source; 3] = [Source::Static, Source::File, Source::Dns];
 
-impl Source {
-    /// Every source, in merge order.
-    pub const ALL: [Source; 3] = [Source::Static, Source::File, Source::Dns];
-
-    /// The name `/api/v1/backends` shows.
-    pub fn name(self) -> &'static str {
-        match self {
-            Source::Static => "static",
-            Source::File => "file",
-            Source::Dns => "dns",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
+/// A source's place in [`Inner::members`].
+fn index(source: Source) -> usize {
+    match source {
+        Source::Static => 0,
+        Source::File => 1,
+        Source::Dns => 2,
     }
 }
 
@@ -58,6 +43,16 @@ pub struct Member {
     pub max_inflight: u32,
     /// Its metrics page.
     pub scrape: ScrapeTarget,
+}
+
+impl From<&DiscoveredBackend> for Member {
+    fn from(d: &DiscoveredBackend) -> Self {
+        Member {
+            address: d.address.clone(),
+            max_inflight: d.max_inflight,
+            scrape: ScrapeTarget { url: d.metrics.clone(), engine: d.engine },
+        }
+    }
 }
 
 /// A running scraper.
@@ -127,7 +122,7 @@ impl BackendSet {
     /// A source's new set (discovery): merged with the others and applied at once.
     pub fn set_source(&self, source: Source, members: Vec<Member>) -> BackendChanges {
         let mut inner = self.lock();
-        inner.members[source.index()] = members;
+        inner.members[index(source)] = members;
         let merged = merge(&inner.members);
         let desired: Vec<BackendConfig> = merged.iter().map(|(m, _)| config_of(m)).collect();
         let changes = self.engine.set_backends(&desired);
@@ -144,7 +139,7 @@ impl BackendSet {
     ) -> Result<Reconfigured, Vec<ConfigError>> {
         let mut inner = self.lock();
         let mut members = inner.members.clone();
-        members[Source::Static.index()] = statics;
+        members[index(Source::Static)] = statics;
         let merged = merge(&members);
         config.backends = merged.iter().map(|(m, _)| config_of(m)).collect();
         let done = self.engine.reconfigure(config.clone())?;
@@ -260,8 +255,8 @@ fn config_of(m: &Member) -> BackendConfig {
 fn merge(members: &[Vec<Member>; 3]) -> Vec<(Member, Source)> {
     let mut seen = std::collections::HashSet::new();
     let mut merged = Vec::new();
-    for source in Source::ALL {
-        for m in &members[source.index()] {
+    for source in SOURCES {
+        for m in &members[index(source)] {
             if seen.insert(m.address.clone()) {
                 merged.push((m.clone(), source));
             }

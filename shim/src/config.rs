@@ -25,6 +25,7 @@ use flowgate_engine::config::{
     ScoringConfig, WorkloadConfig,
 };
 
+use crate::discovery::Discovery;
 use crate::metrics_page::ModelServer;
 use crate::tls::{RawTls, TlsConfig};
 use serde::de::{self, Deserializer};
@@ -52,6 +53,10 @@ pub struct ServeConfig {
     /// Where each backend's metrics page is and how to read it, in the order of
     /// `engine.backends`.
     pub scrape: Vec<ScrapeTarget>,
+    /// `discovery:`: backends found at run time, added to `engine.backends`. When it is set,
+    /// `engine.backends` may rightly be empty, but the engine's own check still asks for one
+    /// (see [`ServeConfig::validate`]).
+    pub discovery: Option<Discovery>,
 }
 
 /// One backend's metrics page.
@@ -67,9 +72,15 @@ impl ServeConfig {
     /// Parse and validate a YAML document; every problem found, as `path: reason` errors.
     pub fn from_yaml(text: &str) -> Result<ServeConfig, Vec<ConfigError>> {
         let mut raw = parse(text).map_err(|e| vec![e])?;
+        let discovery = raw.discovery.take();
+        // No `backends` key: the engine's default backend, unless discovery finds them.
+        if raw.backends.is_none() && discovery.is_none() {
+            raw.backends = Some(default_backends());
+        }
         let scrape = raw
             .backends
             .iter()
+            .flatten()
             .map(|b| ScrapeTarget {
                 url: b.metrics.clone().unwrap_or_else(|| format!("http://{}/metrics", b.address)),
                 engine: b.engine,
@@ -81,6 +92,7 @@ impl ServeConfig {
             metrics_listen: raw.metrics_listen.0,
             engine: raw.into_engine(),
             scrape,
+            discovery,
         };
         let errors = config.validate();
         if errors.is_empty() {
@@ -107,11 +119,16 @@ impl ServeConfig {
         }
         errors.extend(self.tls.as_ref().map(TlsConfig::validate).unwrap_or_default());
         errors.extend(self.engine.validate());
-        if self.engine.backends.is_empty() {
+        let discovering = self.discovery.as_ref().is_some_and(|d| !d.is_empty());
+        if self.engine.backends.is_empty() && !discovering {
             errors.push(ConfigError {
                 path: "backends".into(),
-                reason: "at least one backend is needed to dispatch anything".into(),
+                reason: "at least one backend is needed to dispatch anything (or a discovery source)".into(),
             });
+        }
+        if let Some(d) = &self.discovery {
+            errors.extend(d.validate());
+            errors.extend(d.validate_for(self.engine.saturation.detector));
         }
         let e = &self.engine;
         if e.saturation.detector.uses_metrics() {
@@ -133,6 +150,12 @@ impl ServeConfig {
         }
         if self.metrics_listen != next.metrics_listen {
             changed.push("metrics_listen");
+        }
+        if self.tls != next.tls {
+            changed.push("tls");
+        }
+        if self.discovery != next.discovery {
+            changed.push("discovery");
         }
         changed
     }
@@ -166,7 +189,7 @@ impl ServeConfig {
 pub const MAX_METRICS_URL_BYTES: usize = 2048;
 
 /// A metrics URL flowgate can scrape: `http://host:port/path` (no TLS, no credentials).
-fn check_metrics_url(url: &str) -> Result<(), String> {
+pub(crate) fn check_metrics_url(url: &str) -> Result<(), String> {
     if url.len() > MAX_METRICS_URL_BYTES {
         return Err(format!("longer than {MAX_METRICS_URL_BYTES} bytes"));
     }
@@ -244,8 +267,8 @@ struct RawConfig {
     metrics_listen: Listen,
     shards: usize,
     ring_capacity: usize,
-    #[serde(deserialize_with = "nullable")]
-    backends: Vec<RawBackend>,
+    /// `None` when the key is missing or empty (see `ServeConfig::from_yaml`).
+    backends: Option<Vec<RawBackend>>,
     #[serde(deserialize_with = "nullable")]
     saturation: RawSaturation,
     #[serde(deserialize_with = "nullable")]
@@ -256,6 +279,21 @@ struct RawConfig {
     workloads: RawWorkloads,
     ceilings: [f64; 5],
     spin_before_park: Dur,
+    discovery: Option<Discovery>,
+}
+
+/// The engine's default backends, as the file would write them.
+fn default_backends() -> Vec<RawBackend> {
+    EngineConfig::default()
+        .backends
+        .into_iter()
+        .map(|b| RawBackend {
+            address: b.address,
+            max_inflight: b.max_inflight,
+            metrics: None,
+            engine: ModelServer::default(),
+        })
+        .collect()
 }
 
 impl Default for RawConfig {
@@ -267,22 +305,14 @@ impl Default for RawConfig {
             metrics_listen: Listen(SocketAddr::from(([127, 0, 0, 1], 9090))),
             shards: e.shards,
             ring_capacity: e.ring_capacity,
-            backends: e
-                .backends
-                .into_iter()
-                .map(|b| RawBackend {
-                    address: b.address,
-                    max_inflight: b.max_inflight,
-                    metrics: None,
-                    engine: ModelServer::default(),
-                })
-                .collect(),
+            backends: None,
             saturation: RawSaturation::default(),
             queue: RawQueue::default(),
             scoring: RawScoring::default(),
             workloads: RawWorkloads::default(),
             ceilings: e.ceilings,
             spin_before_park: Dur(e.spin_before_park),
+            discovery: None,
         }
     }
 }
@@ -295,6 +325,7 @@ impl RawConfig {
             backends: self
                 .backends
                 .into_iter()
+                .flatten()
                 .map(|b| BackendConfig { address: b.address, max_inflight: b.max_inflight })
                 .collect(),
             saturation: SaturationConfig {

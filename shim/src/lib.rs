@@ -1,6 +1,9 @@
 //! flowgate: an Envoy ext_proc server in front of the flowgate flow-control engine.
 //!
 //! * [`config`] — the YAML configuration file.
+//! * [`discovery`] — backends found at run time: the sources' interface and the `discovery:` section.
+//! * [`discovery_file`] — the endpoints file's format; [`discovery_watch`] reads and watches it.
+//! * [`discovery_dns`] — backends from a name's A/AAAA records.
 //! * [`server`] — the ext_proc service: one stream per request, answered when the engine decides.
 //! * [`serve`] — starting and stopping the gRPC server, the engine and the metrics listener.
 //! * [`http`] — the metrics listener: `/metrics`, `/healthz`, the workload API.
@@ -20,6 +23,11 @@
 pub mod backend_metrics;
 pub mod backend_set;
 pub mod config;
+pub mod discovery;
+pub mod discovery_dns;
+pub mod discovery_feed;
+pub mod discovery_file;
+pub mod discovery_watch;
 pub mod engine_json;
 pub mod http;
 pub mod metrics;

@@ -10,6 +10,7 @@
 //! | `flowgate_tracked_workloads` | gauge | — |
 //! | `flowgate_context_defaults_total` | counter | `reason` ([`DefaultReason::label`]) |
 //! | `flowgate_criticality_capped_total` | counter | — |
+//! | `flowgate_config_reloads_total` | counter | `result` (`ok`, `error`) |
 //!
 //! plus the backend metrics of `backend_metrics.rs` (saturation, scrapes, GIE's pool saturation).
 //!

@@ -58,6 +58,8 @@ pub enum ServeError {
     Engine(String),
     /// The TLS configuration was refused by the gRPC server.
     Tls(String),
+    /// A discovery source could not be read at start.
+    Discovery(String),
 }
 
 impl std::fmt::Display for ServeError {
@@ -76,6 +78,7 @@ impl std::fmt::Display for ServeError {
                 write!(f, "{what}: cannot listen on {addr}: {source}")
             }
             ServeError::Engine(e) => write!(f, "engine: {e}"),
+            ServeError::Discovery(e) => f.write_str(e),
             ServeError::Tls(e) => write!(f, "tls: {e}"),
         }
     }
@@ -191,6 +194,28 @@ pub async fn start_with(config: ServeConfig, options: ServeOptions) -> Result<Ru
         config.engine.workloads.max_tracked,
         config.engine.workloads.default_criticality,
     ));
+    let backends = BackendSet::new(
+        engine.clone(),
+        metrics.clone(),
+        static_members(&config),
+        config.engine.saturation.clone(),
+    );
+    let stop_tasks = CancellationToken::new();
+    let mut tasks = Vec::new();
+    if let Some(discovery) = &config.discovery {
+        // Before the first connection is accepted: the discovery file's backends are in the set.
+        let detector = config.engine.saturation.detector;
+        match crate::discovery_feed::start(discovery, detector, backends.clone(), stop_tasks.clone()).await {
+            Ok(started) => tasks.extend(started),
+            Err(e) => {
+                stop_tasks.cancel();
+                backends.shutdown().await;
+                let engine = engine.clone();
+                let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+                return Err(ServeError::Discovery(e));
+            }
+        }
+    }
     let shutting_down = Arc::new(AtomicBool::new(false));
     let stop_grpc = CancellationToken::new();
     let stop_http = CancellationToken::new();
@@ -215,12 +240,6 @@ pub async fn start_with(config: ServeConfig, options: ServeOptions) -> Result<Ru
             .serve_with_incoming_shutdown(incoming, async move { grpc_stop.cancelled().await }),
     );
 
-    let backends = BackendSet::new(
-        engine.clone(),
-        metrics.clone(),
-        static_members(&config),
-        config.engine.saturation.clone(),
-    );
     let view: Arc<dyn EngineView> =
         Arc::new(ServedView { engine: engine.clone(), backends: backends.clone() });
     let state =
@@ -228,8 +247,6 @@ pub async fn start_with(config: ServeConfig, options: ServeOptions) -> Result<Ru
     let http_stop = stop_http.clone();
     let http = tokio::spawn(http::serve(http_listener, state, async move { http_stop.cancelled().await }));
 
-    let stop_tasks = CancellationToken::new();
-    let mut tasks = Vec::new();
     let overrides = (options.listen_override, options.metrics_listen_override);
     let reloader = options.config_path.map(|path| {
         let r = Reloader::new(path, config.clone(), backends.clone(), reload_service, metrics.clone());

@@ -267,7 +267,9 @@ struct RawConfig {
     metrics_listen: Listen,
     shards: usize,
     ring_capacity: usize,
-    /// `None` when the key is missing or empty (see `ServeConfig::from_yaml`).
+    /// `None` when the key is missing (see `ServeConfig::from_yaml`); written with nothing under
+    /// it, an empty list.
+    #[serde(deserialize_with = "present")]
     backends: Option<Vec<RawBackend>>,
     #[serde(deserialize_with = "nullable")]
     saturation: RawSaturation,
@@ -280,6 +282,11 @@ struct RawConfig {
     ceilings: [f64; 5],
     spin_before_park: Dur,
     discovery: Option<Discovery>,
+}
+
+/// A key that is there: `Some`, an empty list when written with nothing under it.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<RawBackend>>, D::Error> {
+    Ok(Some(Option::<Vec<RawBackend>>::deserialize(d)?.unwrap_or_default()))
 }
 
 /// The engine's default backends, as the file would write them.

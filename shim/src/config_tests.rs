@@ -293,3 +293,11 @@ fn summary_and_duration_formatting() {
     assert_eq!(format_size(1000), "1000B");
     assert_eq!(format_size(0), "0B");
 }
+
+#[test]
+fn with_discovery_and_no_backends_key_there_is_no_static_backend() {
+    let c = ok("discovery:\n  dns: { name: localhost, port: 8000, max_inflight: 4 }\n");
+    assert!(c.engine.backends.is_empty() && c.scrape.is_empty(), "{c:?}");
+    assert_eq!(ok("").engine.backends.len(), 1, "without discovery the default backend stays");
+    assert_eq!(error_path("backends: []\n"), "backends");
+}

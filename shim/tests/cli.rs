@@ -132,6 +132,16 @@ fn serve_runs_until_sigterm_and_exits_cleanly() {
     assert!(body.contains("flowgate_requests_total"), "{body}");
     assert!(TcpStream::connect(grpc).is_ok());
 
+    // Without a config file, SIGHUP has nothing to reload: logged, and serving goes on.
+    signal(&child, "-HUP");
+    loop {
+        let line = lines.next().expect("serve logged the SIGHUP").unwrap();
+        if line.contains("no config file to reload") {
+            break;
+        }
+    }
+    assert_eq!(http_get(metrics, "/healthz"), (200, "ok".to_string()));
+
     let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(kill.success());
     let start = Instant::now();
@@ -146,4 +156,97 @@ fn serve_runs_until_sigterm_and_exits_cleanly() {
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(rest.iter().any(|l| l.contains("SIGTERM received")), "{rest:?}");
     assert!(rest.iter().any(|l| l.contains("shut down")), "{rest:?}");
+}
+
+fn signal(child: &std::process::Child, sig: &str) {
+    let kill = Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+}
+
+/// Read `lines` until one contains `needle`; every line read is kept in `seen`.
+fn wait_line(lines: &std::sync::mpsc::Receiver<String>, needle: &str, seen: &mut Vec<String>) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                seen.push(line.clone());
+                if line.contains(needle) {
+                    return line;
+                }
+            }
+            Err(_) => panic!("no log line with {needle:?}; saw {seen:#?}"),
+        }
+    }
+}
+
+fn metric(metrics: SocketAddr, series: &str) -> f64 {
+    let (_, body) = http_get(metrics, "/metrics");
+    flowgate::metrics::sample(&body, series).unwrap_or_else(|| panic!("{series} missing"))
+}
+
+#[test]
+fn serve_reloads_its_config_on_sighup_and_when_the_watched_file_changes() {
+    let yaml = |max: u32| {
+        format!("listen: 127.0.0.1:0\nmetrics_listen: 127.0.0.1:0\nshards: 1\nbackends:\n  - address: 10.9.0.1:8000\n    max_inflight: {max}\n")
+    };
+    let path = config_file("reload", &yaml(8));
+    let mut child = flowgate()
+        .args(["serve", "--config", path.to_str().unwrap(), "--watch-config"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let serving = wait_line(&lines, "flowgate serving", &mut seen);
+    let metrics = field(&serving, "metrics_addr").unwrap();
+    let max_inflight = || {
+        let (_, body) = http_get(metrics, "/api/v1/backends");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v[0]["max_inflight"].as_u64().unwrap()
+    };
+
+    // SIGHUP: reloaded (the same file), counted.
+    let sent = Instant::now();
+    signal(&child, "-HUP");
+    wait_line(&lines, "config reloaded", &mut seen);
+    println!("SIGHUP to reload in force: {:?}", sent.elapsed());
+    assert_eq!(metric(metrics, r#"flowgate_config_reloads_total{result="ok"}"#), 1.0);
+
+    // A change of the watched file: applied without a signal.
+    let aside = path.with_extension("next");
+    std::fs::write(&aside, yaml(4)).unwrap();
+    let changed = Instant::now();
+    std::fs::rename(&aside, &path).unwrap();
+    wait_line(&lines, "config file changed", &mut seen);
+    wait_line(&lines, "config reloaded", &mut seen);
+    println!("watched change to reload in force: {:?}", changed.elapsed());
+    assert_eq!(max_inflight(), 4);
+
+    // A bad file is refused whole, with its `path: reason`, and the running config stays.
+    std::fs::write(&aside, format!("{}queue:\n  ttl: 30\n", yaml(2))).unwrap();
+    std::fs::rename(&aside, &path).unwrap();
+    let refused = wait_line(&lines, "config reload refused:", &mut seen);
+    assert!(refused.contains("queue.ttl"), "{refused}");
+    wait_line(&lines, "the running config keeps serving", &mut seen);
+    assert_eq!(metric(metrics, r#"flowgate_config_reloads_total{result="error"}"#), 1.0);
+    assert_eq!(max_inflight(), 4);
+    assert_eq!(http_get(metrics, "/healthz"), (200, "ok".to_string()));
+
+    signal(&child, "-TERM");
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(start.elapsed() < Duration::from_secs(20), "serve did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

@@ -160,11 +160,28 @@ impl ServeConfig {
         changed
     }
 
+    /// `, discovery file P + dns N:port` (empty without discovery).
+    fn discovery_summary(&self) -> String {
+        let Some(d) = &self.discovery else { return String::new() };
+        let mut parts = Vec::new();
+        if let Some(f) = &d.file {
+            parts.push(format!("file {}{}", f.path.display(), if f.watch { " (watched)" } else { "" }));
+        }
+        if let Some(n) = &d.dns {
+            parts.push(format!("dns {}:{} every {}", n.name, n.port, format_duration(n.refresh)));
+        }
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!(", discovery {}", parts.join(" + "))
+        }
+    }
+
     /// A one-line description, for `check-config` and the startup log.
     pub fn summary(&self) -> String {
         let e = &self.engine;
         format!(
-            "listen {}{}, metrics {}, {} shard(s){}, {} backend(s) with {} slot(s), detector {}, queue {} requests / {}, ttl {}, {} criticality cap(s)",
+            "listen {}{}, metrics {}, {} shard(s){}, {} static backend(s) with {} slot(s){}, detector {}, queue {} requests / {}, ttl {}, {} criticality cap(s)",
             self.listen,
             match &self.tls {
                 None => "",
@@ -176,6 +193,7 @@ impl ServeConfig {
             if e.shards == 0 { " (one per core)" } else { "" },
             e.backends.len(),
             e.total_slots(),
+            self.discovery_summary(),
             e.saturation.detector.name(),
             e.queue.max_requests,
             format_size(e.queue.max_bytes),

@@ -282,7 +282,7 @@ fn ceilings_and_ring_capacity_are_optional_knobs() {
 fn summary_and_duration_formatting() {
     let s = ServeConfig::embedded_default().summary();
     assert!(s.contains("listen 127.0.0.1:9002"), "{s}");
-    assert!(s.contains("1 backend(s) with 8 slot(s)"), "{s}");
+    assert!(s.contains("1 static backend(s) with 8 slot(s)"), "{s}");
     assert!(s.contains("ttl 30s"), "{s}");
     assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
     assert_eq!(format_duration(Duration::from_secs(300)), "5m");

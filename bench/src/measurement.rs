@@ -29,6 +29,10 @@ pub struct Measurement {
     pub producer_cpu_ns: Option<f64>,
     /// The rest of the process's CPU per request (the queue: shards or dispatcher), ns.
     pub queue_cpu_ns: Option<f64>,
+    /// Backend-set changes made while measuring (a changing backend set only; summed over
+    /// rounds, like `requests` and `seconds`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub set_changes: Option<u64>,
 }
 
 /// One point of the scaling curve.

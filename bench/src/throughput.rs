@@ -7,7 +7,7 @@
 //! - **deep queue**: `slots` permits are held and `depth` requests kept queued; each round submits
 //!   `slots` more and drops the held permits, so `slots` heads dispatch out of a queue ~`depth` deep.
 
-use crate::baseline::{Decision, Kind, Req, Spec};
+use crate::baseline::{Decision, Kind, Queue, Req, Spec, CHURN_INTERVAL};
 use crate::cpu;
 use crate::driver::{balanced_ids, submit, Rng, Tracker};
 use crate::measurement::{Measurement, ScalingPoint};
@@ -70,13 +70,14 @@ fn combine(ms: Vec<Measurement>) -> Measurement {
         rounds_req_per_s: std::mem::take(&mut rates),
         producer_cpu_ns,
         queue_cpu_ns,
+        set_changes: ms.iter().map(|m| m.set_changes).sum(),
     };
     out
 }
 
 fn shards_of(kind: Kind) -> usize {
     match kind {
-        Kind::Flowgate(n) | Kind::FlowgateScraped(n) => n,
+        Kind::Flowgate(n) | Kind::FlowgateScraped(n) | Kind::FlowgateChurn(n) => n,
         _ => 1,
     }
 }
@@ -86,6 +87,14 @@ fn request_mix(kind: Kind, prefix: &str, seed: u64) -> Vec<Req> {
     let ids = balanced_ids(prefix, WORKLOADS, shards_of(kind));
     let mut rng = Rng(seed);
     (0..4096).map(|i| Req::new(&ids[i % ids.len()], 1 + rng.below(5) as u8)).collect()
+}
+
+/// Backend-set changes `q` made since it reported `before`; panics if a changing set made none
+/// (the measurement would not be of a changing set).
+fn set_changes_since(q: &dyn Queue, before: Option<u64>) -> Option<u64> {
+    let changes = q.set_changes()?.saturating_sub(before.unwrap_or(0));
+    assert!(changes > 0, "{}: the backend set never changed while measuring", q.name());
+    Some(changes)
 }
 
 /// Free-capacity throughput of `kind` with `producers` threads and batches of `batch`.
@@ -100,7 +109,7 @@ pub fn free_capacity(kind: Kind, mode: &str, producers: usize, batch: usize, dur
             let reqs = request_mix(kind, "tput", p as u64 + 1);
             std::thread::spawn(move || {
                 let mut tickets = Vec::with_capacity(batch);
-                let (mut done, mut i) = (0u64, p * 97);
+                let (mut done, mut undispatched, mut i) = (0u64, 0u64, p * 97);
                 barrier.wait();
                 let cpu0 = cpu::thread_s();
                 // At least one batch, however late this thread gets to run.
@@ -116,13 +125,15 @@ pub fn free_capacity(kind: Kind, mode: &str, producers: usize, batch: usize, dur
                         std::thread::yield_now();
                     }
                     for t in tickets.drain(..) {
-                        done += u64::from(t.wait().outcome == Outcome::Dispatched);
+                        let dispatched = t.wait().outcome == Outcome::Dispatched;
+                        done += u64::from(dispatched);
+                        undispatched += u64::from(!dispatched);
                     }
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
                 }
-                (done, cpu0.zip(cpu::thread_s()).map(|(a, b)| b - a))
+                (done, undispatched, cpu0.zip(cpu::thread_s()).map(|(a, b)| b - a))
             })
         })
         .collect();
@@ -130,15 +141,24 @@ pub fn free_capacity(kind: Kind, mode: &str, producers: usize, batch: usize, dur
     barrier.wait();
     let t0 = Instant::now();
     let (process0, me0) = (cpu::process_s(), cpu::thread_s());
+    let changes0 = q.set_changes();
     sleep_with(&bar, dur);
     stop.store(true, Ordering::Relaxed);
-    let (mut requests, mut producer_s) = (0u64, Some(0.0));
+    let (mut requests, mut undispatched, mut producer_s) = (0u64, 0u64, Some(0.0));
     for t in threads {
-        let (done, s) = t.join().expect("producer");
+        let (done, refused, s) = t.join().expect("producer");
         requests += done;
+        undispatched += refused;
         producer_s = producer_s.zip(s).map(|(a, b)| a + b);
     }
     let seconds = t0.elapsed().as_secs_f64();
+    let set_changes = set_changes_since(&*q, changes0);
+    // With free capacity and a 30 s TTL everything dispatches, whatever the backend set does.
+    assert!(
+        !matches!(kind, Kind::FlowgateChurn(_)) || undispatched == 0,
+        "{}: {undispatched} requests not dispatched while the backend set changed",
+        kind.label()
+    );
     // The queue's share: the process's CPU minus the producers' and this (mostly asleep) thread's.
     let queue_s = (|| Some(cpu::process_s()? - process0? - producer_s? - (cpu::thread_s()? - me0?)))();
     let per_request_ns = |s: Option<f64>| s.map(|s| s.max(0.0) * 1e9 / requests.max(1) as f64);
@@ -156,6 +176,7 @@ pub fn free_capacity(kind: Kind, mode: &str, producers: usize, batch: usize, dur
         rounds_req_per_s: Vec::new(),
         producer_cpu_ns: per_request_ns(producer_s),
         queue_cpu_ns: per_request_ns(queue_s),
+        set_changes,
     }
 }
 
@@ -188,6 +209,7 @@ pub fn deep_queue(kind: Kind, depth: usize, slots: u32, dur: Duration) -> Measur
     let mut out = Vec::new();
     let (mut requests, mut rounds, mut depth_sum) = (0u64, 0u64, 0f64);
     let t0 = Instant::now();
+    let changes0 = q.set_changes();
     while t0.elapsed() < dur {
         for _ in 0..slots {
             let t = submit(&*q, next()).expect("submitted");
@@ -215,6 +237,7 @@ pub fn deep_queue(kind: Kind, depth: usize, slots: u32, dur: Duration) -> Measur
         bar.set_position(t0.elapsed().as_millis() as u64);
     }
     let seconds = t0.elapsed().as_secs_f64();
+    let set_changes = set_changes_since(&*q, changes0);
     bar.finish_and_clear();
     tracker.cancel_all();
     held.clear();
@@ -231,6 +254,7 @@ pub fn deep_queue(kind: Kind, depth: usize, slots: u32, dur: Duration) -> Measur
         rounds_req_per_s: Vec::new(),
         producer_cpu_ns: None,
         queue_cpu_ns: None,
+        set_changes,
     }
 }
 
@@ -279,6 +303,8 @@ pub struct ThroughputReport {
     pub results: Vec<Measurement>,
     /// Ratios of flowgate against each baseline, per mode.
     pub ratios: Vec<RatioRow>,
+    /// flowgate with a changing backend set against a fixed one, per mode (same run).
+    pub churn: Vec<ChurnRow>,
     /// Targets from the issues.
     pub targets: Vec<Target>,
 }
@@ -294,6 +320,50 @@ pub struct RatioRow {
     pub vs_seed: f64,
     /// flowgate / FIFO baseline.
     pub vs_fifo: f64,
+}
+
+/// One mode of flowgate with a changing backend set ([`Kind::FlowgateChurn`]) against the same
+/// shards with a fixed one ([`Kind::Flowgate`]), measured in the same run.
+#[derive(Debug, Serialize)]
+pub struct ChurnRow {
+    /// Mode.
+    pub mode: String,
+    /// The fixed set's implementation.
+    pub fixed: String,
+    /// The changing set's implementation.
+    pub churn: String,
+    /// Fixed set, req/s.
+    pub fixed_req_per_s: f64,
+    /// Changing set, req/s.
+    pub churn_req_per_s: f64,
+    /// Changing / fixed.
+    pub ratio: f64,
+    /// Backend-set changes made while measuring the changing set (all rounds).
+    pub set_changes: u64,
+    /// Those changes per second measured.
+    pub set_changes_per_s: f64,
+}
+
+fn churn_rows(results: &[Measurement], shards: usize) -> Vec<ChurnRow> {
+    let (fixed, churn) = (Kind::Flowgate(shards).label(), Kind::FlowgateChurn(shards).label());
+    ["low_load", "saturation", "deep_queue"]
+        .iter()
+        .filter_map(|&mode| {
+            let m = results.iter().find(|m| m.mode == mode && m.implementation == churn)?;
+            let base = find(results, mode, &fixed);
+            let set_changes = m.set_changes.unwrap_or(0);
+            Some(ChurnRow {
+                mode: mode.into(),
+                fixed: fixed.clone(),
+                churn: churn.clone(),
+                fixed_req_per_s: base,
+                churn_req_per_s: m.req_per_s,
+                ratio: m.req_per_s / base.max(f64::MIN_POSITIVE),
+                set_changes,
+                set_changes_per_s: set_changes as f64 / m.seconds.max(f64::MIN_POSITIVE),
+            })
+        })
+        .collect()
 }
 
 fn find(results: &[Measurement], mode: &str, implementation: &str) -> f64 {
@@ -312,8 +382,14 @@ fn saturation_ceiling(results: &[Measurement], one: &str, shards: usize) -> Opti
 /// Run the `throughput` subcommand; writes `throughput.json`, prints a table.
 pub fn run(opts: &Options, out_dir: &Path) -> std::io::Result<ThroughputReport> {
     let dur = Duration::from_secs_f64(opts.seconds / opts.rounds.max(1) as f64);
-    let kinds =
-        [Kind::Flowgate(1), Kind::FlowgateScraped(1), Kind::Flowgate(opts.shards), Kind::Seed, Kind::Fifo];
+    let kinds = [
+        Kind::Flowgate(1),
+        Kind::FlowgateScraped(1),
+        Kind::Flowgate(opts.shards),
+        Kind::FlowgateChurn(opts.shards),
+        Kind::Seed,
+        Kind::Fifo,
+    ];
     let mut results = interleaved(&kinds, opts.rounds, |k| free_capacity(k, "low_load", 1, 1, dur));
     results.extend(interleaved(&kinds, opts.rounds, |k| {
         free_capacity(k, "saturation", opts.producers, opts.batch, dur)
@@ -344,7 +420,18 @@ pub fn run(opts: &Options, out_dir: &Path) -> std::io::Result<ThroughputReport> 
         .iter()
         .map(|mode| find(&results, mode, &scraped) / find(&results, mode, &one).max(f64::MIN_POSITIVE))
         .fold(f64::INFINITY, f64::min);
+    let churn = churn_rows(&results, n);
+    let churn_worst = churn.iter().map(|c| c.ratio).fold(f64::INFINITY, f64::min);
     let targets = vec![
+        Target {
+            name: format!(
+                "changing backend set (every {} ms) vs fixed, {n} shards, worst mode",
+                CHURN_INTERVAL.as_secs_f64() * 1e3
+            ),
+            target: "≥ 0.95x".into(),
+            value: format!("{churn_worst:.2}x"),
+            met: churn_worst >= 0.95,
+        },
         Target {
             name: "detector both (scraped) vs concurrency, 1 shard, worst mode".into(),
             target: "≥ 0.95x".into(),
@@ -379,8 +466,14 @@ pub fn run(opts: &Options, out_dir: &Path) -> std::io::Result<ThroughputReport> 
             met: deep_best >= 5.0 * deep_seed,
         },
     ];
-    let report =
-        ThroughputReport { run: RunInfo::now(opts.quick), options: opts.clone(), results, ratios, targets };
+    let report = ThroughputReport {
+        run: RunInfo::now(opts.quick),
+        options: opts.clone(),
+        results,
+        ratios,
+        churn,
+        targets,
+    };
     report::write_json(out_dir, "throughput", &report)?;
     print!("{}", render(&report));
     Ok(report)
@@ -416,6 +509,25 @@ pub fn render(r: &ThroughputReport) -> String {
         ]);
     }
     let mut s = format!("\n== throughput (submit → dispatch → release) ==\n{}", t.render());
+    if !r.churn.is_empty() {
+        let mut c = Table::new(&["mode", "fixed set", "req/s", "changing set", "req/s", "ratio", "set changes/s"]);
+        for row in &r.churn {
+            c.row(vec![
+                row.mode.clone(),
+                row.fixed.clone(),
+                si(row.fixed_req_per_s),
+                row.churn.clone(),
+                si(row.churn_req_per_s),
+                ratio(row.churn_req_per_s, row.fixed_req_per_s),
+                format!("{:.0} ({} in all)", row.set_changes_per_s, row.set_changes),
+            ]);
+        }
+        s.push_str(&format!(
+            "\n== backend set changing every {} ms (set_backends: one added, one draining) ==\n{}",
+            CHURN_INTERVAL.as_secs_f64() * 1e3,
+            c.render()
+        ));
+    }
     s.push_str(&render_targets(&r.targets));
     s
 }

@@ -4,7 +4,8 @@
 //! [`Ticket::wait`] to block) resolving to a [`Decision`]; a dispatched decision carries a
 //! [`Permit`] whose drop frees the model-server slot. Four implementations:
 //!
-//! - [`EngineQueue`]: `flowgate_engine::Engine` with 1 or N shards.
+//! - [`EngineQueue`]: `flowgate_engine::Engine` with 1 or N shards (also: scraped backends,
+//!   [`Kind::FlowgateScraped`]; a backend set changing every millisecond, [`Kind::FlowgateChurn`]).
 //! - [`SeedQueue`]: the seed's design, modelled faithfully: one `Mutex`-guarded binary max-heap
 //!   whose comparator, **on every comparison**, reads the clock (`Instant::now()`, once per side as
 //!   the seed's `Less` calls `time.Now()` twice) and looks the workload's rate up in a
@@ -31,11 +32,11 @@ pub use locked::{Discipline, Locked, LockedPermit, LockedSlot, LockedTicket, Wai
 pub use seed::{Seed, SeedCore, SeedHeap, SeedItem, SeedQueue, SeedRegistry, SeedScore, WorkloadMetrics};
 
 use flowgate_engine::backends::ScrapeReading;
-use flowgate_engine::config::{Detector, EngineConfig, ScoringConfig, MAX_QUEUE_DEPTH_THRESHOLD};
+use flowgate_engine::config::{BackendConfig, Detector, EngineConfig, ScoringConfig, MAX_QUEUE_DEPTH_THRESHOLD};
 use flowgate_engine::{Engine, Outcome, Request, SubmitError, WorkloadContext};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
@@ -130,6 +131,10 @@ pub trait Queue: Send + Sync {
     fn submit(&self, req: &Req) -> Result<Ticket, Refused>;
     /// Requests queued (not in flight) now.
     fn queued(&self) -> u64;
+    /// Backend-set changes made so far, for a queue whose set changes ([`Kind::FlowgateChurn`]).
+    fn set_changes(&self) -> Option<u64> {
+        None
+    }
     /// Answer everything still queued and stop.
     fn shutdown(&self);
 }
@@ -144,6 +149,12 @@ pub enum Kind {
     /// [`FEED_INTERVAL`] as a model server's scrape would (what the utilization detector costs
     /// the dispatch path).
     FlowgateScraped(usize),
+    /// flowgate with this many shards whose backend set changes while requests flow: a
+    /// controller thread calls `Engine::set_backends` every [`CHURN_INTERVAL`], rotating through
+    /// [`churn_set`] ({A,B} → {B,C} → {C,A} → …, the same total capacity), so every change adds
+    /// one backend and drains another that still holds requests (what a changing backend set
+    /// costs the dispatch path).
+    FlowgateChurn(usize),
     /// The seed's design.
     Seed,
     /// A global `Mutex<VecDeque>`.
@@ -156,6 +167,7 @@ impl Kind {
         match self {
             Kind::Flowgate(n) => format!("flowgate-{n}sh"),
             Kind::FlowgateScraped(n) => format!("flowgate-scraped-{n}sh"),
+            Kind::FlowgateChurn(n) => format!("flowgate-churn-{n}sh"),
             Kind::Seed => "seed-heap".into(),
             Kind::Fifo => "fifo".into(),
         }
@@ -221,6 +233,11 @@ impl Spec {
                 config.saturation.queue_depth_threshold = MAX_QUEUE_DEPTH_THRESHOLD;
                 Arc::new(EngineQueue::start_scraped(config).expect("engine starts"))
             }
+            Kind::FlowgateChurn(n) => {
+                let mut config = self.engine_config(n);
+                config.backends = churn_set(0, self.slots);
+                Arc::new(EngineQueue::start_churning(config, self.slots).expect("engine starts"))
+            }
             Kind::Seed => SeedQueue::new(self),
             Kind::Fifo => FifoQueue::new(self),
         }
@@ -234,19 +251,109 @@ impl Spec {
 /// 10 ms, five times the default rate).
 pub const FEED_INTERVAL: Duration = Duration::from_millis(10);
 
+/// How often [`Kind::FlowgateChurn`]'s controller changes the backend set.
+pub const CHURN_INTERVAL: Duration = Duration::from_millis(1);
+
+/// The backends [`Kind::FlowgateChurn`] rotates through (A is the default config's backend).
+pub const CHURN_ADDRESSES: [&str; 3] = ["127.0.0.1:8000", "127.0.0.1:8001", "127.0.0.1:8002"];
+
+/// The backend set of [`Kind::FlowgateChurn`] after `step` changes: two of
+/// [`CHURN_ADDRESSES`] ({A,B}, {B,C}, {C,A}, …), each with half of `slots` (rounded up), so each
+/// step drains one backend, adds another and keeps the set's capacity.
+pub fn churn_set(step: usize, slots: u32) -> Vec<BackendConfig> {
+    let n = CHURN_ADDRESSES.len();
+    (0..2)
+        .map(|k| BackendConfig {
+            address: CHURN_ADDRESSES[(step + k) % n].into(),
+            max_inflight: slots.div_ceil(2).max(1),
+        })
+        .collect()
+}
+
+/// What [`Kind::FlowgateChurn`]'s controller has done so far.
+#[derive(Debug, Default)]
+pub struct ChurnCounts {
+    /// `set_backends` calls that added exactly one backend and drained exactly one.
+    pub changes: AtomicU64,
+    /// Of those, the ones after which a drained backend still held requests (dispatches then
+    /// ran beside a draining backend).
+    pub draining: AtomicU64,
+    /// `set_backends` calls that did anything else (refused a backend, changed nothing, …).
+    pub unexpected: AtomicU64,
+}
+
+/// Which flowgate configuration an [`EngineQueue`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Variant {
+    Plain,
+    Scraped,
+    Churn,
+}
+
 /// `flowgate_engine::Engine` as a [`Queue`].
 #[derive(Debug)]
 pub struct EngineQueue {
     engine: Arc<Engine>,
-    /// The scrape feeder of [`Kind::FlowgateScraped`]: its stop flag and thread.
+    /// The scrape feeder of [`Kind::FlowgateScraped`] or the controller of
+    /// [`Kind::FlowgateChurn`]: its stop flag and thread.
     feeder: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
-    scraped: bool,
+    variant: Variant,
+    churn: Arc<ChurnCounts>,
 }
 
 impl EngineQueue {
     /// Start an engine.
     pub fn start(config: EngineConfig) -> Result<Self, flowgate_engine::runtime::StartError> {
-        Ok(EngineQueue { engine: Arc::new(Engine::start(config)?), feeder: None, scraped: false })
+        Ok(EngineQueue {
+            engine: Arc::new(Engine::start(config)?),
+            feeder: None,
+            variant: Variant::Plain,
+            churn: Arc::default(),
+        })
+    }
+
+    /// Start an engine whose backend set a controller thread changes every [`CHURN_INTERVAL`]
+    /// until shutdown: step `k` sets [`churn_set`]`(k, slots)` (`config.backends` should be step
+    /// 0). [`ChurnCounts`] says what it did.
+    pub fn start_churning(
+        config: EngineConfig,
+        slots: u32,
+    ) -> Result<Self, flowgate_engine::runtime::StartError> {
+        let engine = Arc::new(Engine::start(config)?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let churn = Arc::new(ChurnCounts::default());
+        let control = {
+            let (engine, stop, churn) = (engine.clone(), stop.clone(), churn.clone());
+            let sets: Vec<Vec<BackendConfig>> =
+                (0..CHURN_ADDRESSES.len()).map(|k| churn_set(k, slots)).collect();
+            move || {
+                let mut step = 0usize;
+                while !stop.load(Ordering::Acquire) {
+                    std::thread::sleep(CHURN_INTERVAL);
+                    step += 1;
+                    let changes = engine.set_backends(&sets[step % sets.len()]);
+                    let expected = changes.added.len() == 1
+                        && changes.drained.len() == 1
+                        && changes.updated.is_empty()
+                        && changes.refused.is_empty();
+                    if !expected {
+                        churn.unexpected.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    churn.changes.fetch_add(1, Ordering::Relaxed);
+                    if engine.backend_states().iter().any(|s| s.draining) {
+                        churn.draining.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        };
+        let thread = std::thread::Builder::new().name("backend-churn".into()).spawn(control).expect("spawn");
+        Ok(EngineQueue { engine, feeder: Some((stop, thread)), variant: Variant::Churn, churn })
+    }
+
+    /// What the churn controller has done ([`Kind::FlowgateChurn`]; zeros otherwise).
+    pub fn churn_counts(&self) -> &ChurnCounts {
+        &self.churn
     }
 
     /// Start an engine whose backends are scraped: a thread publishes an empty queue (waiting 0,
@@ -271,7 +378,7 @@ impl EngineQueue {
             engine.publish_scrape(s.id, ScrapeReading::default());
         }
         let thread = std::thread::Builder::new().name("scrape-feeder".into()).spawn(feed).expect("spawn");
-        Ok(EngineQueue { engine, feeder: Some((stop, thread)), scraped: true })
+        Ok(EngineQueue { engine, feeder: Some((stop, thread)), variant: Variant::Scraped, churn: Arc::default() })
     }
 
     /// The engine.
@@ -282,11 +389,13 @@ impl EngineQueue {
 
 impl Queue for EngineQueue {
     fn name(&self) -> String {
-        if self.scraped {
-            Kind::FlowgateScraped(self.engine.shards()).label()
-        } else {
-            Kind::Flowgate(self.engine.shards()).label()
+        let n = self.engine.shards();
+        match self.variant {
+            Variant::Plain => Kind::Flowgate(n),
+            Variant::Scraped => Kind::FlowgateScraped(n),
+            Variant::Churn => Kind::FlowgateChurn(n),
         }
+        .label()
     }
 
     fn submit(&self, req: &Req) -> Result<Ticket, Refused> {
@@ -301,6 +410,10 @@ impl Queue for EngineQueue {
 
     fn queued(&self) -> u64 {
         self.engine.stats().queued
+    }
+
+    fn set_changes(&self) -> Option<u64> {
+        (self.variant == Variant::Churn).then(|| self.churn.changes.load(Ordering::Relaxed))
     }
 
     fn shutdown(&self) {

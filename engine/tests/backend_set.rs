@@ -12,6 +12,10 @@ use flowgate_engine::{Engine, Request, WorkloadContext};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "common/engine_wait.rs"]
+mod engine_wait;
+use engine_wait::{count, until};
+
 fn backend(i: u32, max_inflight: u32) -> BackendConfig {
     BackendConfig { address: format!("10.0.0.{i}:8000"), max_inflight }
 }
@@ -31,19 +35,6 @@ fn request(workload: &str, criticality: u8) -> Request {
         context: WorkloadContext { workload_id: Arc::from(workload), criticality, ttl: None },
         bytes: 0,
     }
-}
-
-/// Wait (yielding) until `cond` holds; panics after 10 s.
-fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::yield_now();
-    }
-}
-
-fn count(engine: &Engine, outcome: Outcome) -> u64 {
-    engine.outcome_counts().into_iter().find(|(o, _)| *o == outcome).map_or(0, |(_, n)| n)
 }
 
 #[test]

@@ -10,6 +10,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "common/engine_wait.rs"]
+mod engine_wait;
+use engine_wait::{count, until};
+
 fn config(shards: usize, slots: u32) -> EngineConfig {
     EngineConfig {
         shards,
@@ -20,19 +24,6 @@ fn config(shards: usize, slots: u32) -> EngineConfig {
 
 fn request(workload: &str, criticality: u8, ttl: Option<Duration>) -> Request {
     Request { context: WorkloadContext { workload_id: Arc::from(workload), criticality, ttl }, bytes: 0 }
-}
-
-/// Wait (yielding) until `cond` holds; panics after 10 s.
-fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::yield_now();
-    }
-}
-
-fn count(engine: &Engine, outcome: Outcome) -> u64 {
-    engine.outcome_counts().into_iter().find(|(o, _)| *o == outcome).map_or(0, |(_, n)| n)
 }
 
 fn total_outcomes(engine: &Engine) -> u64 {

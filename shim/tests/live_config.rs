@@ -52,22 +52,11 @@ async fn start_file(config: &Path) -> Running {
 }
 
 async fn backends(running: &Running) -> Vec<Value> {
-    let (status, body) = http_get(running.metrics_addr(), "/api/v1/backends", DEADLINE).await;
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
+    common::backends(running, DEADLINE).await
 }
 
-/// Poll `/api/v1/backends` until `pred` holds.
 async fn wait_backends(running: &Running, what: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let start = Instant::now();
-    loop {
-        let b = backends(running).await;
-        if pred(&b) {
-            return b;
-        }
-        assert!(start.elapsed() < DEADLINE, "{what}: backends stayed {b:#?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    common::wait_backends(running, what, DEADLINE, pred).await
 }
 
 fn find<'a>(b: &'a [Value], address: &str) -> Option<&'a Value> {

@@ -173,3 +173,28 @@ pub async fn wait_metric(metrics: SocketAddr, series: &str, value: f64, deadline
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// `GET /api/v1/backends` of `running`, parsed.
+pub async fn backends(running: &Running, deadline: Duration) -> Vec<serde_json::Value> {
+    let (status, body) = http_get(running.metrics_addr(), "/api/v1/backends", deadline).await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Poll `/api/v1/backends` until `pred` holds, for at most `deadline`.
+pub async fn wait_backends(
+    running: &Running,
+    what: &str,
+    deadline: Duration,
+    pred: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let start = Instant::now();
+    loop {
+        let b = backends(running, deadline).await;
+        if pred(&b) {
+            return b;
+        }
+        assert!(start.elapsed() < deadline, "{what}: backends stayed {b:#?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -13,6 +13,10 @@ instance owns exactly two slots.  The tests hold slots with the upstream's
 hold mechanism (x-test-hold + POST /_release) and wait on real signals
 (upstream /_holding, flowgate's queue-size gauge, Envoy /ready): no sleeps.
 
+Further phases in modules of their own, each with its own Envoy and flowgate: the TLS pair
+(e2e/tls_pair.py, --no-tls skips it) and live reconfiguration, discovery-file edits and SIGHUP
+reloads under load (e2e/live_config.py, --no-live skips it).
+
 Modes:
   (default)        full test; needs --flowgate
   --no-ext-proc    routing-only smoke test: Envoy without the ext_proc filter,
@@ -36,6 +40,7 @@ import threading
 import time
 
 import tls_pair  # the TLS pair: Envoy -> flowgate over mTLS (e2e/tls_pair.py)
+import live_config  # live reconfiguration: discovery edits + SIGHUP reloads (e2e/live_config.py)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 QUEUE_GAUGE = "inference_extension_flow_control_queue_size"
@@ -1193,6 +1198,13 @@ class Harness:
             self.run_phase("tls. Envoy -> flowgate over mTLS",
                            lambda: tls_pair.phase(self, sys.modules[__name__]))
         # --- end of the TLS pair ---
+        # --- live reconfiguration (e2e/live_config.py): its own Envoy, flowgate and upstream C ---
+        if self.args.no_live:
+            print("--- live reconfiguration skipped (--no-live)", flush=True)
+        else:
+            self.run_phase("live. discovery edits and SIGHUP reloads under load",
+                           lambda: live_config.phase(self, sys.modules[__name__]))
+        # --- end of live reconfiguration ---
         if self.args.no_sat:
             print("--- saturation checks skipped (--no-sat)", flush=True)
             return
@@ -1225,6 +1237,11 @@ def main():
     ap.add_argument("--deadline", type=float, default=280.0, help="overall seconds")
     ap.add_argument("--no-ext-proc", action="store_true")
     ap.add_argument("--no-tls", action="store_true", help="skip the TLS pair (e2e/tls_pair.py)")
+    ap.add_argument("--no-live", action="store_true",
+                    help="skip the live-reconfiguration phase (e2e/live_config.py)")
+    ap.add_argument("--live-reloads", type=int, default=100, help="live4: SIGHUP reloads under load")
+    ap.add_argument("--live-changes", type=int, default=100,
+                    help="live4: discovery-file rewrites under load")
     ap.add_argument("--validate-only", action="store_true")
     args = ap.parse_args()
     if not (args.no_ext_proc or args.validate_only):

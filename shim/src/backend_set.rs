@@ -186,7 +186,17 @@ impl BackendSet {
         changes: &BackendChanges,
         restart_scrapers: bool,
     ) {
-        inner.origin = merged.iter().map(|(m, s)| (m.address.clone(), *s)).collect();
+        // A backend that left the sources keeps its source while it drains (it is still listed).
+        let listed: std::collections::HashSet<String> =
+            self.engine.backend_states().into_iter().map(|s| s.address).collect();
+        let mut origin: HashMap<String, Source> =
+            merged.iter().map(|(m, s)| (m.address.clone(), *s)).collect();
+        for (address, source) in inner.origin.drain() {
+            if listed.contains(&address) {
+                origin.entry(address).or_insert(source);
+            }
+        }
+        inner.origin = origin;
         for id in &changes.added {
             let address = self.address_of(*id);
             let source = address.as_deref().and_then(|a| inner.origin.get(a)).map_or("?", |s| s.name());

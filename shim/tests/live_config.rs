@@ -111,6 +111,7 @@ async fn a_discovery_file_edit_adds_and_drains_without_losing_a_request() {
     let b = backends(&running).await;
     let removed = find(&b, "10.1.0.1:8000").expect("a draining backend stays listed");
     assert_eq!((removed["draining"].as_bool(), removed["inflight"].as_u64()), (Some(true), Some(1)));
+    assert_eq!(removed["source"], "file", "a draining backend keeps its source");
 
     // Every backend is full or draining: a new request waits, and never goes to the draining one.
     let mut waiting = Stream::open(&mut client, vec![context("w4", 3)], DEADLINE).await;

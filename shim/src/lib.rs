@@ -39,4 +39,5 @@ pub mod served_view;
 pub mod server;
 pub mod status_page;
 pub mod tls;
+pub mod usage;
 pub mod view;

@@ -5,18 +5,21 @@
 //!
 //! Targets (issues): `score/key` ≤ 20 ns; `rescore/100000` ≤ 2 ms; flowgate ≥ 5× the seed baseline
 //! on push+pop at 10k queued (compare `shard/enqueue+dispatch_next/10000` with
-//! `seed/push+pop/10000`).
+//! `seed/push+pop/10000`); a changing backend set costs the gate nothing measurable (compare
+//! `gate/acquire+release/churn-N` with `gate/acquire+release/fixed-N`, same run).
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use flowgate_bench::baseline::{EngineQueue, Queue, Req, SeedCore, Spec};
+use flowgate_bench::baseline::{churn_set, EngineQueue, Queue, Req, SeedCore, Spec, CHURN_INTERVAL};
 use flowgate_bench::driver::Rng;
 use flowgate_engine::budget::QueueBudget;
+use flowgate_engine::clock::Clock;
 use flowgate_engine::config::{EngineConfig, ScoringConfig, MAX_TTL};
+use flowgate_engine::gate::Gate;
 use flowgate_engine::registry::hash_workload_id;
 use flowgate_engine::ring::shard_of;
 use flowgate_engine::score::Scorer;
 use flowgate_engine::shard::{Arrival, Shard};
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -213,5 +216,62 @@ fn engine_path(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, score, rescore, shard_push_pop, seed_push_pop, engine_path);
+/// The gate's dispatch step (`try_acquire` + `release`, one place at a time) on a fixed set of one
+/// backend and of two, each against the same set whose backends a controller thread rotates every
+/// [`CHURN_INTERVAL`] ({A} → {B} → {C} …, as `Kind::FlowgateChurn` does, or {A,B} → {B,C} → …).
+/// A one-backend set has no backend for the instant a change swaps it: an acquire that finds no
+/// room then tries again (counted, and printed with the changes made).
+fn gate_churn(c: &mut Criterion) {
+    const SLOTS: u32 = 1024;
+    let mut g = c.benchmark_group("gate");
+    g.throughput(Throughput::Elements(1));
+    for width in [1usize, 2] {
+        for churn in [false, true] {
+            let config = EngineConfig { backends: churn_set(0, width, SLOTS), ..EngineConfig::default() };
+            let gate = Arc::new(Gate::new(&config, 1, Clock::new()));
+            let stop = Arc::new(AtomicBool::new(false));
+            let changes = Arc::new(AtomicU64::new(0));
+            let controller = churn.then(|| {
+                let (gate, stop, changes) = (gate.clone(), stop.clone(), changes.clone());
+                std::thread::spawn(move || {
+                    let sets: Vec<_> = (0..3).map(|k| churn_set(k, width, SLOTS)).collect();
+                    let mut step = 0usize;
+                    while !stop.load(Ordering::Acquire) {
+                        std::thread::sleep(CHURN_INTERVAL);
+                        step += 1;
+                        let done = gate.set_backends(&sets[step % sets.len()]);
+                        assert!(done.refused.is_empty() && done.added.len() == 1 && done.drained.len() == 1);
+                        changes.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            });
+            let name = format!("{}-{width}", if churn { "churn" } else { "fixed" });
+            let (started, mut retries) = (Instant::now(), 0u64);
+            g.bench_function(BenchmarkId::new("acquire+release", &name), |b| {
+                b.iter(|| {
+                    let place = loop {
+                        match gate.try_acquire(black_box(3)) {
+                            Ok(place) => break place,
+                            Err(_) => retries += 1,
+                        }
+                    };
+                    gate.release(black_box(place));
+                })
+            });
+            stop.store(true, Ordering::Release);
+            if let Some(t) = controller {
+                t.join().expect("controller");
+                let n = changes.load(Ordering::Relaxed);
+                assert!(n > 0, "the backend set never changed");
+                eprintln!(
+                    "gate/acquire+release/{name}: {n} set changes ({:.0}/s), {retries} acquires retried",
+                    n as f64 / started.elapsed().as_secs_f64()
+                );
+            }
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, score, rescore, shard_push_pop, seed_push_pop, engine_path, gate_churn);
 criterion_main!(benches);

@@ -32,7 +32,7 @@ pub struct Measurement {
     /// Backend-set changes made while measuring (a changing backend set only; summed over
     /// rounds, like `requests` and `seconds`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub set_changes: Option<u64>,
+    pub set_changes: Option<SetChanges>,
 }
 
 /// One point of the scaling curve.
@@ -44,4 +44,35 @@ pub struct ScalingPoint {
     pub req_per_s: f64,
     /// Low-load throughput (one request at a time).
     pub low_load_req_per_s: f64,
+}
+
+/// Counts of a backend-set controller's `set_backends` calls (`baseline::ChurnCounts`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SetChanges {
+    /// Calls that did what was meant (one backend added and one drained, or, for a steady set, nothing).
+    pub calls: u64,
+    /// Of those, the ones that left a drained backend still holding requests.
+    pub draining: u64,
+    /// Calls that did anything else.
+    pub unexpected: u64,
+}
+
+impl SetChanges {
+    /// `self - before`, field by field.
+    pub fn since(self, before: SetChanges) -> SetChanges {
+        SetChanges {
+            calls: self.calls.saturating_sub(before.calls),
+            draining: self.draining.saturating_sub(before.draining),
+            unexpected: self.unexpected.saturating_sub(before.unexpected),
+        }
+    }
+
+    /// `self + other`, field by field.
+    pub fn plus(self, other: SetChanges) -> SetChanges {
+        SetChanges {
+            calls: self.calls + other.calls,
+            draining: self.draining + other.draining,
+            unexpected: self.unexpected + other.unexpected,
+        }
+    }
 }

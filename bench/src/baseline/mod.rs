@@ -27,12 +27,15 @@ mod fifo;
 mod locked;
 mod seed;
 
+pub use crate::measurement::SetChanges;
 pub use fifo::{Fifo, FifoQueue};
 pub use locked::{Discipline, Locked, LockedPermit, LockedSlot, LockedTicket, Waiting};
 pub use seed::{Seed, SeedCore, SeedHeap, SeedItem, SeedQueue, SeedRegistry, SeedScore, WorkloadMetrics};
 
 use flowgate_engine::backends::ScrapeReading;
-use flowgate_engine::config::{BackendConfig, Detector, EngineConfig, ScoringConfig, MAX_QUEUE_DEPTH_THRESHOLD};
+use flowgate_engine::config::{
+    BackendConfig, Detector, EngineConfig, ScoringConfig, MAX_QUEUE_DEPTH_THRESHOLD,
+};
 use flowgate_engine::{Engine, Outcome, Request, SubmitError, WorkloadContext};
 use std::future::Future;
 use std::pin::Pin;
@@ -131,8 +134,9 @@ pub trait Queue: Send + Sync {
     fn submit(&self, req: &Req) -> Result<Ticket, Refused>;
     /// Requests queued (not in flight) now.
     fn queued(&self) -> u64;
-    /// Backend-set changes made so far, for a queue whose set changes ([`Kind::FlowgateChurn`]).
-    fn set_changes(&self) -> Option<u64> {
+    /// What the backend-set controller has done so far ([`Kind::FlowgateChurn`],
+    /// [`Kind::FlowgateSteady`]; `None` for the rest).
+    fn set_changes(&self) -> Option<SetChanges> {
         None
     }
     /// Answer everything still queued and stop.
@@ -151,10 +155,16 @@ pub enum Kind {
     FlowgateScraped(usize),
     /// flowgate with this many shards whose backend set changes while requests flow: a
     /// controller thread calls `Engine::set_backends` every [`CHURN_INTERVAL`], rotating through
-    /// [`churn_set`] ({A,B} → {B,C} → {C,A} → …, the same total capacity), so every change adds
-    /// one backend and drains another that still holds requests (what a changing backend set
-    /// costs the dispatch path).
+    /// [`churn_set`] of [`CHURN_WIDTH`] backends ({A} → {B} → {C} → {A} …, each with all the
+    /// slots, as [`Kind::Flowgate`]'s one backend has), so every change adds one backend and
+    /// drains another that still holds requests (what a changing backend set costs the dispatch
+    /// path, against [`Kind::Flowgate`] as the fixed set).
     FlowgateChurn(usize),
+    /// [`Kind::FlowgateChurn`]'s control: the same controller thread calling
+    /// `Engine::set_backends` every [`CHURN_INTERVAL`], with the set it already has (one backend,
+    /// all the slots), so the set never changes. What the changing set costs beyond the
+    /// controller's calls is churn against this.
+    FlowgateSteady(usize),
     /// The seed's design.
     Seed,
     /// A global `Mutex<VecDeque>`.
@@ -168,6 +178,7 @@ impl Kind {
             Kind::Flowgate(n) => format!("flowgate-{n}sh"),
             Kind::FlowgateScraped(n) => format!("flowgate-scraped-{n}sh"),
             Kind::FlowgateChurn(n) => format!("flowgate-churn-{n}sh"),
+            Kind::FlowgateSteady(n) => format!("flowgate-steady-{n}sh"),
             Kind::Seed => "seed-heap".into(),
             Kind::Fifo => "fifo".into(),
         }
@@ -233,10 +244,11 @@ impl Spec {
                 config.saturation.queue_depth_threshold = MAX_QUEUE_DEPTH_THRESHOLD;
                 Arc::new(EngineQueue::start_scraped(config).expect("engine starts"))
             }
-            Kind::FlowgateChurn(n) => {
+            Kind::FlowgateChurn(n) | Kind::FlowgateSteady(n) => {
                 let mut config = self.engine_config(n);
-                config.backends = churn_set(0, self.slots);
-                Arc::new(EngineQueue::start_churning(config, self.slots).expect("engine starts"))
+                config.backends = churn_set(0, CHURN_WIDTH, self.slots);
+                let rotate = matches!(kind, Kind::FlowgateChurn(_));
+                Arc::new(EngineQueue::start_churning(config, self.slots, rotate).expect("engine starts"))
             }
             Kind::Seed => SeedQueue::new(self),
             Kind::Fifo => FifoQueue::new(self),
@@ -257,28 +269,34 @@ pub const CHURN_INTERVAL: Duration = Duration::from_millis(1);
 /// The backends [`Kind::FlowgateChurn`] rotates through (A is the default config's backend).
 pub const CHURN_ADDRESSES: [&str; 3] = ["127.0.0.1:8000", "127.0.0.1:8001", "127.0.0.1:8002"];
 
-/// The backend set of [`Kind::FlowgateChurn`] after `step` changes: two of
-/// [`CHURN_ADDRESSES`] ({A,B}, {B,C}, {C,A}, …), each with half of `slots` (rounded up), so each
-/// step drains one backend, adds another and keeps the set's capacity.
-pub fn churn_set(step: usize, slots: u32) -> Vec<BackendConfig> {
+/// Backends in [`Kind::FlowgateChurn`]'s set at any time: one, as [`Kind::Flowgate`] has, so the
+/// fixed set it is compared against differs only in not changing.
+pub const CHURN_WIDTH: usize = 1;
+
+/// A rotating backend set after `step` changes: `width` (1 or 2) consecutive
+/// [`CHURN_ADDRESSES`] ({A}, {B}, {C}, … or {A,B}, {B,C}, {C,A}, …) sharing `slots` evenly
+/// (rounded up), so each step drains one backend, adds another and keeps the set's capacity.
+pub fn churn_set(step: usize, width: usize, slots: u32) -> Vec<BackendConfig> {
     let n = CHURN_ADDRESSES.len();
-    (0..2)
+    let width = width.clamp(1, n - 1);
+    (0..width)
         .map(|k| BackendConfig {
             address: CHURN_ADDRESSES[(step + k) % n].into(),
-            max_inflight: slots.div_ceil(2).max(1),
+            max_inflight: slots.div_ceil(width as u32).max(1),
         })
         .collect()
 }
 
-/// What [`Kind::FlowgateChurn`]'s controller has done so far.
+/// What the controller of [`Kind::FlowgateChurn`] (or [`Kind::FlowgateSteady`]) has done so far.
 #[derive(Debug, Default)]
 pub struct ChurnCounts {
-    /// `set_backends` calls that added exactly one backend and drained exactly one.
+    /// `set_backends` calls that did what was meant: added exactly one backend and drained
+    /// exactly one (churn), or changed nothing (steady).
     pub changes: AtomicU64,
     /// Of those, the ones after which a drained backend still held requests (dispatches then
     /// ran beside a draining backend).
     pub draining: AtomicU64,
-    /// `set_backends` calls that did anything else (refused a backend, changed nothing, …).
+    /// `set_backends` calls that did anything else (refused a backend, …).
     pub unexpected: AtomicU64,
 }
 
@@ -288,6 +306,7 @@ enum Variant {
     Plain,
     Scraped,
     Churn,
+    Steady,
 }
 
 /// `flowgate_engine::Engine` as a [`Queue`].
@@ -313,29 +332,36 @@ impl EngineQueue {
     }
 
     /// Start an engine whose backend set a controller thread changes every [`CHURN_INTERVAL`]
-    /// until shutdown: step `k` sets [`churn_set`]`(k, slots)` (`config.backends` should be step
-    /// 0). [`ChurnCounts`] says what it did.
+    /// until shutdown: step `k` sets [`churn_set`]`(k, CHURN_WIDTH, slots)` (`config.backends`
+    /// should be step 0); with `rotate` false, it sets step 0 every time (the same calls, no
+    /// change). [`ChurnCounts`] says what it did.
     pub fn start_churning(
         config: EngineConfig,
         slots: u32,
+        rotate: bool,
     ) -> Result<Self, flowgate_engine::runtime::StartError> {
         let engine = Arc::new(Engine::start(config)?);
         let stop = Arc::new(AtomicBool::new(false));
         let churn = Arc::new(ChurnCounts::default());
         let control = {
             let (engine, stop, churn) = (engine.clone(), stop.clone(), churn.clone());
+            let steps = if rotate { CHURN_ADDRESSES.len() } else { 1 };
             let sets: Vec<Vec<BackendConfig>> =
-                (0..CHURN_ADDRESSES.len()).map(|k| churn_set(k, slots)).collect();
+                (0..steps).map(|k| churn_set(k, CHURN_WIDTH, slots)).collect();
             move || {
                 let mut step = 0usize;
                 while !stop.load(Ordering::Acquire) {
                     std::thread::sleep(CHURN_INTERVAL);
                     step += 1;
                     let changes = engine.set_backends(&sets[step % sets.len()]);
-                    let expected = changes.added.len() == 1
-                        && changes.drained.len() == 1
-                        && changes.updated.is_empty()
-                        && changes.refused.is_empty();
+                    let expected = if rotate {
+                        changes.added.len() == 1
+                            && changes.drained.len() == 1
+                            && changes.updated.is_empty()
+                            && changes.refused.is_empty()
+                    } else {
+                        changes.is_empty()
+                    };
                     if !expected {
                         churn.unexpected.fetch_add(1, Ordering::Relaxed);
                         continue;
@@ -348,7 +374,8 @@ impl EngineQueue {
             }
         };
         let thread = std::thread::Builder::new().name("backend-churn".into()).spawn(control).expect("spawn");
-        Ok(EngineQueue { engine, feeder: Some((stop, thread)), variant: Variant::Churn, churn })
+        let variant = if rotate { Variant::Churn } else { Variant::Steady };
+        Ok(EngineQueue { engine, feeder: Some((stop, thread)), variant, churn })
     }
 
     /// What the churn controller has done ([`Kind::FlowgateChurn`]; zeros otherwise).
@@ -378,7 +405,12 @@ impl EngineQueue {
             engine.publish_scrape(s.id, ScrapeReading::default());
         }
         let thread = std::thread::Builder::new().name("scrape-feeder".into()).spawn(feed).expect("spawn");
-        Ok(EngineQueue { engine, feeder: Some((stop, thread)), variant: Variant::Scraped, churn: Arc::default() })
+        Ok(EngineQueue {
+            engine,
+            feeder: Some((stop, thread)),
+            variant: Variant::Scraped,
+            churn: Arc::default(),
+        })
     }
 
     /// The engine.
@@ -394,6 +426,7 @@ impl Queue for EngineQueue {
             Variant::Plain => Kind::Flowgate(n),
             Variant::Scraped => Kind::FlowgateScraped(n),
             Variant::Churn => Kind::FlowgateChurn(n),
+            Variant::Steady => Kind::FlowgateSteady(n),
         }
         .label()
     }
@@ -412,8 +445,12 @@ impl Queue for EngineQueue {
         self.engine.stats().queued
     }
 
-    fn set_changes(&self) -> Option<u64> {
-        (self.variant == Variant::Churn).then(|| self.churn.changes.load(Ordering::Relaxed))
+    fn set_changes(&self) -> Option<SetChanges> {
+        matches!(self.variant, Variant::Churn | Variant::Steady).then(|| SetChanges {
+            calls: self.churn.changes.load(Ordering::Relaxed),
+            draining: self.churn.draining.load(Ordering::Relaxed),
+            unexpected: self.churn.unexpected.load(Ordering::Relaxed),
+        })
     }
 
     fn shutdown(&self) {
@@ -473,6 +510,25 @@ mod tests {
     #[test]
     fn seed_queue_dispatches_by_priority_and_recycles_slots() {
         exercise(SeedQueue::new(&Spec { slots: 2, ..Spec::default() }));
+    }
+
+    #[test]
+    fn a_churning_engine_keeps_dispatching_while_its_backend_set_changes() {
+        for kind in [Kind::FlowgateChurn(2), Kind::FlowgateSteady(1)] {
+            let q = Spec { slots: 4, ..Spec::default() }.build(kind);
+            let w: Arc<str> = Arc::from("w");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            // Until the controller has made a few calls, every request dispatches.
+            while q.set_changes().unwrap().calls < 5 {
+                assert!(Instant::now() < deadline, "{}: the controller makes calls", q.name());
+                let held: Vec<Decision> =
+                    (0..4).map(|_| q.submit(&Req::new(&w, 3)).unwrap().wait()).collect();
+                assert!(held.iter().all(|d| d.outcome == Outcome::Dispatched), "{}", q.name());
+            }
+            let counts = q.set_changes().unwrap();
+            assert_eq!(counts.unexpected, 0, "{}", q.name());
+            q.shutdown();
+        }
     }
 
     #[test]

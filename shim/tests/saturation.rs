@@ -98,10 +98,13 @@ async fn at_most_threshold_minus_waiting_go_between_two_scrapes() {
     wait_backends(&running, "first scrape", |s| fresh(&s[0], 2.0)).await;
     let mut client = connect(running.grpc_addr()).await;
     let mut streams = Vec::new();
-    for i in 0..6 {
-        streams.push(Stream::open(&mut client, vec![context(&format!("w{i}"), 3)], DEADLINE).await);
-    }
     let engine = running.engine().clone();
+    for i in 0..6u64 {
+        streams.push(Stream::open(&mut client, vec![context(&format!("w{i}"), 3)], DEADLINE).await);
+        // Each stream's request reaches the engine before the next opens: streams are served by
+        // tasks of their own, so without this their arrival order is not the opening order.
+        until("the request arrived", || engine.stats().queued + engine.stats().inflight == i + 1).await;
+    }
     until("3 dispatched, 3 queued", || engine.stats().queued == 3 && engine.stats().inflight == 3).await;
     let mut dispatched = 0;
     for s in streams.iter_mut().take(3) {

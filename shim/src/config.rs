@@ -31,10 +31,10 @@ use crate::tls::{RawTls, TlsConfig};
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
-#[path = "config_values.rs"]
-mod values;
-pub use values::{format_duration, format_size, parse_duration, parse_size};
-use values::{nullable, Dur, Listen, Size};
+use crate::config_values::{check_metrics_url, nullable, Dur, Listen, Size};
+pub use crate::config_values::{
+    format_duration, format_size, parse_duration, parse_size, MAX_METRICS_URL_BYTES,
+};
 
 /// The embedded default configuration (used when `serve` gets no `--config`).
 pub const DEFAULT_YAML: &str = include_str!("default.yaml");
@@ -200,24 +200,6 @@ impl ServeConfig {
             format_duration(e.queue.ttl),
             e.workloads.caps.len(),
         )
-    }
-}
-
-/// Most bytes of a backend's `metrics` URL.
-pub const MAX_METRICS_URL_BYTES: usize = 2048;
-
-/// A metrics URL flowgate can scrape: `http://host:port/path` (no TLS, no credentials).
-pub(crate) fn check_metrics_url(url: &str) -> Result<(), String> {
-    if url.len() > MAX_METRICS_URL_BYTES {
-        return Err(format!("longer than {MAX_METRICS_URL_BYTES} bytes"));
-    }
-    let uri: hyper::Uri = url.parse().map_err(|e| format!("{url:?} is not a URL: {e}"))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(format!("{url:?}: only http:// metrics pages are scraped"));
-    }
-    match uri.authority() {
-        Some(a) if !a.as_str().contains('@') && !a.host().is_empty() => Ok(()),
-        _ => Err(format!("{url:?} needs a host[:port] and no credentials")),
     }
 }
 

@@ -1,5 +1,7 @@
-//! The configuration file's scalar values: durations, sizes and listen addresses, how they are
-//! read (strings with a unit; bare numbers refused where they would be ambiguous) and rendered.
+//! The configuration file's scalar values: durations, sizes, listen addresses and metrics URLs,
+//! how they are read (strings with a unit; bare numbers refused where they would be ambiguous)
+//! and rendered. Shared by the config file (`config.rs`) and the discovery sources
+//! (`discovery*.rs`), which both import it.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -37,7 +39,7 @@ pub fn format_size(bytes: u64) -> String {
 
 /// A duration written as a string with a unit.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub(super) struct Dur(pub(super) Duration);
+pub(crate) struct Dur(pub(crate) Duration);
 
 /// Parse `50us` (or `50µs`), `250ms`, `30s`, `1.5s`, `5m`, `1h`.
 pub fn parse_duration(text: &str) -> Option<Duration> {
@@ -97,7 +99,7 @@ impl<'de> Deserialize<'de> for Dur {
 
 /// A byte size: an integer, or a string with a unit.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub(super) struct Size(pub(super) u64);
+pub(crate) struct Size(pub(crate) u64);
 
 /// Parse `1048576`, `64KiB`, `512MiB`, `1GiB`, `1TiB`, `10MB`, `100B`.
 pub fn parse_size(text: &str) -> Option<u64> {
@@ -154,7 +156,7 @@ impl<'de> Deserialize<'de> for Size {
 
 /// A listen address, `ip:port`.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub(super) struct Listen(pub(super) SocketAddr);
+pub(crate) struct Listen(pub(crate) SocketAddr);
 
 impl<'de> Deserialize<'de> for Listen {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -181,10 +183,28 @@ impl<'de> Deserialize<'de> for Listen {
 }
 
 /// `null` (a key with nothing under it) reads as the default.
-pub(super) fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
+pub(crate) fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de> + Default,
 {
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// Most bytes of a backend's `metrics` URL.
+pub const MAX_METRICS_URL_BYTES: usize = 2048;
+
+/// A metrics URL flowgate can scrape: `http://host:port/path` (no TLS, no credentials).
+pub(crate) fn check_metrics_url(url: &str) -> Result<(), String> {
+    if url.len() > MAX_METRICS_URL_BYTES {
+        return Err(format!("longer than {MAX_METRICS_URL_BYTES} bytes"));
+    }
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(format!("{url:?}: only http:// metrics pages are scraped"));
+    }
+    match uri.authority() {
+        Some(a) if !a.as_str().contains('@') && !a.host().is_empty() => Ok(()),
+        _ => Err(format!("{url:?} needs a host[:port] and no credentials")),
+    }
 }

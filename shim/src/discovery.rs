@@ -34,7 +34,7 @@ use serde::Deserialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::parse_duration;
+use crate::config_values::parse_duration;
 use crate::metrics_page::ModelServer;
 
 #[cfg(doc)]

@@ -39,7 +39,7 @@ use std::net::{IpAddr, SocketAddr};
 use flowgate_engine::config::{MAX_BACKENDS, MAX_BACKEND_INFLIGHT};
 use serde_yaml::{Mapping, Value};
 
-use crate::config::check_metrics_url;
+use crate::config_values::check_metrics_url;
 use crate::discovery::{DiscoveredBackend, EntryRules};
 use crate::metrics_page::ModelServer;
 

@@ -1,6 +1,7 @@
 //! flowgate: an Envoy ext_proc server in front of the flowgate flow-control engine.
 //!
-//! * [`config`] — the YAML configuration file.
+//! * [`config`] — the YAML configuration file; [`config_values`] — its scalar values (durations,
+//!   sizes, listen addresses, metrics URLs), shared with discovery.
 //! * [`discovery`] — backends found at run time: the sources' interface and the `discovery:` section.
 //! * [`discovery_file`] — the endpoints file's format; [`discovery_watch`] reads and watches it.
 //! * [`discovery_dns`] — backends from a name's A/AAAA records.
@@ -23,6 +24,7 @@
 pub mod backend_metrics;
 pub mod backend_set;
 pub mod config;
+pub mod config_values;
 pub mod discovery;
 pub mod discovery_dns;
 pub mod discovery_feed;

@@ -11,7 +11,7 @@
 
 use arbitrary::Unstructured;
 use flowgate::usage::{
-    BodyKind, Usage, UsageReader, UsageSource, MAX_BUFFERED_BYTES, MAX_REPORTED_TOKENS,
+    BodyKind, usage_counts, Usage, UsageReader, UsageSource, MAX_BUFFERED_BYTES, MAX_REPORTED_TOKENS,
     MAX_USAGE_OBJECT_BYTES,
 };
 use libfuzzer_sys::fuzz_target;
@@ -21,15 +21,10 @@ use serde_json::Value;
 const MAX_CUTS: usize = 8;
 
 /// The reference's reading of one parsed document: the top-level `usage`'s counts if valid.
+/// (The count rules are the reader's own, `usage_counts`: what this target checks is the
+/// streaming scan against whole-document parsing.)
 fn ref_counts(doc: &Value) -> Option<(u64, u64)> {
-    let usage = doc.as_object()?.get("usage")?.as_object()?;
-    let count = |v: &Value| v.as_u64().filter(|&n| n <= MAX_REPORTED_TOKENS);
-    let prompt = count(usage.get("prompt_tokens")?)?;
-    let completion = match usage.get("completion_tokens") {
-        None => 0,
-        Some(v) => count(v)?,
-    };
-    Some((prompt, completion))
+    usage_counts(doc.as_object()?.get("usage")?.as_object()?)
 }
 
 /// What the reference knows about one document: `Some(counts)` when it can decide.

@@ -531,6 +531,17 @@ fn is_blank(b: u8) -> bool {
 /// The counts of a complete `usage` object, if valid.
 fn parse_usage(raw: &[u8]) -> Option<Counts> {
     let usage: Map<String, Value> = serde_json::from_slice(raw).ok()?;
+    usage_counts(&usage)
+}
+
+/// `(prompt_tokens, completion_tokens)` of a parsed `usage` object, if valid: integers within
+/// [`MAX_REPORTED_TOKENS`], `prompt_tokens` required, a missing `completion_tokens` 0.
+///
+/// ```
+/// let usage = serde_json::json!({"prompt_tokens": 3, "completion_tokens": 7});
+/// assert_eq!(flowgate::usage::usage_counts(usage.as_object().unwrap()), Some((3, 7)));
+/// ```
+pub fn usage_counts(usage: &Map<String, Value>) -> Option<(u64, u64)> {
     let count = |v: &Value| v.as_u64().filter(|&n| n <= MAX_REPORTED_TOKENS);
     let prompt = count(usage.get("prompt_tokens")?)?;
     let completion = match usage.get("completion_tokens") {

@@ -2,6 +2,7 @@
 //! drivers behind the `flowgate-bench` binary.
 
 pub mod baseline;
+pub mod churn;
 pub mod cpu;
 pub mod driver;
 pub mod latency;

@@ -76,3 +76,8 @@ impl SetChanges {
         }
     }
 }
+
+/// Requests per second `implementation` measured in `mode` (0 when it was not measured).
+pub fn req_per_s_of(results: &[Measurement], mode: &str, implementation: &str) -> f64 {
+    results.iter().find(|m| m.mode == mode && m.implementation == implementation).map_or(0.0, |m| m.req_per_s)
+}

@@ -7,10 +7,11 @@
 //! - **deep queue**: `slots` permits are held and `depth` requests kept queued; each round submits
 //!   `slots` more and drops the held permits, so `slots` heads dispatch out of a queue ~`depth` deep.
 
-use crate::baseline::{Decision, Kind, Queue, Req, Spec, CHURN_INTERVAL};
+use crate::baseline::{Decision, Kind, Req, Spec, CHURN_INTERVAL};
+use crate::churn::{churn_rows, set_changes_since, ChurnRow};
 use crate::cpu;
 use crate::driver::{balanced_ids, submit, Rng, Tracker};
-use crate::measurement::{Measurement, ScalingPoint, SetChanges};
+use crate::measurement::{req_per_s_of, Measurement, ScalingPoint, SetChanges};
 use crate::report::{self, ratio, si, sleep_with, timed_bar, RunInfo, Table};
 use flowgate_engine::Outcome;
 use serde::Serialize;
@@ -87,15 +88,6 @@ fn request_mix(kind: Kind, prefix: &str, seed: u64) -> Vec<Req> {
     let ids = balanced_ids(prefix, WORKLOADS, shards_of(kind));
     let mut rng = Rng(seed);
     (0..4096).map(|i| Req::new(&ids[i % ids.len()], 1 + rng.below(5) as u8)).collect()
-}
-
-/// What `q`'s backend-set controller did since it reported `before`; panics if it made no call,
-/// or one that did not do what was meant (the measurement would not be of what it says).
-fn set_changes_since(q: &dyn Queue, before: Option<SetChanges>) -> Option<SetChanges> {
-    let changes = q.set_changes()?.since(before.unwrap_or_default());
-    assert!(changes.calls > 0, "{}: no set_backends call while measuring", q.name());
-    assert_eq!(changes.unexpected, 0, "{}: set_backends did something else", q.name());
-    Some(changes)
 }
 
 /// Free-capacity throughput of `kind` with `producers` threads and batches of `batch`.
@@ -323,66 +315,6 @@ pub struct RatioRow {
     pub vs_fifo: f64,
 }
 
-/// One mode of flowgate with a changing backend set ([`Kind::FlowgateChurn`]) against the same
-/// shards with a fixed one ([`Kind::Flowgate`]) and with the same controller calls that change
-/// nothing ([`Kind::FlowgateSteady`]), measured in the same run.
-#[derive(Debug, Serialize)]
-pub struct ChurnRow {
-    /// Mode.
-    pub mode: String,
-    /// The fixed set's implementation.
-    pub fixed: String,
-    /// The control's implementation (same calls, unchanged set).
-    pub steady: String,
-    /// The changing set's implementation.
-    pub churn: String,
-    /// Fixed set, req/s.
-    pub fixed_req_per_s: f64,
-    /// Control, req/s.
-    pub steady_req_per_s: f64,
-    /// Changing set, req/s.
-    pub churn_req_per_s: f64,
-    /// Changing / fixed (the measure).
-    pub ratio: f64,
-    /// Changing / control (the change alone, the controller's calls netted out).
-    pub vs_steady: f64,
-    /// What the changing set's controller did while measuring (all rounds).
-    pub set_changes: SetChanges,
-    /// Its set changes per second measured.
-    pub set_changes_per_s: f64,
-}
-
-fn churn_rows(results: &[Measurement], shards: usize) -> Vec<ChurnRow> {
-    let fixed = Kind::Flowgate(shards).label();
-    let steady = Kind::FlowgateSteady(shards).label();
-    let churn = Kind::FlowgateChurn(shards).label();
-    ["low_load", "saturation"]
-        .iter()
-        .filter_map(|&mode| {
-            let m = results.iter().find(|m| m.mode == mode && m.implementation == churn)?;
-            let (base, control) = (find(results, mode, &fixed), find(results, mode, &steady));
-            let set_changes = m.set_changes.unwrap_or_default();
-            Some(ChurnRow {
-                mode: mode.into(),
-                fixed: fixed.clone(),
-                steady: steady.clone(),
-                churn: churn.clone(),
-                fixed_req_per_s: base,
-                steady_req_per_s: control,
-                churn_req_per_s: m.req_per_s,
-                ratio: m.req_per_s / base.max(f64::MIN_POSITIVE),
-                vs_steady: m.req_per_s / control.max(f64::MIN_POSITIVE),
-                set_changes,
-                set_changes_per_s: set_changes.calls as f64 / m.seconds.max(f64::MIN_POSITIVE),
-            })
-        })
-        .collect()
-}
-
-fn find(results: &[Measurement], mode: &str, implementation: &str) -> f64 {
-    results.iter().find(|m| m.mode == mode && m.implementation == implementation).map_or(0.0, |m| m.req_per_s)
-}
-
 /// The most `shards` shards can gain over one at saturation on this machine, from the CPU per
 /// request the one-shard run measured on each side ([`cpu::shard_scaling_ceiling`]).
 fn saturation_ceiling(results: &[Measurement], one: &str, shards: usize) -> Option<f64> {
@@ -422,26 +354,29 @@ pub fn run(opts: &Options, out_dir: &Path) -> std::io::Result<ThroughputReport> 
     let mut ratios = Vec::new();
     for mode in ["low_load", "saturation", "deep_queue"] {
         for fg in [&one, &many] {
-            let v = find(&results, mode, fg);
+            let v = req_per_s_of(&results, mode, fg);
             ratios.push(RatioRow {
                 mode: mode.into(),
                 implementation: fg.clone(),
-                vs_seed: v / find(&results, mode, "seed-heap").max(f64::MIN_POSITIVE),
-                vs_fifo: v / find(&results, mode, "fifo").max(f64::MIN_POSITIVE),
+                vs_seed: v / req_per_s_of(&results, mode, "seed-heap").max(f64::MIN_POSITIVE),
+                vs_fifo: v / req_per_s_of(&results, mode, "fifo").max(f64::MIN_POSITIVE),
             });
         }
     }
     let n = opts.shards;
-    let sat_many = find(&results, "saturation", &many);
-    let sat_one = find(&results, "saturation", &one);
-    let low_many = find(&results, "low_load", &many);
-    let low_one = find(&results, "low_load", &one);
-    let deep_best = find(&results, "deep_queue", &one).max(find(&results, "deep_queue", &many));
-    let deep_seed = find(&results, "deep_queue", "seed-heap");
+    let sat_many = req_per_s_of(&results, "saturation", &many);
+    let sat_one = req_per_s_of(&results, "saturation", &one);
+    let low_many = req_per_s_of(&results, "low_load", &many);
+    let low_one = req_per_s_of(&results, "low_load", &one);
+    let deep_best =
+        req_per_s_of(&results, "deep_queue", &one).max(req_per_s_of(&results, "deep_queue", &many));
+    let deep_seed = req_per_s_of(&results, "deep_queue", "seed-heap");
     let scraped = Kind::FlowgateScraped(1).label();
     let scraped_worst = ["low_load", "saturation", "deep_queue"]
         .iter()
-        .map(|mode| find(&results, mode, &scraped) / find(&results, mode, &one).max(f64::MIN_POSITIVE))
+        .map(|mode| {
+            req_per_s_of(&results, mode, &scraped) / req_per_s_of(&results, mode, &one).max(f64::MIN_POSITIVE)
+        })
         .fold(f64::INFINITY, f64::min);
     let churn = churn_rows(&results, n);
     let churn_worst = churn.iter().map(|c| c.ratio).fold(f64::INFINITY, f64::min);
@@ -517,8 +452,8 @@ pub fn render(r: &ThroughputReport) -> String {
     ]);
     let ns = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0} ns"));
     for m in &r.results {
-        let seed = find(&r.results, &m.mode, "seed-heap");
-        let fifo = find(&r.results, &m.mode, "fifo");
+        let seed = req_per_s_of(&r.results, &m.mode, "seed-heap");
+        let fifo = req_per_s_of(&r.results, &m.mode, "fifo");
         t.row(vec![
             m.mode.clone(),
             m.implementation.clone(),

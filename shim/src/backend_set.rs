@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use flowgate_engine::backends::{BackendChanges, BackendId};
+use flowgate_engine::backends::{BackendChanges, BackendId, BackendState};
 use flowgate_engine::config::{BackendConfig, ConfigError, EngineConfig, SaturationConfig};
 use flowgate_engine::runtime::{Engine, Reconfigured};
 use tokio::task::JoinHandle;
@@ -109,8 +109,7 @@ impl BackendSet {
         {
             let mut inner = set.lock();
             let merged = merge(&inner.members);
-            inner.origin = merged.iter().map(|(m, s)| (m.address.clone(), *s)).collect();
-            set.reconcile_scrapers(&mut inner, &merged, false);
+            set.after_change(&mut inner, &merged, &BackendChanges::default(), false);
         }
         set
     }
@@ -186,21 +185,21 @@ impl BackendSet {
         changes: &BackendChanges,
         restart_scrapers: bool,
     ) {
+        // The table as it is now: one read serves the sources, the log and the scrapers.
+        let states = self.engine.backend_states();
         // A backend that left the sources keeps its source while it drains (it is still listed).
-        let listed: std::collections::HashSet<String> =
-            self.engine.backend_states().into_iter().map(|s| s.address).collect();
         let mut origin: HashMap<String, Source> =
             merged.iter().map(|(m, s)| (m.address.clone(), *s)).collect();
         for (address, source) in inner.origin.drain() {
-            if listed.contains(&address) {
+            if states.iter().any(|s| s.address == address) {
                 origin.entry(address).or_insert(source);
             }
         }
         inner.origin = origin;
         for id in &changes.added {
-            let address = self.address_of(*id);
-            let source = address.as_deref().and_then(|a| inner.origin.get(a)).map_or("?", |s| s.name());
-            tracing::info!(backend = address.as_deref().unwrap_or("?"), source, "backend added");
+            let address = states.iter().find(|s| s.id == *id).map(|s| s.address.as_str());
+            let source = address.and_then(|a| inner.origin.get(a)).map_or("?", |s| s.name());
+            tracing::info!(backend = address.unwrap_or("?"), source, "backend added");
         }
         for address in &changes.drained {
             tracing::info!(backend = %address, "backend removed: draining (no new requests; in-flight ones finish)");
@@ -211,21 +210,23 @@ impl BackendSet {
                 "backend refused: the backend table is full (max_backends slots, draining ones included)"
             );
         }
-        self.reconcile_scrapers(inner, merged, restart_scrapers);
-    }
-
-    fn address_of(&self, id: BackendId) -> Option<String> {
-        self.engine.backend_states().into_iter().find(|s| s.id == id).map(|s| s.address)
+        self.reconcile_scrapers(inner, merged, states, restart_scrapers);
     }
 
     /// One scraper per backend in the table that takes requests (none when the detector reads no
     /// metrics); `restart` replaces all of them (the scrape rules changed).
-    fn reconcile_scrapers(&self, inner: &mut Inner, merged: &[(Member, Source)], restart: bool) {
+    fn reconcile_scrapers(
+        &self,
+        inner: &mut Inner,
+        merged: &[(Member, Source)],
+        states: Vec<BackendState>,
+        restart: bool,
+    ) {
         let targets: HashMap<&str, &ScrapeTarget> =
             merged.iter().map(|(m, _)| (m.address.as_str(), &m.scrape)).collect();
         let mut wanted: HashMap<BackendId, (String, ScrapeTarget)> = HashMap::new();
         if inner.saturation.detector.uses_metrics() && !inner.closed {
-            for s in self.engine.backend_states() {
+            for s in states {
                 if let (false, Some(t)) = (s.draining, targets.get(s.address.as_str())) {
                     wanted.insert(s.id, (s.address, (*t).clone()));
                 }

@@ -252,7 +252,8 @@ def join_all(reqs, timeout):
 # ---------------------------------------------------------------------------
 
 def flowgate_config(listen_port, metrics_port, backend_ports, max_requests, ttl="30s", shards=1,
-                    backends=None, extra=""):
+                    backends=None, extra="", weights=(0.4, 0.4, 0.2)):
+    wait_w, crit_w, rate_w = weights
     if backends is None:
         backends = "\n".join(
             f"  - address: {LOCALHOST}:{p}\n    max_inflight: 1" for p in backend_ports)
@@ -267,9 +268,9 @@ queue:
   max_bytes: 1GiB
   ttl: {ttl}
 scoring:
-  wait_weight: 0.4
-  criticality_weight: 0.4
-  rate_weight: 0.2
+  wait_weight: {wait_w}
+  criticality_weight: {crit_w}
+  rate_weight: {rate_w}
   wait_cap: 60s
   rate_cap: 100
   rate_window: 60s

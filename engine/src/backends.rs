@@ -182,10 +182,11 @@ pub struct BackendTable {
     control: Mutex<()>,
 }
 
-// SAFETY: the only non-`Sync` field is each slot's `address` cell. It is written only under
-// `control` while its slot is `Free`, i.e. with no place held on it; it is read either under
-// `control`, or by a holder of a place on that slot (see `address_held`), which the occupancy
-// word's acquire/release order after the write and before the next one.
+// The only non-`Sync` field is each slot's `address` cell. It is written only under `control`
+// while its slot is `Free`, i.e. with no place held on it; it is read either under `control`, or
+// by a holder of a place on that slot (see `address_held`), which the occupancy word's
+// acquire/release order after the write and before the next one.
+// SAFETY: shared access to `address` follows that protocol, so sharing the table is sound.
 unsafe impl Sync for BackendTable {}
 
 impl BackendTable {

@@ -193,14 +193,7 @@ impl Worker {
         }
         if self.shared.gate.backends().active() == 0 {
             // No backend in the set (all removed, or none discovered): nothing to wait for.
-            let outcome = Outcome::RejectedOther(OtherReason::NoEndpoints);
-            let decision =
-                Decision { outcome, permit: None, queued_ns: now.saturating_sub(arrival.arrived_ns) };
-            let counted = match self.deliver(&arrival.completion, decision) {
-                Ok(()) => outcome,
-                Err(_) => Outcome::EvictedCancelled,
-            };
-            self.shared.outcomes[self.index].count(counted);
+            self.refuse(&arrival, Outcome::RejectedOther(OtherReason::NoEndpoints), now);
             return;
         }
         let slot = arrival.completion.clone();
@@ -291,6 +284,17 @@ impl Worker {
         self.wakers.drain(..).for_each(Waker::wake);
     }
 
+    /// Answer an arrival that never reached the heap with `outcome`, and count it
+    /// (`EvictedCancelled` if its caller had already left).
+    fn refuse(&mut self, arrival: &Submission, outcome: Outcome, now: u64) {
+        let decision = Decision { outcome, permit: None, queued_ns: now.saturating_sub(arrival.arrived_ns) };
+        let counted = match self.deliver(&arrival.completion, decision) {
+            Ok(()) => outcome,
+            Err(_) => Outcome::EvictedCancelled,
+        };
+        self.shared.outcomes[self.index].count(counted);
+    }
+
     /// Deliver a non-dispatch outcome to its caller and count it.
     fn finish(&mut self, done: Done<Completion>) {
         debug_assert_ne!(done.outcome, Outcome::Dispatched);
@@ -372,14 +376,7 @@ impl Worker {
                 } else {
                     Outcome::RejectedOther(OtherReason::ShuttingDown)
                 };
-                let decision =
-                    Decision { outcome, permit: None, queued_ns: now.saturating_sub(arrival.arrived_ns) };
-                let counted = if self.deliver(&arrival.completion, decision).is_ok() {
-                    outcome
-                } else {
-                    Outcome::EvictedCancelled
-                };
-                self.shared.outcomes[self.index].count(counted);
+                self.refuse(&arrival, outcome, now);
             }
         }
         let mut done = Vec::new();

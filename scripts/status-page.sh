@@ -26,6 +26,7 @@ install_chromium() {
         apt-get update
         apt-get install -y --no-install-recommends chromium
     fi
+    apt-get clean # the downloaded .debs are not needed once installed
 }
 
 if [[ ! -x "$CHROMIUM" ]]; then

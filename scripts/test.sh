@@ -14,6 +14,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 STAGES="${STAGES:-fmt clippy unit loom fuzz e2e ui deploy bench}"
 FUZZ_SECONDS="${FUZZ_SECONDS:-30}"
+# Incremental caches are about a fifth of a clean run's target/ and buy nothing on a one-shot run.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+# Each stage's output is kept here too, so the tail of a failed one can be repeated at the end.
+LOG_DIR="${LOG_DIR:-target/stage-logs}"
+mkdir -p "$LOG_DIR"
 passed=0
 failed=0
 failed_names=()
@@ -23,16 +28,22 @@ run() {
     shift
     [[ " $STAGES " == *" $name "* ]] || return 0
     echo
-    echo "==> [$name] $*"
-    local start=$SECONDS
-    if "$@"; then
+    echo "==> [$name] $*  (disk free: $(disk_free))"
+    local start=$SECONDS status=0
+    "$@" > >(tee "$LOG_DIR/$name.log") 2>&1 || status=$?
+    if ((status == 0)); then
         passed=$((passed + 1))
         echo "==> [$name] ok ($((SECONDS - start)) s)"
     else
         failed=$((failed + 1))
         failed_names+=("$name")
-        echo "==> [$name] FAILED ($((SECONDS - start)) s)"
+        echo "==> [$name] FAILED ($((SECONDS - start)) s, exit $status, disk free: $(disk_free))"
     fi
+}
+
+# Free space on the filesystem holding target/ (a full disk fails links and installs in odd ways).
+disk_free() {
+    df -h --output=avail target 2>/dev/null | tail -1 | tr -d ' '
 }
 
 fuzz_all() {
@@ -57,6 +68,10 @@ run bench bash scripts/bench.sh --quick
 
 echo
 if ((failed > 0)); then
+    for name in "${failed_names[@]}"; do
+        echo "---- last lines of [$name] ($LOG_DIR/$name.log) ----"
+        tail -n 40 "$LOG_DIR/$name.log"
+    done
     echo "failed stages: ${failed_names[*]}"
 fi
 echo "stages: $passed passed, $failed failed"

@@ -44,7 +44,64 @@ pub struct ScoringConfig {
     pub rate_window: Duration,
     /// How often each shard refreshes cached keys (rates and the wait cap); > 0.
     pub rescore_interval: Duration,
+    /// What the rate penalty counts: requests, or weighted tokens (`rate_cap_per_s` in that unit).
+    pub rate_unit: RateUnit,
+    /// Price of one prompt token in weighted tokens (VTC's input price); 0..=1000.
+    pub input_token_weight: f64,
+    /// Price of one generated token in weighted tokens (VTC's output price); 0..=1000.
+    pub output_token_weight: f64,
+    /// What the penalty term measures: the workload's rate, or its VTC lag.
+    pub fairness: Fairness,
+    /// `fairness: vtc`: the lag, in weighted tokens served ahead of the least-served active
+    /// workload, at which the penalty is full; > 0.
+    pub vtc_cap_tokens: f64,
 }
+
+/// `scoring.rate_unit`: what a workload's rate counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RateUnit {
+    /// Arrivals per second (the seed's formula).
+    #[default]
+    Requests,
+    /// Weighted tokens charged per second (`input_token_weight`·prompt + `output_token_weight`·completion).
+    Tokens,
+}
+
+/// `scoring.fairness`: what the penalty term measures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Fairness {
+    /// `min(rate / rate_cap, 1)`, the rate in `rate_unit`.
+    #[default]
+    Rate,
+    /// Virtual token counter: `min(lag / vtc_cap, 1)`, the lag being the weighted tokens a workload
+    /// was served beyond the least-served active workload.
+    Vtc,
+}
+
+impl RateUnit {
+    /// The name the configuration file uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            RateUnit::Requests => "requests",
+            RateUnit::Tokens => "tokens",
+        }
+    }
+}
+
+impl Fairness {
+    /// The name the configuration file uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fairness::Rate => "rate",
+            Fairness::Vtc => "vtc",
+        }
+    }
+}
+
+/// Default [`ScoringConfig::vtc_cap_tokens`]: a few long requests' worth of weighted tokens.
+pub const DEFAULT_VTC_CAP_TOKENS: f64 = 20_000.0;
+/// Highest token weight accepted.
+pub const MAX_TOKEN_WEIGHT: f64 = 1000.0;
 
 impl Default for ScoringConfig {
     fn default() -> Self {
@@ -56,7 +113,19 @@ impl Default for ScoringConfig {
             rate_cap_per_s: 100.0,
             rate_window: Duration::from_secs(60),
             rescore_interval: Duration::from_millis(100),
+            rate_unit: RateUnit::Requests,
+            input_token_weight: 1.0,
+            output_token_weight: 2.0,
+            fairness: Fairness::Rate,
+            vtc_cap_tokens: DEFAULT_VTC_CAP_TOKENS,
         }
+    }
+}
+
+impl ScoringConfig {
+    /// Whether the score needs each request's token usage (so its response must be read).
+    pub fn needs_usage(&self) -> bool {
+        self.rate_unit == RateUnit::Tokens || self.fairness == Fairness::Vtc
     }
 }
 
@@ -360,6 +429,17 @@ impl EngineConfig {
         }
         if s.rescore_interval.is_zero() || s.rescore_interval > Duration::from_secs(60) {
             bad("scoring.rescore_interval", "must be above 0 and at most 60s".into());
+        }
+        for (path, w) in [
+            ("scoring.input_token_weight", s.input_token_weight),
+            ("scoring.output_token_weight", s.output_token_weight),
+        ] {
+            if !(w.is_finite() && (0.0..=MAX_TOKEN_WEIGHT).contains(&w)) {
+                bad(path, format!("{w} must be a finite number between 0 and {MAX_TOKEN_WEIGHT}"));
+            }
+        }
+        if !(s.vtc_cap_tokens.is_finite() && s.vtc_cap_tokens > 0.0) {
+            bad("scoring.vtc_cap", format!("{} must be a positive number", s.vtc_cap_tokens));
         }
         let w = &self.workloads;
         if !(1..=5).contains(&w.default_criticality) {

@@ -16,6 +16,7 @@ pub mod clock;
 pub mod config;
 pub mod context;
 pub mod doorbell;
+pub mod fairness;
 pub mod gate;
 pub mod heap;
 #[cfg(not(flowgate_loom))]
@@ -37,6 +38,7 @@ pub mod slot;
 pub mod sync;
 #[cfg(not(flowgate_loom))]
 pub mod ticket;
+pub mod tokens;
 #[cfg(not(flowgate_loom))]
 mod worker;
 

@@ -36,6 +36,12 @@ impl Permit {
     pub fn workload_id(&self) -> &str {
         self.workload.id()
     }
+
+    /// Charge the request's usage to its workload (token totals, token rate, VTC counter), now;
+    /// returns the weighted cost. Call once, when the usage is known (the response's end).
+    pub fn charge(&self, prompt_tokens: u64, completion_tokens: u64) -> u64 {
+        self.workload.charge(self.gate.clock().coarse_now_ns(), prompt_tokens, completion_tokens)
+    }
 }
 
 impl Drop for Permit {

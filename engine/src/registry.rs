@@ -14,12 +14,20 @@
 //! miss up to one bucket's worth of the oldest arrivals (a twelfth of the window: 5 s with the 60 s
 //! default) and never counts one older than the window. Reads are O(1) (12 loads).
 //!
+//! **Tokens.** A dispatched request's usage is charged by its permit, from whatever thread learns
+//! it ([`WorkloadEntry::charge`]): totals of prompt and completion tokens, a [`TokenWindow`] of
+//! weighted tokens (the same bucket geometry as the arrivals, any-thread writes) and the VTC
+//! counter of weighted tokens served. The table's [`Penalty`] decides which of the arrival rate,
+//! the token rate or the VTC lag the keys are built from (`cached_pressure`).
+//!
 //! **Bounds.** At most `max_tracked` workloads are tracked across all shards (a shared atomic
 //! count); beyond it, new ids share one [`OVERFLOW_WORKLOAD_ID`] entry per shard. Idle workloads
 //! (nothing active, no arrival for `idle_timeout`) are forgotten by [`WorkloadTable::sweep`].
 
-use crate::config::{WorkloadConfig, RATE_BUCKETS};
+use crate::config::{ScoringConfig, WorkloadConfig, RATE_BUCKETS};
+use crate::fairness::Penalty;
 use crate::sync::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Mutex, Ordering};
+use crate::tokens::{TokenPrices, TokenWindow};
 use hashbrown::HashTable;
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -57,8 +65,21 @@ pub struct WorkloadEntry {
     buckets: [AtomicU32; RATE_BUCKETS],
     /// Absolute index of the newest bucket written; buckets older than it by ≥ RATE_BUCKETS are stale.
     head_bucket: AtomicU64,
-    /// The rate (f64 bits) as of the owning shard's last arrival or rescore; what keys are built from.
-    cached_rate: AtomicU64,
+    /// The penalty input (f64 bits, in the unit of the table's [`Penalty`]) as of the owning
+    /// shard's last arrival or rescore; what keys are built from.
+    cached_pressure: AtomicU64,
+    /// Prompt tokens charged, ever. Any thread adds.
+    prompt_tokens: AtomicU64,
+    /// Completion tokens charged, ever. Any thread adds.
+    completion_tokens: AtomicU64,
+    /// Weighted tokens charged per bucket of the rate window. Any thread charges.
+    tokens: TokenWindow,
+    /// VTC's counter: weighted tokens served, plus the lifts to the active floor. Only grows.
+    served: AtomicU64,
+    /// Prices of prompt and completion tokens: the owning table's, swapped live.
+    prices: Arc<TokenPrices>,
+    /// The rate window's geometry, for charges from other threads.
+    window: RateWindow,
 }
 
 /// A point-in-time copy of one workload's counters, for the metrics API.
@@ -76,6 +97,12 @@ pub struct WorkloadSnapshot {
     pub rate_per_s: f64,
     /// Nanoseconds since its last activity.
     pub idle_ns: u64,
+    /// Prompt tokens charged, ever.
+    pub prompt_tokens: u64,
+    /// Completion tokens charged, ever.
+    pub completion_tokens: u64,
+    /// Weighted tokens charged per second over the sliding window.
+    pub token_rate_per_s: f64,
 }
 
 /// Bucket geometry of the sliding rate window.
@@ -96,7 +123,7 @@ impl RateWindow {
 }
 
 impl WorkloadEntry {
-    fn new(id: Arc<str>, hash: u64, now_ns: u64) -> Self {
+    fn new(id: Arc<str>, hash: u64, now_ns: u64, prices: Arc<TokenPrices>, window: RateWindow) -> Self {
         Self {
             id,
             hash,
@@ -106,7 +133,13 @@ impl WorkloadEntry {
             criticality: AtomicU8::new(3),
             buckets: std::array::from_fn(|_| AtomicU32::new(0)),
             head_bucket: AtomicU64::new(0),
-            cached_rate: AtomicU64::new(0f64.to_bits()),
+            cached_pressure: AtomicU64::new(0f64.to_bits()),
+            prompt_tokens: AtomicU64::new(0),
+            completion_tokens: AtomicU64::new(0),
+            tokens: TokenWindow::default(),
+            served: AtomicU64::new(0),
+            prices,
+            window,
         }
     }
 
@@ -123,6 +156,38 @@ impl WorkloadEntry {
     /// Requests ever seen.
     pub fn total(&self) -> u64 {
         self.total.load(Ordering::Relaxed)
+    }
+
+    /// Charge a finished request's usage at `now_ns`: the token totals, the token window and the
+    /// VTC counter. Any thread (the permit's holder); returns the weighted cost.
+    ///
+    /// ```
+    /// use flowgate_engine::{config::WorkloadConfig, registry::*};
+    /// use std::sync::{Arc, atomic::AtomicUsize};
+    /// let mut t = WorkloadTable::new(&WorkloadConfig::default(), RateWindow::new(std::time::Duration::from_secs(60)), Arc::new(AtomicUsize::new(0)));
+    /// let e = t.arrive("chat", hash_workload_id("chat"), 3, 1_000);
+    /// assert_eq!(e.charge(2_000, 100, 10), 120); // input weight 1, output weight 2
+    /// let s = e.snapshot(2_000, t.window());
+    /// assert_eq!((s.prompt_tokens, s.completion_tokens), (100, 10));
+    /// assert_eq!(s.token_rate_per_s, 2.0); // 120 weighted tokens over the 60 s window
+    /// ```
+    pub fn charge(&self, now_ns: u64, prompt_tokens: u64, completion_tokens: u64) -> u64 {
+        let cost = self.prices.weigh(prompt_tokens, completion_tokens);
+        self.prompt_tokens.fetch_add(prompt_tokens, Ordering::Relaxed);
+        self.completion_tokens.fetch_add(completion_tokens, Ordering::Relaxed);
+        self.tokens.charge(now_ns / self.window.bucket_ns, cost);
+        self.served.fetch_add(cost, Ordering::Relaxed);
+        cost
+    }
+
+    /// Weighted tokens charged per second over the window ending at `now_ns`.
+    pub fn token_rate_per_s(&self, now_ns: u64) -> f64 {
+        self.tokens.sum(now_ns / self.window.bucket_ns) as f64 / self.window.window_s
+    }
+
+    /// VTC's counter: weighted tokens served (plus lifts).
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
     }
 
     /// Count an arrival at `now_ns` (owning shard only).
@@ -143,20 +208,25 @@ impl WorkloadEntry {
         self.total.store(self.total.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         self.criticality.store(criticality, Ordering::Relaxed);
         self.last_activity_ns.store(now_ns, Ordering::Relaxed);
-        self.refresh_rate(now_ns, window);
     }
 
-    /// Recompute and cache the rate as of `now_ns` (owning shard only); returns it.
-    fn refresh_rate(&self, now_ns: u64, window: RateWindow) -> f64 {
-        let rate = self.rate_per_s(now_ns, window);
-        self.cached_rate.store(rate.to_bits(), Ordering::Relaxed);
-        rate
+    /// Recompute and cache the penalty input as of `now_ns` (owning shard only); returns it.
+    /// `floor` is the VTC floor, used by [`Penalty::VtcLag`] only.
+    fn refresh_pressure(&self, now_ns: u64, penalty: Penalty, floor: u64) -> f64 {
+        let pressure = match penalty {
+            Penalty::RequestRate => self.rate_per_s(now_ns, self.window),
+            Penalty::TokenRate => self.token_rate_per_s(now_ns),
+            Penalty::VtcLag => self.served().saturating_sub(floor) as f64,
+        };
+        self.cached_pressure.store(pressure.to_bits(), Ordering::Relaxed);
+        pressure
     }
 
-    /// The rate as of the last arrival or [`WorkloadTable::refresh_rates`]: one load, for keys.
+    /// The penalty input as of the last arrival or [`WorkloadTable::refresh_pressures`] (in the
+    /// table's [`Penalty`] unit): one load, for keys.
     #[inline]
-    pub fn cached_rate_per_s(&self) -> f64 {
-        f64::from_bits(self.cached_rate.load(Ordering::Relaxed))
+    pub fn cached_pressure(&self) -> f64 {
+        f64::from_bits(self.cached_pressure.load(Ordering::Relaxed))
     }
 
     /// Arrivals per second over the window ending at `now_ns`.
@@ -203,6 +273,9 @@ impl WorkloadEntry {
             total: self.total(),
             rate_per_s: self.rate_per_s(now_ns, window),
             idle_ns: now_ns.saturating_sub(self.last_activity_ns.load(Ordering::Relaxed)),
+            prompt_tokens: self.prompt_tokens.load(Ordering::Relaxed),
+            completion_tokens: self.completion_tokens.load(Ordering::Relaxed),
+            token_rate_per_s: self.token_rate_per_s(now_ns),
         }
     }
 }
@@ -227,6 +300,13 @@ pub struct WorkloadTable {
     max_tracked: usize,
     idle_timeout_ns: u64,
     window: RateWindow,
+    /// What keys are built from.
+    penalty: Penalty,
+    /// Token prices, shared with every entry.
+    prices: Arc<TokenPrices>,
+    /// The VTC floor as of the last pass (engine-wide least counter of an active workload); a
+    /// workload becoming active is lifted to it.
+    vtc_floor: u64,
 }
 
 impl WorkloadTable {
@@ -240,12 +320,16 @@ impl WorkloadTable {
     /// assert_eq!(e.total(), 1);
     /// ```
     pub fn new(config: &WorkloadConfig, window: RateWindow, tracked: Arc<AtomicUsize>) -> Self {
+        let scoring = ScoringConfig::default();
+        let prices = Arc::new(TokenPrices::new(&scoring));
         Self {
             map: HashTable::new(),
             overflow: Arc::new(WorkloadEntry::new(
                 Arc::from(OVERFLOW_WORKLOAD_ID),
                 hash_workload_id(OVERFLOW_WORKLOAD_ID),
                 0,
+                prices.clone(),
+                window,
             )),
             overflow_listed: false,
             directory: Arc::new(Mutex::new(Vec::new())),
@@ -253,7 +337,22 @@ impl WorkloadTable {
             max_tracked: config.max_tracked,
             idle_timeout_ns: config.idle_timeout.as_nanos().min(u64::MAX as u128) as u64,
             window,
+            penalty: Penalty::of(&scoring),
+            prices,
+            vtc_floor: 0,
         }
+    }
+
+    /// Take `scoring`'s penalty and token prices (at start and on a reload); keys follow at the
+    /// next [`refresh_pressures`](Self::refresh_pressures).
+    pub fn set_scoring(&mut self, scoring: &ScoringConfig) {
+        self.penalty = Penalty::of(scoring);
+        self.prices.set(scoring);
+    }
+
+    /// What keys are built from.
+    pub fn penalty(&self) -> Penalty {
+        self.penalty
     }
 
     /// A new idle timeout (a reload); the next sweep uses it.
@@ -288,7 +387,12 @@ impl WorkloadTable {
             Some(e) => e.clone(),
             None => self.insert(id, hash, now_ns),
         };
+        if self.penalty == Penalty::VtcLag && entry.active() == 0 {
+            // Becoming active: idle time banks no credit (VTC's lift to the active floor).
+            entry.served.fetch_max(self.vtc_floor, Ordering::Relaxed);
+        }
         entry.record_arrival(now_ns, criticality, self.window);
+        entry.refresh_pressure(now_ns, self.penalty, self.vtc_floor);
         entry
     }
 
@@ -311,18 +415,35 @@ impl WorkloadTable {
             }
             return self.overflow.clone();
         }
-        let entry = Arc::new(WorkloadEntry::new(Arc::from(id), hash, now_ns));
+        let entry =
+            Arc::new(WorkloadEntry::new(Arc::from(id), hash, now_ns, self.prices.clone(), self.window));
         self.map.insert_unique(hash, entry.clone(), |e| e.hash);
         dir.push(entry.clone());
         entry
     }
 
-    /// Refresh every workload's cached rate as of `now_ns` (the rescore pass, before rekeying).
-    pub fn refresh_rates(&self, now_ns: u64) {
-        for e in self.map.iter() {
-            e.refresh_rate(now_ns, self.window);
+    /// The least VTC counter of this table's active workloads ([`crate::fairness::NO_ACTIVE`]
+    /// when none is active), for the engine-wide floor.
+    pub fn least_active_served(&self) -> u64 {
+        self.map
+            .iter()
+            .chain(std::iter::once(&self.overflow))
+            .filter(|e| e.active() > 0)
+            .map(|e| e.served())
+            .min()
+            .unwrap_or(crate::fairness::NO_ACTIVE)
+    }
+
+    /// Refresh every workload's cached penalty input as of `now_ns` (the rescore pass, before
+    /// rekeying), with the engine-wide VTC `floor` when one is known.
+    pub fn refresh_pressures(&mut self, now_ns: u64, floor: Option<u64>) {
+        if let Some(floor) = floor {
+            self.vtc_floor = floor;
         }
-        self.overflow.refresh_rate(now_ns, self.window);
+        for e in self.map.iter() {
+            e.refresh_pressure(now_ns, self.penalty, self.vtc_floor);
+        }
+        self.overflow.refresh_pressure(now_ns, self.penalty, self.vtc_floor);
     }
 
     /// Forget workloads with nothing active and no activity for `idle_timeout`; returns how many.
@@ -408,6 +529,9 @@ fn merge_overflow(all: Vec<WorkloadSnapshot>) -> Vec<WorkloadSnapshot> {
                 last.total += w.total;
                 last.rate_per_s += w.rate_per_s;
                 last.idle_ns = last.idle_ns.min(w.idle_ns);
+                last.prompt_tokens += w.prompt_tokens;
+                last.completion_tokens += w.completion_tokens;
+                last.token_rate_per_s += w.token_rate_per_s;
             }
             _ => out.push(w),
         }

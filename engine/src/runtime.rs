@@ -10,6 +10,7 @@ use crate::backends::{BackendChanges, BackendId, BackendState};
 use crate::budget::QueueBudget;
 use crate::clock::Clock;
 use crate::config::{ConfigError, EngineConfig};
+use crate::fairness::VtcFloors;
 use crate::gate::Gate;
 use crate::load::ScrapeReading;
 use crate::outcome::Outcome;
@@ -134,8 +135,10 @@ impl Engine {
         });
         let mut directories: Vec<Directory> = Vec::with_capacity(shards);
         let mut executors = Vec::with_capacity(shards);
+        let floors = Arc::new(VtcFloors::new(shards));
         for index in 0..shards {
-            let shard = Shard::new(&config, index, shards, budget.clone(), tracked.clone());
+            let shard = Shard::new(&config, index, shards, budget.clone(), tracked.clone())
+                .with_floors(floors.clone());
             directories.push(shard.table().directory());
             let worker = Worker::new(index, shard, shared.clone());
             let spawned =

@@ -15,6 +15,10 @@
 //! `t_eff = max(t_enq, now − wait_cap)`; between passes a capped request can look at most
 //! `w_wait·rescore_interval/wait_cap` better than it is (0.00067 with the defaults).
 //! Times are nanoseconds since the engine's epoch.
+//!
+//! The penalty term generalises the seed's rate: `min(pressure / cap, 1)`, where the workload's
+//! pressure is what its table's [`Penalty`](crate::fairness::Penalty) says (arrivals/s, weighted
+//! tokens/s, both against `rate_cap`; or the VTC lag in weighted tokens, against `vtc_cap`).
 
 use crate::config::ScoringConfig;
 use std::cmp::Ordering;
@@ -62,7 +66,7 @@ pub struct Scorer {
     /// `w_crit / 5`.
     crit_per_level: f64,
     rate_weight: f64,
-    /// `1 / rate_cap`, in seconds per request.
+    /// `1 / cap` of the penalty's unit: `rate_cap` (per second) or `vtc_cap` (weighted tokens).
     inv_rate_cap: f64,
     wait_cap_ns: u64,
 }
@@ -76,13 +80,17 @@ impl Scorer {
             wait_weight: config.wait_weight,
             crit_per_level: config.criticality_weight / 5.0,
             rate_weight: config.rate_weight,
-            inv_rate_cap: 1.0 / config.rate_cap_per_s,
+            inv_rate_cap: match crate::fairness::Penalty::of(config) {
+                crate::fairness::Penalty::VtcLag => 1.0 / config.vtc_cap_tokens,
+                _ => 1.0 / config.rate_cap_per_s,
+            },
             wait_cap_ns,
         }
     }
 
     /// The key of a request that arrived at `enqueue_ns`, evaluated at `now_ns`, with its workload's
-    /// current `rate_per_s` and arrival number `seq`.
+    /// current penalty input `rate_per_s` (its pressure, in the penalty's unit) and arrival number
+    /// `seq`.
     #[inline]
     pub fn key(&self, enqueue_ns: u64, now_ns: u64, criticality: u8, rate_per_s: f64, seq: u64) -> Key {
         debug_assert!((1..=5).contains(&criticality), "criticality {criticality} out of range");

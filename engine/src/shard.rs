@@ -16,6 +16,7 @@
 
 use crate::budget::QueueBudget;
 use crate::config::{EngineConfig, MAX_TTL};
+use crate::fairness::VtcFloors;
 use crate::heap::{Handle, MaxMinHeap};
 use crate::outcome::{OtherReason, Outcome};
 use crate::registry::{RateWindow, WorkloadEntry, WorkloadTable};
@@ -102,6 +103,11 @@ pub struct Shard<C> {
     /// Last time idle workloads were swept.
     last_sweep_ns: u64,
     sweep_interval_ns: u64,
+    /// This shard's index, where it publishes its VTC minimum.
+    index: usize,
+    /// Every shard's least active VTC counter (engine-wide; a private one until
+    /// [`with_floors`](Self::with_floors)).
+    floors: Arc<VtcFloors>,
 }
 
 impl<C> Shard<C> {
@@ -127,13 +133,15 @@ impl<C> Shard<C> {
     ) -> Self {
         assert!(index < count, "shard index {index} out of {count}");
         let window = RateWindow::new(config.scoring.rate_window);
+        let mut table = WorkloadTable::new(&config.workloads, window, tracked);
+        table.set_scoring(&config.scoring);
         let capacity = match config.queue.max_requests {
             0 => 1024,
             n => (n as usize / count).clamp(16, 1 << 20),
         };
         Self {
             heap: MaxMinHeap::with_capacity(capacity),
-            table: WorkloadTable::new(&config.workloads, window, tracked),
+            table,
             budget,
             scorer: Scorer::new(&config.scoring),
             next_seq: index as u64,
@@ -142,7 +150,15 @@ impl<C> Shard<C> {
             earliest_deadline_ns: u64::MAX,
             last_sweep_ns: 0,
             sweep_interval_ns: duration_ns(config.workloads.idle_timeout / 4).max(1_000_000),
+            index,
+            floors: Arc::new(VtcFloors::new(count)),
         }
+    }
+
+    /// Share `floors` with the engine's other shards (their VTC minima make one floor).
+    pub fn with_floors(mut self, floors: Arc<VtcFloors>) -> Self {
+        self.floors = floors;
+        self
     }
 
     /// Take the live part of a new configuration (a reload): the scoring rule, the default TTL
@@ -150,6 +166,7 @@ impl<C> Shard<C> {
     /// deadline until the caller's next [`rescore`](Self::rescore) rekeys them by the new rule.
     pub fn reconfigure(&mut self, config: &EngineConfig) {
         self.scorer = Scorer::new(&config.scoring);
+        self.table.set_scoring(&config.scoring);
         self.default_ttl_ns = duration_ns(config.queue.ttl.min(MAX_TTL));
         self.sweep_interval_ns = duration_ns(config.workloads.idle_timeout / 4).max(1_000_000);
         self.table.set_idle_timeout(config.workloads.idle_timeout);
@@ -242,8 +259,7 @@ impl<C> Shard<C> {
             sink(reject(Outcome::RejectedOther(OtherReason::ExpiredOnArrival), completion));
             return Admission::Rejected;
         }
-        let key =
-            self.scorer.key(arrived_ns, now_ns, criticality, workload.cached_rate_per_s(), self.next_seq);
+        let key = self.scorer.key(arrived_ns, now_ns, criticality, workload.cached_pressure(), self.next_seq);
         self.next_seq += self.seq_stride;
         // 3. Reserve queue room; when full, displace worse requests from the tail while that helps.
         if !self.budget.could_fit(bytes) {
@@ -301,7 +317,9 @@ impl<C> Shard<C> {
     /// The periodic pass: refresh rates, rekey every request as of `now_ns` (wait cap and rates),
     /// evict the expired, rebuild the heap in O(n), and sweep idle workloads now and then.
     pub fn rescore(&mut self, now_ns: u64, sink: &mut impl FnMut(Done<C>)) {
-        self.table.refresh_rates(now_ns);
+        // The VTC floor: publish ours, read everyone's (at most one pass old).
+        self.floors.publish(self.index, self.table.least_active_served());
+        self.table.refresh_pressures(now_ns, self.floors.floor());
         let scorer = self.scorer;
         let mut earliest = u64::MAX;
         let mut expired: Vec<(Queued<C>, u64)> = Vec::new();
@@ -311,7 +329,7 @@ impl<C> Shard<C> {
                     return None;
                 }
                 earliest = earliest.min(q.deadline_ns);
-                let rate = q.workload.cached_rate_per_s();
+                let rate = q.workload.cached_pressure();
                 Some(scorer.key(q.arrived_ns, now_ns, q.criticality, rate, old.seq))
             },
             |entry| expired.push((entry.value, entry.bytes)),

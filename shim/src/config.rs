@@ -21,8 +21,8 @@
 use std::net::SocketAddr;
 
 use flowgate_engine::config::{
-    BackendConfig, ConfigError, CriticalityCap, Detector, EngineConfig, QueueConfig, SaturationConfig,
-    ScoringConfig, WorkloadConfig,
+    BackendConfig, ConfigError, CriticalityCap, Detector, EngineConfig, Fairness, QueueConfig, RateUnit,
+    SaturationConfig, ScoringConfig, WorkloadConfig,
 };
 
 use crate::discovery::Discovery;
@@ -356,6 +356,11 @@ impl RawConfig {
                 rate_cap_per_s: self.scoring.rate_cap,
                 rate_window: self.scoring.rate_window.0,
                 rescore_interval: self.scoring.rescore_interval.0,
+                rate_unit: self.scoring.rate_unit.0,
+                input_token_weight: self.scoring.input_token_weight,
+                output_token_weight: self.scoring.output_token_weight,
+                fairness: self.scoring.fairness.0,
+                vtc_cap_tokens: self.scoring.vtc_cap,
             },
             workloads: WorkloadConfig {
                 default_criticality: self.workloads.default_criticality,
@@ -456,6 +461,11 @@ struct RawScoring {
     rate_cap: f64,
     rate_window: Dur,
     rescore_interval: Dur,
+    rate_unit: RawRateUnit,
+    input_token_weight: f64,
+    output_token_weight: f64,
+    fairness: RawFairness,
+    vtc_cap: f64,
 }
 
 impl Default for RawScoring {
@@ -469,7 +479,40 @@ impl Default for RawScoring {
             rate_cap: s.rate_cap_per_s,
             rate_window: Dur(s.rate_window),
             rescore_interval: Dur(s.rescore_interval),
+            rate_unit: RawRateUnit(s.rate_unit),
+            input_token_weight: s.input_token_weight,
+            output_token_weight: s.output_token_weight,
+            fairness: RawFairness(s.fairness),
+            vtc_cap: s.vtc_cap_tokens,
         }
+    }
+}
+
+/// `requests` | `tokens`.
+struct RawRateUnit(RateUnit);
+
+impl<'de> Deserialize<'de> for RawRateUnit {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        [RateUnit::Requests, RateUnit::Tokens]
+            .into_iter()
+            .find(|k| k.name() == name)
+            .map(RawRateUnit)
+            .ok_or_else(|| de::Error::custom(format!("{name:?} is not a rate unit (requests or tokens)")))
+    }
+}
+
+/// `rate` | `vtc`.
+struct RawFairness(Fairness);
+
+impl<'de> Deserialize<'de> for RawFairness {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        [Fairness::Rate, Fairness::Vtc]
+            .into_iter()
+            .find(|k| k.name() == name)
+            .map(RawFairness)
+            .ok_or_else(|| de::Error::custom(format!("{name:?} is not a fairness rule (rate or vtc)")))
     }
 }
 

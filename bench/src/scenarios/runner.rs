@@ -176,8 +176,11 @@ pub fn run_one(sc: &Scenario, kind: Kind, stop: &AtomicBool) -> RunData {
     loop {
         let now = r.now();
         let arriving = now < r.end_ns && !stop.load(Ordering::Relaxed);
+        // An arrival counts by its scheduled time, not by when this loop got to it: a runner that
+        // fell behind (a loaded machine) still submits everything scheduled before the end.
+        let stopped = stop.load(Ordering::Relaxed);
         while next_arrival < schedule.len() && schedule[next_arrival].0 <= now {
-            if arriving {
+            if schedule[next_arrival].0 < r.end_ns && !stopped {
                 r.submit(schedule[next_arrival].1, None);
             }
             next_arrival += 1;
@@ -187,7 +190,7 @@ pub fn run_one(sc: &Scenario, kind: Kind, stop: &AtomicBool) -> RunData {
                 break;
             }
             r.resubmits.pop();
-            if arriving {
+            if at < r.end_ns && !stopped {
                 r.submit(r.clients[c], Some(c));
             }
         }

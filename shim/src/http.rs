@@ -11,7 +11,10 @@
 //! | `GET /` | the status page ([`crate::status_page`]): HTML polling the three JSON routes above |
 //!
 //! A workload object is `{"workload_id", "criticality" (last seen), "active" (queued + in flight),
-//! "total" (requests seen), "rate_per_s" (over the rate window)}`. Ids are percent-decoded from
+//! "total" (requests seen), "rate_per_s" (over the rate window), "prompt_tokens" and
+//! "completion_tokens" (charged, ever), "token_rate_per_s" (weighted tokens charged per second
+//! over the rate window)}`; tokens are counted only for requests whose usage is read (see
+//! [`crate::usage`]). Ids are percent-decoded from
 //! the path, so any id can be asked for (`/api/v1/workload/team%2Fa/metrics`).
 
 use std::future::Future;
@@ -63,6 +66,13 @@ pub struct WorkloadJson {
     pub total: u64,
     /// Arrival rate over the rate window, requests/s.
     pub rate_per_s: f64,
+    /// Prompt tokens charged, ever.
+    pub prompt_tokens: u64,
+    /// Completion tokens charged, ever.
+    pub completion_tokens: u64,
+    /// Weighted tokens (`input_token_weight`·prompt + `output_token_weight`·completion) charged per
+    /// second over the rate window.
+    pub token_rate_per_s: f64,
 }
 
 impl From<WorkloadSnapshot> for WorkloadJson {
@@ -73,6 +83,9 @@ impl From<WorkloadSnapshot> for WorkloadJson {
             active: w.active,
             total: w.total,
             rate_per_s: w.rate_per_s,
+            prompt_tokens: w.prompt_tokens,
+            completion_tokens: w.completion_tokens,
+            token_rate_per_s: w.token_rate_per_s,
         }
     }
 }

@@ -115,8 +115,22 @@ async fn workloads_list_is_json() {
     assert_eq!(list[0].active, 0);
     assert!(list[0].rate_per_s >= 0.0);
     let raw: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let keys: Vec<&String> = raw[0].as_object().unwrap().keys().collect();
-    assert_eq!(keys.len(), 5, "{keys:?}");
+    let mut keys: Vec<&str> = raw[0].as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "active",
+            "completion_tokens",
+            "criticality",
+            "prompt_tokens",
+            "rate_per_s",
+            "token_rate_per_s",
+            "total",
+            "workload_id"
+        ]
+    );
+    assert_eq!((list[0].prompt_tokens, list[0].completion_tokens, list[0].token_rate_per_s), (0, 0, 0.0));
 }
 
 #[tokio::test]

@@ -42,4 +42,5 @@ pub mod server;
 pub mod status_page;
 pub mod tls;
 pub mod usage;
+pub mod usage_meter;
 pub mod view;

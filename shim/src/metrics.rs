@@ -134,6 +134,10 @@ pub struct Metrics {
     shard_parks: Family<ShardLabels, Counter>,
     /// `flowgate_config_reloads_total{result}`.
     reloads: Family<ResultLabels, Counter>,
+    /// `flowgate_usage_reported_total`: responses whose usage the model server reported.
+    usage_reported: Counter,
+    /// `flowgate_usage_estimated_total`: responses charged an estimate (no usage found).
+    usage_estimated: Counter,
     /// Saturation detector metrics (`backend_metrics.rs`).
     backends: BackendMetrics,
     admission: Mutex<Admission>,
@@ -222,8 +226,22 @@ impl Metrics {
         for result in ["ok", "error"] {
             let _ = reloads.get_or_create(&ResultLabels { result });
         }
+        let usage_reported = Counter::default();
+        registry.register(
+            "flowgate_usage_reported",
+            "Dispatched requests charged the usage their response reported",
+            usage_reported.clone(),
+        );
+        let usage_estimated = Counter::default();
+        registry.register(
+            "flowgate_usage_estimated",
+            "Dispatched requests charged an estimate (body bytes / 4): the response carried no usage",
+            usage_estimated.clone(),
+        );
         Metrics {
             reloads,
+            usage_reported,
+            usage_estimated,
             registry,
             queue_size,
             queue_duration,
@@ -349,6 +367,15 @@ impl Metrics {
     /// Count one configuration reload: applied (`ok`) or refused (`error`).
     pub fn count_reload(&self, ok: bool) {
         self.reloads.get_or_create(&ResultLabels { result: if ok { "ok" } else { "error" } }).inc();
+    }
+
+    /// Count one charged usage: reported by the model server, or estimated.
+    pub fn count_usage(&self, reported: bool) {
+        if reported {
+            self.usage_reported.inc();
+        } else {
+            self.usage_estimated.inc();
+        }
     }
 
     /// Workload ids with their own label right now (for tests and debugging).

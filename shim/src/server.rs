@@ -13,10 +13,13 @@
 //!    * not dispatched → `ImmediateResponse` (429 or 503) with `x-flowgate-drop-reason` and
 //!      `retry-after`, then the answers end; the stream is let go once the client ends its side
 //!      (Envoy does at once), or after [`REJECTED_LINGER`].
-//! 2. Every other message is answered with CONTINUE.
+//! 2. Every other message is answered with CONTINUE, at once (no chunk is held back).
 //! 3. The dispatched request's permit (its backend slot) is held until the response's end of
 //!    stream (response headers or body with `end_of_stream`, or response trailers), or until the
 //!    stream closes, whichever comes first.
+//! 4. When the score counts tokens, a dispatched request's response is read for its usage as it
+//!    passes ([`crate::usage_meter`]) and charged to its workload when the response ends; every
+//!    other dispatch answer carries a mode override that skips the response body.
 //!
 //! A stream that closes (or is reset) while its request is queued drops the engine ticket at once,
 //! which cancels the request. A stream that sends no request headers within [`HEADERS_TIMEOUT`] is
@@ -28,6 +31,7 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::usage_meter::{content_length, skip_body_mode, UsageMeter};
 use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
@@ -88,11 +92,17 @@ pub struct FlowControl {
 struct Rules {
     workloads: WorkloadConfig,
     default_ttl: Duration,
+    /// Whether dispatched requests' responses are read for their usage (the score counts tokens).
+    read_usage: bool,
 }
 
 impl Rules {
     fn of(config: &EngineConfig) -> Arc<Rules> {
-        Arc::new(Rules { workloads: config.workloads.clone(), default_ttl: config.queue.ttl })
+        Arc::new(Rules {
+            workloads: config.workloads.clone(),
+            default_ttl: config.queue.ttl,
+            read_usage: config.scoring.needs_usage(),
+        })
     }
 }
 
@@ -163,6 +173,7 @@ impl FlowControl {
             inbound,
             tx: outbound,
             permit: None,
+            meter: None,
             answered: false,
             rejected: false,
             pending: VecDeque::new(),
@@ -189,6 +200,8 @@ struct StreamState<S> {
     tx: mpsc::Sender<Result<ProcessingResponse, Status>>,
     /// The backend slot while the request is in flight.
     permit: Option<Permit>,
+    /// The response's usage, while it is read (dispatched requests whose cost matters).
+    meter: Option<UsageMeter>,
     /// Whether the request headers were answered (flow control is done for this stream).
     answered: bool,
     /// Whether the request was answered with an immediate response (the stream is over).
@@ -237,8 +250,8 @@ where
                 break;
             }
         }
-        // Dropping the permit (if any) frees the backend slot.
-        self.permit = None;
+        // Charging the usage read so far (if metered) and dropping the permit frees the slot.
+        self.release("stream closed");
     }
 
     async fn handle(&mut self, message: ProcessingRequest) -> Flow {
@@ -252,12 +265,18 @@ where
             Some(Msg::RequestBody(_)) => Reply::RequestBody(BodyResponse::default()),
             Some(Msg::RequestTrailers(_)) => Reply::RequestTrailers(TrailersResponse::default()),
             Some(Msg::ResponseHeaders(h)) => {
+                if let Some(meter) = &mut self.meter {
+                    meter.headers(find_header(&h, "content-type").and_then(|v| std::str::from_utf8(v).ok()));
+                }
                 if h.end_of_stream {
                     self.release("response headers end the stream");
                 }
                 Reply::ResponseHeaders(HeadersResponse::default())
             }
             Some(Msg::ResponseBody(b)) => {
+                if let Some(meter) = &mut self.meter {
+                    meter.body(&b.body);
+                }
                 if b.end_of_stream {
                     self.release("response body ends the stream");
                 }
@@ -275,8 +294,18 @@ where
         self.send(ProcessingResponse { response: Some(reply), ..Default::default() }).await
     }
 
+    /// The response is over (or the stream is): charge its usage if metered, free the slot.
     fn release(&mut self, why: &'static str) {
         if let Some(permit) = self.permit.take() {
+            if let Some(meter) = self.meter.take() {
+                let usage = meter.charge(&permit, &self.shared.metrics);
+                debug!(
+                    prompt_tokens = usage.prompt_tokens,
+                    completion_tokens = usage.completion_tokens,
+                    source = ?usage.source,
+                    "usage charged"
+                );
+            }
             debug!(backend = permit.address(), why, "slot released");
         }
     }
@@ -292,6 +321,7 @@ where
     async fn admit(&mut self, headers: HttpHeaders, silent: bool) -> Flow {
         let shared = self.shared.clone();
         let (context, own_headers) = read_context(&shared, &headers);
+        let request_bytes = find_header(&headers, "content-length").and_then(content_length);
         let span = debug_span!(
             "admit",
             workload = &*context.workload_id,
@@ -338,7 +368,9 @@ where
         match decision.permit {
             Some(permit) => {
                 span.in_scope(|| debug!(backend = permit.address(), waited_ms, "dispatched"));
-                let response = dispatched(permit.address(), own_headers);
+                let read_usage = shared.rules.load().read_usage;
+                let response = dispatched(permit.address(), own_headers, !read_usage);
+                self.meter = read_usage.then(|| UsageMeter::new(request_bytes));
                 self.permit = Some(permit);
                 if silent {
                     Flow::Continue
@@ -375,13 +407,19 @@ fn header_bytes(h: &HeaderValue) -> &[u8] {
     }
 }
 
+/// The value of header `name` (any letter case) in `headers`, if present.
+fn find_header<'a>(headers: &'a HttpHeaders, name: &str) -> Option<&'a [u8]> {
+    let list = headers.headers.as_ref().map(|m| m.headers.as_slice()).unwrap_or_default();
+    list.iter().find(|h| h.key.eq_ignore_ascii_case(name)).map(header_bytes)
+}
+
 /// The request's workload context (after caps, with defaults and caps counted), and the names of
 /// client-sent `x-flowgate-*` headers to remove.
 fn read_context(shared: &Shared, headers: &HttpHeaders) -> (WorkloadContext, Vec<String>) {
     let rules = shared.rules.load();
     let default_criticality = rules.workloads.default_criticality;
     let list = headers.headers.as_ref().map(|m| m.headers.as_slice()).unwrap_or_default();
-    let find = |name: &str| list.iter().find(|h| h.key.eq_ignore_ascii_case(name)).map(header_bytes);
+    let find = |name: &str| find_header(headers, name);
     let fairness_id = find(FAIRNESS_ID_HEADER).or_else(|| find(LLM_D_FAIRNESS_ID_HEADER));
     let (mut context, defaults) = match (find(CONTEXT_HEADER), fairness_id) {
         (Some(value), _) => WorkloadContext::parse(Some(value), default_criticality),
@@ -425,8 +463,9 @@ fn string_value(s: &str) -> Value {
     Value { kind: Some(Kind::StringValue(s.into())) }
 }
 
-/// The answer for a dispatched request.
-pub fn dispatched(address: &str, remove: Vec<String>) -> ProcessingResponse {
+/// The answer for a dispatched request; `skip_body` adds the mode override that turns the
+/// response body phase off ([`skip_body_mode`]).
+pub fn dispatched(address: &str, remove: Vec<String>, skip_body: bool) -> ProcessingResponse {
     let common = CommonResponse {
         header_mutation: Some(HeaderMutation {
             set_headers: vec![set_header(DESTINATION_HEADER, address)],
@@ -441,6 +480,7 @@ pub fn dispatched(address: &str, remove: Vec<String>) -> ProcessingResponse {
     ProcessingResponse {
         response: Some(Reply::RequestHeaders(HeadersResponse { response: Some(common) })),
         dynamic_metadata: Some(metadata),
+        mode_override: skip_body.then(skip_body_mode),
         ..Default::default()
     }
 }
@@ -549,7 +589,9 @@ mod tests {
 
     #[test]
     fn dispatched_answer_sets_header_and_metadata() {
-        let r = dispatched("10.0.0.7:8000", vec!["x-flowgate-debug".into()]);
+        let r = dispatched("10.0.0.7:8000", vec!["x-flowgate-debug".into()], true);
+        assert_eq!(r.mode_override, Some(skip_body_mode()));
+        assert_eq!(dispatched("10.0.0.7:8000", vec![], false).mode_override, None);
         let Some(Reply::RequestHeaders(h)) = r.response else { panic!() };
         let common = h.response.unwrap();
         assert!(common.clear_route_cache);

@@ -140,7 +140,7 @@ mod tests {
 
     #[test]
     fn answers_are_classified() {
-        let dispatched = flowgate::server::dispatched(BACKEND, vec![]);
+        let dispatched = flowgate::server::dispatched(BACKEND, vec![], true);
         assert_eq!(classify(&dispatched, true), Ok(()));
         assert_eq!(classify(&dispatched, false), Ok(()));
         let bare =

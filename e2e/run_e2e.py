@@ -15,7 +15,8 @@ hold mechanism (x-test-hold + POST /_release) and wait on real signals
 
 Further phases in modules of their own, each with its own Envoy and flowgate: the TLS pair
 (e2e/tls_pair.py, --no-tls skips it) and live reconfiguration, discovery-file edits and SIGHUP
-reloads under load (e2e/live_config.py, --no-live skips it).
+reloads under load (e2e/live_config.py, --no-live skips it), and token usage of flowgate-sim
+responses charged to workloads (e2e/cost.py, --no-cost skips it).
 
 Modes:
   (default)        full test; needs --flowgate
@@ -41,6 +42,7 @@ import time
 
 import tls_pair  # the TLS pair: Envoy -> flowgate over mTLS (e2e/tls_pair.py)
 import live_config  # live reconfiguration: discovery edits + SIGHUP reloads (e2e/live_config.py)
+import cost  # token usage of flowgate-sim responses charged to workloads (e2e/cost.py)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 QUEUE_GAUGE = "inference_extension_flow_control_queue_size"
@@ -252,7 +254,7 @@ def join_all(reqs, timeout):
 # ---------------------------------------------------------------------------
 
 def flowgate_config(listen_port, metrics_port, backend_ports, max_requests, ttl="30s", shards=1,
-                    backends=None, extra="", weights=(0.4, 0.4, 0.2)):
+                    backends=None, extra="", weights=(0.4, 0.4, 0.2), scoring_extra=""):
     wait_w, crit_w, rate_w = weights
     if backends is None:
         backends = "\n".join(
@@ -275,7 +277,7 @@ scoring:
   rate_cap: 100
   rate_window: 60s
   rescore_interval: 100ms
-workloads:
+{scoring_extra}workloads:
   default_criticality: 3
   idle_timeout: 5m
   max_tracked: 100000
@@ -1206,6 +1208,15 @@ class Harness:
             self.run_phase("live. discovery edits and SIGHUP reloads under load",
                            lambda: live_config.phase(self, sys.modules[__name__]))
         # --- end of live reconfiguration ---
+        # --- cost (e2e/cost.py): its own Envoy, flowgate (fairness vtc) and flowgate-sim ---
+        if self.args.no_cost or not self.args.flowgate_sim:
+            print("--- cost phase skipped (--no-cost, or no --flowgate-sim)", flush=True)
+            if not self.args.no_cost:
+                self.check("cost: setup", False, "no --flowgate-sim binary given (use --no-cost to skip)")
+        else:
+            self.run_phase("cost. token usage through Envoy charged to workloads",
+                           lambda: cost.phase(self, sys.modules[__name__]))
+        # --- end of cost ---
         if self.args.no_sat:
             print("--- saturation checks skipped (--no-sat)", flush=True)
             return
@@ -1238,6 +1249,7 @@ def main():
     ap.add_argument("--deadline", type=float, default=280.0, help="overall seconds")
     ap.add_argument("--no-ext-proc", action="store_true")
     ap.add_argument("--no-tls", action="store_true", help="skip the TLS pair (e2e/tls_pair.py)")
+    ap.add_argument("--no-cost", action="store_true", help="skip the cost phase (e2e/cost.py)")
     ap.add_argument("--no-live", action="store_true",
                     help="skip the live-reconfiguration phase (e2e/live_config.py)")
     ap.add_argument("--live-reloads", type=int, default=100, help="live4: SIGHUP reloads under load")

@@ -1,0 +1,158 @@
+"""The e2e test's cost phase (issue #12): token usage read from real streamed and JSON responses
+of `flowgate-sim` through a real Envoy, charged to workloads (stdlib only).
+
+    client --HTTP/1.1--> Envoy "envoy-cost" (listener "cost") --ext_proc--> flowgate "cost"
+    Envoy router --> ORIGINAL_DST --> flowgate-sim "sim-cost" (started here)
+
+flowgate "cost" runs `scoring.fairness: vtc`, so every dispatched request's response is read for
+its usage (the filter has `allow_mode_override: true`, which flowgate uses only for requests whose
+usage no rule needs: none here). The simulator counts the tokens it prefilled and generated per
+workload (`/admin/stats`), which is the truth the workload API must match. Every wait polls a real
+signal with a deadline.
+
+Checks (prefix "cost"), run by `phase(harness, lib)` where lib is the run_e2e module:
+  cost0 flowgate-cost, sim-cost and envoy-cost up
+  cost1 streamed (SSE, `stream_options.include_usage`) requests of workload `cost-stream` and JSON
+        requests of `cost-json`, with prompts and max_tokens of several sizes, all 200 through
+        Envoy; their bodies carry the usage
+  cost2 /api/v1/workload/{id}/metrics: prompt_tokens and completion_tokens equal the simulator's
+        per-workload counts exactly, for both workloads; token_rate_per_s > 0
+  cost3 flowgate_usage_reported_total grew by exactly the requests sent, estimated by 0
+  cost4 a stream without include_usage (no usage event): charged an estimate
+        (flowgate_usage_estimated_total +1), completion tokens > 0 for its workload
+  cost5 afterwards flowgate_inflight is 0 and nothing is queued
+"""
+import json
+import os
+
+STREAMED = [(40, 8), (400, 24), (1200, 64), (10, 1), (700, 40), (90, 12)]  # (prompt bytes, max_tokens)
+JSONS = [(30, 5), (500, 30), (2000, 16), (64, 64)]
+WORKLOADS = ("cost-stream", "cost-json")
+
+
+class Cost:
+    def __init__(self, h, lib):
+        self.h, self.lib = h, lib
+        self.admin, self.listen, self.grpc, self.metrics, self.sim = lib.free_ports(5)
+        self.cfg = os.path.join(h.workdir, "flowgate-cost.yaml")
+
+    def start(self):
+        h, lib = self.h, self.lib
+        h.procs.start("sim-cost", [
+            h.args.flowgate_sim, "--listen", f"{lib.LOCALHOST}:{self.sim}", "--engine", "vllm",
+            "--model", "sim-cost", "--max-num-seqs", "8", "--decode-step-ms", "1",
+            "--prefill-us-per-token", "5"])
+        lib.wait_until("sim-cost /health",
+                       lambda: lib.http_req(self.sim, "GET", "/health", timeout=2)[0] == 200, 15)
+        backends = f"  - address: {lib.LOCALHOST}:{self.sim}\n    max_inflight: 4"
+        with open(self.cfg, "w") as f:
+            f.write(lib.flowgate_config(self.grpc, self.metrics, [], 10000, shards=h.args.shards,
+                                        backends=backends, scoring_extra="  fairness: vtc\n"))
+        env = dict(os.environ)
+        env.setdefault("RUST_LOG", "info")
+        h.procs.start("flowgate-cost", [h.args.flowgate, "serve", "--config", self.cfg], env=env)
+        h.wait_flowgate("cost", self.metrics)
+        envoy_cfg = lib.render_envoy_config(
+            h.args.envoy_template, os.path.join(h.workdir, "envoy-cost.yaml"), self.admin,
+            [("cost", self.listen, self.grpc)], True, os.path.join(h.workdir, "envoy-cost_access.log"))
+        h.procs.start("envoy-cost", [h.args.envoy, "-c", envoy_cfg, "--disable-hot-restart",
+                                     "--concurrency", "2", "--log-level", h.args.envoy_log_level])
+
+        def ready():
+            if not h.procs.alive("envoy-cost"):
+                raise lib.SkipRest("envoy-cost exited during startup:\n" + h.procs.log_tail("envoy-cost"))
+            st, _, body = lib.http_req(self.admin, "GET", "/ready", timeout=2)
+            return st == 200 and body.strip() == b"LIVE"
+
+        lib.wait_until("envoy-cost admin /ready == LIVE", ready, 30)
+        h.check("cost0 flowgate-cost, sim-cost and envoy-cost up", True)
+
+    def send(self, workload, prompt_bytes, max_tokens, stream, include_usage=True):
+        body = {"model": "sim-cost", "prompt": "x" * prompt_bytes, "max_tokens": max_tokens}
+        if stream:
+            body["stream"] = True
+            if include_usage:
+                body["stream_options"] = {"include_usage": True}
+        headers = {"content-type": "application/json",
+                   "x-workload-context": json.dumps({"workload_id": workload, "criticality": 3})}
+        return self.lib.http_req(self.listen, "POST", "/v1/completions", headers,
+                                 body=json.dumps(body).encode(), timeout=30)
+
+    def counters(self):
+        st, _, body = self.lib.http_req(self.metrics, "GET", "/metrics", timeout=3)
+        if st != 200:
+            raise RuntimeError(f"cost /metrics -> {st}")
+        got = {}
+        for name, labels, v in self.h.parse_metrics(body.decode(errors="replace")):
+            if name in ("flowgate_usage_reported_total", "flowgate_usage_estimated_total"):
+                got[name] = v
+            if name == "flowgate_inflight":
+                got["inflight"] = got.get("inflight", 0.0) + v
+            if name == "flowgate_queued_requests":
+                got["queued"] = v
+        return got
+
+    def workload(self, wid):
+        return self.lib.get_json(self.metrics, f"/api/v1/workload/{wid}/metrics")
+
+    def run(self):
+        lib = self.lib
+        before = self.counters()
+        bad = []
+        for pb, mt in STREAMED:
+            st, hd, body = self.send("cost-stream", pb, mt, stream=True)
+            if st != 200 or b'"usage"' not in body or not body.rstrip().endswith(b"data: [DONE]"):
+                bad.append(f"stream {pb}/{mt}: {st} {body[-200:]!r}")
+        for pb, mt in JSONS:
+            st, hd, body = self.send("cost-json", pb, mt, stream=False)
+            if st != 200 or "usage" not in json.loads(body or b"{}"):
+                bad.append(f"json {pb}/{mt}: {st} {body[:200]!r}")
+        n = len(STREAMED) + len(JSONS)
+        self.h.check(f"cost1 {len(STREAMED)} streamed + {len(JSONS)} JSON requests through Envoy -> 200 "
+                     "with usage", not bad, "; ".join(bad[:3]))
+
+        sim = lib.get_json(self.sim, "/admin/stats")["per_workload"]
+        problems = []
+        for wid in WORKLOADS:
+            w, s = self.workload(wid), sim.get(wid, {})
+            got = (w["prompt_tokens"], w["completion_tokens"])
+            want = (s.get("prompt_tokens"), s.get("completion_tokens"))
+            if got != want or not w["token_rate_per_s"] > 0:
+                problems.append(f"{wid}: flowgate {got} rate {w['token_rate_per_s']}, sim {want}")
+        detail = "; ".join(problems) or ", ".join(
+            f"{wid}: {sim[wid]['prompt_tokens']}/{sim[wid]['completion_tokens']} tokens" for wid in WORKLOADS)
+        self.h.check("cost2 workload API token counts == flowgate-sim's per workload", not problems, detail)
+
+        after, _ = lib.wait_until(
+            "usage counters moved",
+            lambda: (lambda c: (c, None) if c.get("flowgate_usage_reported_total", 0)
+                     - before.get("flowgate_usage_reported_total", 0) >= n else None)(self.counters()), 5)
+        rep = after["flowgate_usage_reported_total"] - before.get("flowgate_usage_reported_total", 0)
+        est = after["flowgate_usage_estimated_total"] - before.get("flowgate_usage_estimated_total", 0)
+        self.h.check(f"cost3 flowgate_usage_reported_total +{n}, estimated +0", rep == n and est == 0,
+                     f"reported +{rep:.0f}, estimated +{est:.0f}")
+
+        st, _, body = self.send("cost-nousage", 200, 20, stream=True, include_usage=False)
+        est_after, _ = lib.wait_until(
+            "estimated usage counted",
+            lambda: (lambda c: (c, None) if c.get("flowgate_usage_estimated_total", 0) >= est + 1
+                     + before.get("flowgate_usage_estimated_total", 0) else None)(self.counters()), 5)
+        w = self.workload("cost-nousage")
+        truth = lib.get_json(self.sim, "/admin/stats")["per_workload"].get("cost-nousage")
+        self.h.check("cost4 a stream without a usage event is charged an estimate",
+                     st == 200 and b'"usage"' not in body and w["completion_tokens"] > 0
+                     and w["prompt_tokens"] > 0,
+                     f"status {st}, charged {w['prompt_tokens']}/{w['completion_tokens']} "
+                     f"(bytes/4; the sim counted {truth})")
+
+        end, _ = lib.wait_until(
+            "cost: nothing in flight",
+            lambda: (lambda c: (c, None) if c.get("inflight", 1) == 0 and c.get("queued", 1) == 0
+                     else None)(self.counters()), 5)
+        self.h.check("cost5 afterwards inflight 0 and queue 0", True, f"{end}")
+
+
+def phase(h, lib):
+    c = Cost(h, lib)
+    c.start()
+    c.run()

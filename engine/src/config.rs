@@ -3,6 +3,7 @@
 //! The shim turns the operator's YAML into an [`EngineConfig`]; tests and benches build one directly.
 //! [`EngineConfig::validate`] refuses impossible values instead of silently defaulting them.
 
+use crate::quota_rule::{first_match, Quota, MAX_QUOTAS};
 use std::time::Duration;
 
 /// Longest id a workload may have, in bytes. Longer ids are refused (see `context.rs`).
@@ -183,6 +184,8 @@ pub struct WorkloadConfig {
     pub max_tracked: usize,
     /// Criticality caps, first match wins.
     pub caps: Vec<CriticalityCap>,
+    /// Quotas, first match wins; at most [`MAX_QUOTAS`].
+    pub quotas: Vec<Quota>,
 }
 
 impl Default for WorkloadConfig {
@@ -192,11 +195,17 @@ impl Default for WorkloadConfig {
             idle_timeout: Duration::from_secs(300),
             max_tracked: 100_000,
             caps: Vec::new(),
+            quotas: Vec::new(),
         }
     }
 }
 
 impl WorkloadConfig {
+    /// The quota covering `workload_id` (first match), if any.
+    pub fn quota_for(&self, workload_id: &str) -> Option<&Quota> {
+        first_match(&self.quotas, workload_id).map(|i| &self.quotas[i])
+    }
+
     /// Clamp `criticality` by the first cap matching `workload_id`; returns the result and
     /// whether a cap lowered it.
     ///
@@ -462,6 +471,12 @@ impl EngineConfig {
             if !(1..=5).contains(&cap.max_criticality) {
                 bad(&format!("workloads.caps[{i}].max_criticality"), "must be between 1 and 5".into());
             }
+        }
+        if w.quotas.len() > MAX_QUOTAS {
+            bad("workloads.quotas", format!("at most {MAX_QUOTAS} rules"));
+        }
+        for e in w.quotas.iter().enumerate().flat_map(|(i, q)| q.validate(i)) {
+            bad(&e.path, e.reason);
         }
         if self.spin_before_park > MAX_SPIN_BEFORE_PARK {
             bad("spin_before_park", format!("must be at most {}ms", MAX_SPIN_BEFORE_PARK.as_millis()));

@@ -52,8 +52,29 @@ pub struct ShardSignal {
     /// Times it parked its thread (each park costs the next request a wake-up); written by the
     /// shard only, read for metrics.
     parks: AtomicU64,
+    /// A permit of one of its parked workloads (waiting on a quota) was released: its quotas
+    /// should be looked at again. Set by any thread, cleared by the shard.
+    quota_wake: AtomicBool,
     /// Wakes it.
     pub doorbell: Doorbell,
+}
+
+impl ShardSignal {
+    /// A parked workload of this shard freed a slot: flag it and wake the shard.
+    pub fn wake_for_quota(&self) {
+        self.quota_wake.store(true, Ordering::Release);
+        self.doorbell.ring();
+    }
+
+    /// Take the quota wake-up flag (shard only): whether one came since the last take.
+    pub fn take_quota_wake(&self) -> bool {
+        self.quota_wake.load(Ordering::Acquire) && self.quota_wake.swap(false, Ordering::AcqRel)
+    }
+
+    /// Whether a quota wake-up is pending.
+    pub fn quota_wake_pending(&self) -> bool {
+        self.quota_wake.load(Ordering::Acquire)
+    }
 }
 
 /// A copy of what one shard last published.
@@ -132,6 +153,7 @@ impl Gate {
                         queued: AtomicU64::new(0),
                         blocked: AtomicBool::new(false),
                         parks: AtomicU64::new(0),
+                        quota_wake: AtomicBool::new(false),
                         doorbell: Doorbell::new(),
                     })
                 })

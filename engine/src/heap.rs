@@ -302,6 +302,25 @@ impl<K: Ord + Copy, T> MaxMinHeap<K, T> {
         Ok(self.remove_at(pos, false))
     }
 
+    /// Gives the item `handle` names a new key, keeping its handle. O(log n). A stale or foreign
+    /// handle is refused and changes nothing.
+    ///
+    /// ```
+    /// use flowgate_engine::heap::MaxMinHeap;
+    /// let mut heap = MaxMinHeap::with_capacity(4);
+    /// let a = heap.push(1, 0, "a");
+    /// heap.push(5, 0, "b");
+    /// heap.rekey(a, 9).unwrap();
+    /// assert_eq!(heap.peek_head().map(|(h, k, _)| (h, k)), Some((a, 9)));
+    /// ```
+    pub fn rekey(&mut self, handle: Handle, key: K) -> Result<(), StaleHandle> {
+        let pos = self.position(handle).ok_or(StaleHandle)?;
+        self.heap[pos].0 = key;
+        // Out of place in either direction, everything else in order: what `fix` restores.
+        self.fix(pos);
+        Ok(())
+    }
+
     /// The key and value of the item `handle` names, or `None` if the handle is stale or foreign.
     #[inline]
     pub fn get(&self, handle: Handle) -> Option<(K, &T)> {

@@ -25,6 +25,8 @@ pub mod load;
 pub mod occupancy;
 pub mod outcome;
 pub mod permit;
+pub mod quota;
+pub mod quota_rule;
 pub mod registry;
 #[cfg(not(flowgate_loom))]
 pub mod ring;

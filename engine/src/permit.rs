@@ -49,6 +49,13 @@ impl Drop for Permit {
         // Last activity needs ms, not ns: the coarse clock spares the caller a clock read.
         self.workload.release(self.gate.clock().coarse_now_ns());
         self.gate.release(self.place);
+        // Released, then look: a shard parking this workload at the same time either sees the
+        // release or has set the flag we read (both sides fence; see `Shard::settle_head`).
+        crate::sync::fence(crate::sync::Ordering::SeqCst);
+        let quota = self.workload.quota();
+        if quota.parked() {
+            self.gate.shard(quota.shard()).wake_for_quota();
+        }
     }
 }
 

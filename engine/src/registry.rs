@@ -26,6 +26,8 @@
 
 use crate::config::{ScoringConfig, WorkloadConfig, RATE_BUCKETS};
 use crate::fairness::Penalty;
+use crate::quota::QuotaState;
+use crate::quota_rule::{first_match, Quota};
 use crate::sync::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Mutex, Ordering};
 use crate::tokens::{TokenPrices, TokenWindow};
 use hashbrown::HashTable;
@@ -80,6 +82,8 @@ pub struct WorkloadEntry {
     prices: Arc<TokenPrices>,
     /// The rate window's geometry, for charges from other threads.
     window: RateWindow,
+    /// Its quota's binding and buckets.
+    quota: QuotaState,
 }
 
 /// A point-in-time copy of one workload's counters, for the metrics API.
@@ -140,7 +144,14 @@ impl WorkloadEntry {
             served: AtomicU64::new(0),
             prices,
             window,
+            quota: QuotaState::default(),
         }
+    }
+
+    /// Its quota state.
+    #[inline]
+    pub fn quota(&self) -> &QuotaState {
+        &self.quota
     }
 
     /// The workload id.
@@ -177,6 +188,7 @@ impl WorkloadEntry {
         self.completion_tokens.fetch_add(completion_tokens, Ordering::Relaxed);
         self.tokens.charge(now_ns / self.window.bucket_ns, cost);
         self.served.fetch_add(cost, Ordering::Relaxed);
+        self.quota.charge(cost, now_ns);
         cost
     }
 
@@ -307,6 +319,10 @@ pub struct WorkloadTable {
     /// The VTC floor as of the last pass (engine-wide least counter of an active workload); a
     /// workload becoming active is lifted to it.
     vtc_floor: u64,
+    /// Quota rules, first match binds a workload (at its first arrival, and again on a reload).
+    quotas: Vec<Quota>,
+    /// The owning shard's index (quota wake-ups ring it).
+    shard: usize,
 }
 
 impl WorkloadTable {
@@ -340,7 +356,35 @@ impl WorkloadTable {
             penalty: Penalty::of(&scoring),
             prices,
             vtc_floor: 0,
+            quotas: config.quotas.clone(),
+            shard: 0,
         }
+    }
+
+    /// The owning shard is shard `index` (before any arrival).
+    pub fn set_shard(&mut self, index: usize) {
+        self.shard = index;
+        self.bind(&self.overflow);
+    }
+
+    /// Take a reloaded list of quota rules and rebind every workload (buckets keep what was spent).
+    pub fn set_quotas(&mut self, quotas: &[Quota]) {
+        self.quotas = quotas.to_vec();
+        for e in self.map.iter() {
+            self.bind(e);
+        }
+        self.bind(&self.overflow);
+    }
+
+    /// The quota rule binding `entry` (one of this table's), if any.
+    #[inline]
+    pub fn quota_of(&self, entry: &WorkloadEntry) -> Option<&Quota> {
+        entry.quota.rule().map(|i| &self.quotas[i])
+    }
+
+    fn bind(&self, entry: &WorkloadEntry) {
+        let index = first_match(&self.quotas, &entry.id);
+        entry.quota.bind(index, index.map(|i| &self.quotas[i]), self.shard);
     }
 
     /// Take `scoring`'s penalty and token prices (at start and on a reload); keys follow at the
@@ -417,6 +461,7 @@ impl WorkloadTable {
         }
         let entry =
             Arc::new(WorkloadEntry::new(Arc::from(id), hash, now_ns, self.prices.clone(), self.window));
+        self.bind(&entry);
         self.map.insert_unique(hash, entry.clone(), |e| e.hash);
         dir.push(entry.clone());
         entry

@@ -23,13 +23,49 @@
 use crate::config::ScoringConfig;
 use std::cmp::Ordering;
 
-/// A cached priority key. Greater dispatches first: higher `score`, then earlier `seq` (arrival).
+/// A cached priority key. Greater dispatches first: an unparked key before a parked one, then
+/// higher `score`, then earlier arrival.
+///
+/// A *parked* key belongs to a request waiting on its workload's quota: it sorts below every
+/// unparked key whatever its score, so it never holds anyone up and is the first displaced.
+///
+/// ```
+/// use flowgate_engine::score::Key;
+/// let best = Key { score: 9.0, seq: 1 };
+/// let parked = best.parked();
+/// assert!(parked.is_parked() && parked < Key { score: -9.0, seq: 2 });
+/// assert_eq!(parked.unparked(), best);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Key {
     /// Epoch-relative score (see the module docs); finite.
     pub score: f64,
-    /// Arrival order within the engine; unique per request.
+    /// Arrival order within the engine (unique per request, below [`PARKED_BIT`]), with
+    /// [`PARKED_BIT`] set when the key is parked.
     pub seq: u64,
+}
+
+/// The bit of [`Key::seq`] marking a parked key (arrival numbers never reach it).
+pub const PARKED_BIT: u64 = 1 << 63;
+
+impl Key {
+    /// This key, parked.
+    #[inline]
+    pub fn parked(self) -> Key {
+        Key { seq: self.seq | PARKED_BIT, ..self }
+    }
+
+    /// This key, unparked.
+    #[inline]
+    pub fn unparked(self) -> Key {
+        Key { seq: self.seq & !PARKED_BIT, ..self }
+    }
+
+    /// Whether the key is parked.
+    #[inline]
+    pub fn is_parked(self) -> bool {
+        self.seq & PARKED_BIT != 0
+    }
 }
 
 impl Eq for Key {}
@@ -37,7 +73,12 @@ impl Eq for Key {}
 impl Ord for Key {
     #[inline]
     fn cmp(&self, other: &Self) -> Ordering {
-        self.score.total_cmp(&other.score).then_with(|| other.seq.cmp(&self.seq))
+        // Parked below unparked; then score; then the earlier arrival (lower seq) is greater.
+        other
+            .is_parked()
+            .cmp(&self.is_parked())
+            .then_with(|| self.score.total_cmp(&other.score))
+            .then_with(|| other.seq.cmp(&self.seq))
     }
 }
 

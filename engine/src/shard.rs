@@ -13,12 +13,21 @@
 //! | [`Shard::cancel`] | `EvictedCancelled` |
 //! | [`Shard::rescore`] / [`Shard::expire`] past its deadline | `EvictedTtl` |
 //! | [`Shard::drain_on_shutdown`] | `EvictedShutdown` |
+//! | over a `reject` quota on arrival | `RejectedCapacity`, with [`Done::quota_retry_ns`] |
+//!
+//! **Quotas.** A request of a workload over a `queue` quota stays in the heap under a *parked* key
+//! ([`Key::parked`]), below every unparked request, so it holds nobody up. Heads are parked lazily
+//! ([`Shard::settle_head`]) when their workload's quota says wait; [`Shard::wake_quotas`] unparks as
+//! many as the quota then allows, when a permit of the workload is released (the worker is woken
+//! for it) or when a bucket refills ([`Shard::quota_recheck_ns`]).
 
 use crate::budget::QueueBudget;
 use crate::config::{EngineConfig, MAX_TTL};
 use crate::fairness::VtcFloors;
 use crate::heap::{Handle, MaxMinHeap};
 use crate::outcome::{OtherReason, Outcome};
+use crate::quota::{QuotaState, Remaining, Wait};
+use crate::quota_rule::OnExceed;
 use crate::registry::{RateWindow, WorkloadEntry, WorkloadTable};
 use crate::score::{Key, Scorer};
 use crate::sync::AtomicUsize;
@@ -73,6 +82,21 @@ pub struct Done<C> {
     pub criticality: u8,
     /// Time from submission to this outcome, ns.
     pub queued_ns: u64,
+    /// Refused for its workload's `reject` quota: the time until the workload may send again, ns.
+    pub quota_retry_ns: Option<u64>,
+    /// Dispatched under a quota: what is left of it.
+    pub remaining: Option<Remaining>,
+}
+
+/// `retry-after` of a quota refusal for `max_inflight` (when a slot frees is unknown).
+pub const QUOTA_RELEASE_RETRY_NS: u64 = 1_000_000_000;
+
+/// The parked requests of one workload waiting on its quota.
+#[derive(Debug)]
+struct ParkedWorkload {
+    workload: Arc<WorkloadEntry>,
+    /// Handles of its parked requests in parking order (some may have left the heap since).
+    handles: Vec<Handle>,
 }
 
 /// What [`Shard::enqueue`] did with an arrival (its outcome, if final, went to the sink).
@@ -108,6 +132,11 @@ pub struct Shard<C> {
     /// Every shard's least active VTC counter (engine-wide; a private one until
     /// [`with_floors`](Self::with_floors)).
     floors: Arc<VtcFloors>,
+    /// Workloads waiting on a `queue` quota, by entry address. Invariant: exactly the workloads
+    /// whose `parked` flag is set.
+    parked: hashbrown::HashMap<usize, ParkedWorkload>,
+    /// When a parked workload's bucket next refills (`u64::MAX`: none is waiting on time).
+    quota_recheck_ns: u64,
 }
 
 impl<C> Shard<C> {
@@ -135,6 +164,7 @@ impl<C> Shard<C> {
         let window = RateWindow::new(config.scoring.rate_window);
         let mut table = WorkloadTable::new(&config.workloads, window, tracked);
         table.set_scoring(&config.scoring);
+        table.set_shard(index);
         let capacity = match config.queue.max_requests {
             0 => 1024,
             n => (n as usize / count).clamp(16, 1 << 20),
@@ -152,6 +182,8 @@ impl<C> Shard<C> {
             sweep_interval_ns: duration_ns(config.workloads.idle_timeout / 4).max(1_000_000),
             index,
             floors: Arc::new(VtcFloors::new(count)),
+            parked: hashbrown::HashMap::new(),
+            quota_recheck_ns: u64::MAX,
         }
     }
 
@@ -167,6 +199,9 @@ impl<C> Shard<C> {
     pub fn reconfigure(&mut self, config: &EngineConfig) {
         self.scorer = Scorer::new(&config.scoring);
         self.table.set_scoring(&config.scoring);
+        self.table.set_quotas(&config.workloads.quotas);
+        // New rules may let parked workloads go: look at them at the next chance.
+        self.quota_recheck_ns = if self.parked.is_empty() { u64::MAX } else { 0 };
         self.default_ttl_ns = duration_ns(config.queue.ttl.min(MAX_TTL));
         self.sweep_interval_ns = duration_ns(config.workloads.idle_timeout / 4).max(1_000_000);
         self.table.set_idle_timeout(config.workloads.idle_timeout);
@@ -197,6 +232,12 @@ impl<C> Shard<C> {
         self.heap.peek_head().map(|(_, k, _)| k)
     }
 
+    /// Key of the best queued request that may be dispatched: the head unless it is parked
+    /// (then everything here waits on its quota).
+    pub fn dispatch_head(&self) -> Option<Key> {
+        self.head_key().filter(|k| !k.is_parked())
+    }
+
     /// Key of the worst queued request.
     pub fn tail_key(&self) -> Option<Key> {
         self.heap.peek_tail().map(|(_, k, _)| k)
@@ -206,7 +247,7 @@ impl<C> Shard<C> {
     /// shard admitted a better request over the limit in its place). Returns whether it did.
     pub fn displace_below(&mut self, score: f64, now_ns: u64, sink: &mut impl FnMut(Done<C>)) -> bool {
         match self.heap.peek_tail() {
-            Some((handle, tail, _)) if tail.score < score => {
+            Some((handle, tail, _)) if tail.score < score || tail.is_parked() => {
                 let victim = self.heap.remove(handle).expect("tail handle is live");
                 sink(self.leave(victim.value, victim.bytes, Outcome::EvictedDisplaced, now_ns));
                 true
@@ -247,20 +288,45 @@ impl<C> Shard<C> {
         let workload = self.table.arrive(&workload_id, hash, criticality, now_ns);
         let ttl_ns = ttl.map_or(self.default_ttl_ns, |t| duration_ns(t).min(self.default_ttl_ns));
         let deadline_ns = arrived_ns.saturating_add(ttl_ns);
-        let reject = |outcome, completion| Done {
+        let refuse = |outcome, completion, quota_retry_ns| Done {
             completion,
             outcome,
             workload: workload.clone(),
             criticality,
             queued_ns: now_ns.saturating_sub(arrived_ns),
+            quota_retry_ns,
+            remaining: None,
         };
+        let reject = |outcome, completion| refuse(outcome, completion, None);
         // 2. Too late already: refuse without queueing.
         if deadline_ns <= now_ns {
             sink(reject(Outcome::RejectedOther(OtherReason::ExpiredOnArrival), completion));
             return Admission::Rejected;
         }
-        let key = self.scorer.key(arrived_ns, now_ns, criticality, workload.cached_pressure(), self.next_seq);
+        let mut key =
+            self.scorer.key(arrived_ns, now_ns, criticality, workload.cached_pressure(), self.next_seq);
         self.next_seq += self.seq_stride;
+        // 2b. Its quota: over a `reject` one, refused now; a `queue` one that already has it
+        // waiting, queued parked behind everyone else.
+        let mut takes_quota = false;
+        if let Some(quota) = self.table.quota_of(&workload) {
+            let state = workload.quota();
+            match quota.on_exceed {
+                OnExceed::Reject => match state.check(quota, workload.active(), now_ns) {
+                    Ok(()) => takes_quota = true,
+                    Err(wait) => {
+                        let retry_ns = match wait {
+                            Wait::Release => QUOTA_RELEASE_RETRY_NS,
+                            Wait::Until(at) => at.saturating_sub(now_ns).max(1),
+                        };
+                        sink(refuse(Outcome::RejectedCapacity, completion, Some(retry_ns)));
+                        return Admission::Rejected;
+                    }
+                },
+                OnExceed::Queue if state.parked() => key = key.parked(),
+                OnExceed::Queue => {}
+            }
+        }
         // 3. Reserve queue room; when full, displace worse requests from the tail while that helps.
         if !self.budget.could_fit(bytes) {
             sink(reject(Outcome::RejectedCapacity, completion));
@@ -272,7 +338,8 @@ impl<C> Shard<C> {
                     let victim = self.heap.remove(handle).expect("tail handle is live");
                     sink(self.leave(victim.value, victim.bytes, Outcome::EvictedDisplaced, now_ns));
                 }
-                _ if !self.budget.bytes_bound(bytes) && steal(key.score, bytes) => break,
+                // A parked request never pushes another shard's request out.
+                _ if !key.is_parked() && !self.budget.bytes_bound(bytes) && steal(key.score, bytes) => break,
                 _ => {
                     sink(reject(Outcome::RejectedCapacity, completion));
                     return Admission::Rejected;
@@ -280,23 +347,151 @@ impl<C> Shard<C> {
             }
         }
         // 4. Queued: the request is active until its outcome (or its permit) releases it.
+        if takes_quota {
+            let quota = self.table.quota_of(&workload).expect("bound above");
+            workload.quota().take(quota, now_ns);
+        }
         workload.acquire();
+        workload.quota().count_queued(1);
         self.earliest_deadline_ns = self.earliest_deadline_ns.min(deadline_ns);
+        let parked = key.is_parked().then(|| workload.clone());
         let queued = Queued { completion, workload, arrived_ns, deadline_ns, criticality };
-        Admission::Queued(self.heap.push(key, bytes, queued))
+        let handle = self.heap.push(key, bytes, queued);
+        if let Some(workload) = parked {
+            self.park_handle(workload, handle);
+        }
+        Admission::Queued(handle)
+    }
+
+    /// Record `handle` (already keyed parked) among `workload`'s parked requests.
+    fn park_handle(&mut self, workload: Arc<WorkloadEntry>, handle: Handle) {
+        let slot = self
+            .parked
+            .entry(Arc::as_ptr(&workload) as usize)
+            .or_insert_with(|| ParkedWorkload { workload: workload.clone(), handles: Vec::new() });
+        slot.handles.push(handle);
+        // Bounded by what is queued: drop the handles of requests that left meanwhile.
+        if slot.handles.len() > 2 * workload.quota().queued() as usize + 16 {
+            let heap = &self.heap;
+            slot.handles.retain(|h| heap.contains(*h));
+        }
+    }
+
+    /// Park the head while its workload's `queue` quota says wait, until the head is one that may
+    /// go (or parked: everything left waits). Call before each dispatch.
+    pub fn settle_head(&mut self, now_ns: u64) {
+        loop {
+            let Some((handle, key, q)) = self.heap.peek_head() else { return };
+            if key.is_parked() {
+                return;
+            }
+            let Some(quota) = self.table.quota_of(&q.workload) else { return };
+            if quota.on_exceed != OnExceed::Queue {
+                return;
+            }
+            let workload = q.workload.clone();
+            let state = workload.quota();
+            let Err(wait) = state.check(quota, in_flight(&workload), now_ns) else { return };
+            // Announce the parking, then look again: a permit released meanwhile either sees the
+            // flag (and wakes us) or its release is seen here.
+            state.set_parked(true);
+            crate::sync::fence(crate::sync::Ordering::SeqCst);
+            let wait = match state.check(quota, in_flight(&workload), now_ns) {
+                Ok(()) if !self.parked.contains_key(&(Arc::as_ptr(&workload) as usize)) => {
+                    state.set_parked(false);
+                    return;
+                }
+                Ok(()) => return,
+                Err(_) => wait,
+            };
+            if let Wait::Until(at) = wait {
+                self.quota_recheck_ns = self.quota_recheck_ns.min(at);
+            }
+            self.heap.rekey(handle, key.parked()).expect("head handle is live");
+            self.park_handle(workload, handle);
+        }
+    }
+
+    /// When a parked workload's bucket refills next (`u64::MAX`: none waits on time).
+    pub fn quota_recheck_ns(&self) -> u64 {
+        self.quota_recheck_ns
+    }
+
+    /// Whether any workload waits on its quota here.
+    pub fn has_parked(&self) -> bool {
+        !self.parked.is_empty()
+    }
+
+    /// Look at every parked workload's quota again (a permit of one was released, a bucket
+    /// refilled, or the rules changed) and unpark as many of its requests as the quota now allows,
+    /// rekeyed as of `now_ns`.
+    pub fn wake_quotas(&mut self, now_ns: u64) {
+        let mut recheck = u64::MAX;
+        let scorer = self.scorer;
+        let Self { parked, heap, table, .. } = self;
+        parked.retain(|_, p| {
+            let state = p.workload.quota();
+            // How many may go now: unbounded without a rule (the rules changed), else what each
+            // limit still allows.
+            let allowance = match table.quota_of(&p.workload) {
+                None => usize::MAX,
+                Some(quota) if quota.on_exceed != OnExceed::Queue => usize::MAX,
+                Some(quota) => match state.check(quota, in_flight(&p.workload), now_ns) {
+                    Err(Wait::Until(at)) => {
+                        recheck = recheck.min(at);
+                        0
+                    }
+                    Err(Wait::Release) => 0,
+                    Ok(()) => {
+                        let room = quota
+                            .max_inflight
+                            .map_or(u64::MAX, |m| u64::from(m).saturating_sub(in_flight(&p.workload)));
+                        let left = state.remaining(quota, now_ns).requests.unwrap_or(u64::MAX);
+                        room.min(left).max(1) as usize
+                    }
+                },
+            };
+            let mut woken = 0;
+            p.handles.retain(|&h| {
+                let Some((key, q)) = heap.get(h) else { return false };
+                if woken >= allowance {
+                    return true;
+                }
+                woken += 1;
+                let fresh =
+                    scorer.key(q.arrived_ns, now_ns, q.criticality, q.workload.cached_pressure(), key.seq);
+                heap.rekey(h, fresh.unparked()).expect("live handle");
+                false
+            });
+            let still = !p.handles.is_empty();
+            state.set_parked(still);
+            still
+        });
+        self.quota_recheck_ns = recheck;
     }
 
     /// Pop the best request as `Dispatched`. The caller must hold a free slot for it.
     pub fn dispatch_next(&mut self, now_ns: u64) -> Option<Done<C>> {
+        debug_assert!(self.heap.peek_head().is_none_or(|(_, k, _)| !k.is_parked()), "parked head dispatched");
         let entry = self.heap.pop_head()?;
         self.budget.release(entry.bytes);
         let q = entry.value;
+        let state = q.workload.quota();
+        state.count_queued(-1);
+        let remaining = self.table.quota_of(&q.workload).map(|quota| {
+            if QuotaState::queues(quota) {
+                state.take(quota, now_ns);
+            }
+            state.remaining(quota, now_ns)
+        });
         Some(Done {
             completion: q.completion,
             outcome: Outcome::Dispatched,
             workload: q.workload,
             criticality: q.criticality,
             queued_ns: now_ns.saturating_sub(q.arrived_ns),
+            quota_retry_ns: None,
+            remaining,
         })
     }
 
@@ -317,6 +512,10 @@ impl<C> Shard<C> {
     /// The periodic pass: refresh rates, rekey every request as of `now_ns` (wait cap and rates),
     /// evict the expired, rebuild the heap in O(n), and sweep idle workloads now and then.
     pub fn rescore(&mut self, now_ns: u64, sink: &mut impl FnMut(Done<C>)) {
+        // A safety net under the event-driven wake-ups: parked workloads are looked at every pass.
+        if !self.parked.is_empty() {
+            self.wake_quotas(now_ns);
+        }
         // The VTC floor: publish ours, read everyone's (at most one pass old).
         self.floors.publish(self.index, self.table.least_active_served());
         self.table.refresh_pressures(now_ns, self.floors.floor());
@@ -330,7 +529,8 @@ impl<C> Shard<C> {
                 }
                 earliest = earliest.min(q.deadline_ns);
                 let rate = q.workload.cached_pressure();
-                Some(scorer.key(q.arrived_ns, now_ns, q.criticality, rate, old.seq))
+                let key = scorer.key(q.arrived_ns, now_ns, q.criticality, rate, old.unparked().seq);
+                Some(if old.is_parked() { key.parked() } else { key })
             },
             |entry| expired.push((entry.value, entry.bytes)),
         );
@@ -365,6 +565,7 @@ impl<C> Shard<C> {
     fn leave(&self, q: Queued<C>, bytes: u64, outcome: Outcome, now_ns: u64) -> Done<C> {
         debug_assert_ne!(outcome, Outcome::Dispatched);
         self.budget.release(bytes);
+        q.workload.quota().count_queued(-1);
         q.workload.release(now_ns);
         Done {
             completion: q.completion,
@@ -372,8 +573,16 @@ impl<C> Shard<C> {
             workload: q.workload,
             criticality: q.criticality,
             queued_ns: now_ns.saturating_sub(q.arrived_ns),
+            quota_retry_ns: None,
+            remaining: None,
         }
     }
+}
+
+/// Its requests holding a backend slot: active (queued + in flight) minus queued here.
+#[inline]
+fn in_flight(workload: &WorkloadEntry) -> u64 {
+    workload.active().saturating_sub(workload.quota().queued())
 }
 
 fn duration_ns(d: Duration) -> u64 {

@@ -15,6 +15,7 @@
 
 use crate::heap::Handle;
 use crate::outcome::Outcome;
+use crate::quota::QuotaNote;
 use crate::sync::{AtomicU8, Mutex, Ordering};
 use std::cell::UnsafeCell;
 use std::task::Waker;
@@ -32,6 +33,8 @@ pub struct Decision<P> {
     pub permit: Option<P>,
     /// Time from submission to the decision, ns.
     pub queued_ns: u64,
+    /// What its workload's quota had to say: why it was refused, or what is left of it.
+    pub quota: Option<QuotaNote>,
 }
 
 /// Shared between one caller and one shard; see the module docs for the protocol.
@@ -186,7 +189,7 @@ mod tests {
     }
 
     fn decision(outcome: Outcome) -> Decision<Arc<()>> {
-        Decision { outcome, permit: Some(Arc::new(())), queued_ns: 1 }
+        Decision { outcome, permit: Some(Arc::new(())), queued_ns: 1, quota: None }
     }
 
     #[test]
@@ -207,7 +210,12 @@ mod tests {
         assert!(slot.cancel());
         let permit = Arc::new(());
         let back = slot
-            .complete(Decision { outcome: Outcome::Dispatched, permit: Some(permit.clone()), queued_ns: 0 })
+            .complete(Decision {
+                outcome: Outcome::Dispatched,
+                permit: Some(permit.clone()),
+                queued_ns: 0,
+                quota: None,
+            })
             .unwrap_err();
         drop(back);
         assert_eq!(Arc::strong_count(&permit), 1, "the permit is not kept anywhere");
@@ -217,8 +225,13 @@ mod tests {
     fn cancel_after_done_drops_the_permit() {
         let slot = Slot::new();
         let permit = Arc::new(());
-        slot.complete(Decision { outcome: Outcome::Dispatched, permit: Some(permit.clone()), queued_ns: 0 })
-            .unwrap();
+        slot.complete(Decision {
+            outcome: Outcome::Dispatched,
+            permit: Some(permit.clone()),
+            queued_ns: 0,
+            quota: None,
+        })
+        .unwrap();
         assert!(!slot.cancel());
         assert_eq!(Arc::strong_count(&permit), 1);
     }

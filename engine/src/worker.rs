@@ -13,6 +13,7 @@ use crate::gate::{Refusal, NO_HEAD, NO_TAIL};
 use crate::inbox::{Inbox, Submission};
 use crate::outcome::{OtherReason, Outcome};
 use crate::permit::Permit;
+use crate::quota::QuotaNote;
 use crate::shard::{Admission, Done, Shard};
 use crate::shared::Shared;
 use crate::slot::{Decision, Slot};
@@ -147,6 +148,11 @@ impl Worker {
             self.shard.displace_below(score, now, &mut |d| done.push(d));
             done.into_iter().for_each(|d| self.finish(d));
         }
+        // 3b. Quotas: a parked workload released a slot, or a bucket refilled.
+        if self.shared.gate.shard(self.index).take_quota_wake() || now >= self.shard.quota_recheck_ns() {
+            self.shard.wake_quotas(now);
+            worked = true;
+        }
         // 4. Arrivals, a bounded batch per ring.
         let mut inboxes = std::mem::take(&mut self.inboxes);
         inboxes.retain_mut(|inbox| {
@@ -229,7 +235,9 @@ impl Worker {
         let mut dispatched = 0;
         let mut blocked = false;
         while dispatched < DISPATCH_BATCH {
-            let (Some(key), Some(criticality)) = (self.shard.head_key(), self.shard.head_criticality())
+            // Heads waiting on their workload's quota step aside (parked) first.
+            self.shard.settle_head(now);
+            let (Some(key), Some(criticality)) = (self.shard.dispatch_head(), self.shard.head_criticality())
             else {
                 break;
             };
@@ -248,8 +256,12 @@ impl Worker {
             };
             let done = self.shard.dispatch_next(now).expect("head exists");
             let permit = Permit::new(gate.clone(), backend, done.workload.clone());
-            let decision =
-                Decision { outcome: Outcome::Dispatched, permit: Some(permit), queued_ns: done.queued_ns };
+            let decision = Decision {
+                outcome: Outcome::Dispatched,
+                permit: Some(permit),
+                queued_ns: done.queued_ns,
+                quota: done.remaining.map(QuotaNote::Remaining),
+            };
             match self.deliver(&done.completion, decision) {
                 Ok(()) => self.shared.outcomes[self.index].count(Outcome::Dispatched),
                 // The caller cancelled as we dispatched: its permit drops here, freeing the slot.
@@ -257,8 +269,9 @@ impl Worker {
             }
             dispatched += 1;
         }
-        let head = self.shard.head_key().map_or(NO_HEAD, |k| k.score);
-        let tail = self.shard.tail_key().map_or(NO_TAIL, |k| k.score);
+        let head = self.shard.dispatch_head().map_or(NO_HEAD, |k| k.score);
+        // A parked tail gives way to any arrival elsewhere.
+        let tail = self.shard.tail_key().map_or(NO_TAIL, |k| if k.is_parked() { f64::MIN } else { k.score });
         let slot_free = gate.publish(self.index, head, tail, self.shard.len() as u64, blocked);
         if slot_free {
             // Free capacity left: if a better head waits elsewhere, its shard must hear about it.
@@ -287,7 +300,12 @@ impl Worker {
     /// Answer an arrival that never reached the heap with `outcome`, and count it
     /// (`EvictedCancelled` if its caller had already left).
     fn refuse(&mut self, arrival: &Submission, outcome: Outcome, now: u64) {
-        let decision = Decision { outcome, permit: None, queued_ns: now.saturating_sub(arrival.arrived_ns) };
+        let decision = Decision {
+            outcome,
+            permit: None,
+            queued_ns: now.saturating_sub(arrival.arrived_ns),
+            quota: None,
+        };
         let counted = match self.deliver(&arrival.completion, decision) {
             Ok(()) => outcome,
             Err(_) => Outcome::EvictedCancelled,
@@ -298,7 +316,12 @@ impl Worker {
     /// Deliver a non-dispatch outcome to its caller and count it.
     fn finish(&mut self, done: Done<Completion>) {
         debug_assert_ne!(done.outcome, Outcome::Dispatched);
-        let decision = Decision { outcome: done.outcome, permit: None, queued_ns: done.queued_ns };
+        let decision = Decision {
+            outcome: done.outcome,
+            permit: None,
+            queued_ns: done.queued_ns,
+            quota: done.quota_retry_ns.map(|retry_after_ns| QuotaNote::Refused { retry_after_ns }),
+        };
         let counted = match self.deliver(&done.completion, decision) {
             Ok(()) => done.outcome,
             Err(_) => Outcome::EvictedCancelled,
@@ -314,6 +337,8 @@ impl Worker {
             || !shared.registrations[self.index].is_empty()
             || !shared.cancels[self.index].is_empty()
             || !shared.displacements[self.index].is_empty()
+            || shared.gate.shard(self.index).quota_wake_pending()
+            || shared.clock.now_ns() >= self.shard.quota_recheck_ns()
             || self.inboxes.iter().any(|i| i.consumer.slots() > 0 || i.consumer.is_abandoned())
             || self.dispatchable()
     }
@@ -321,7 +346,7 @@ impl Worker {
     /// Could the head be dispatched now (a slot free, ours to take)?
     fn dispatchable(&self) -> bool {
         let gate = &self.shared.gate;
-        match (self.shard.head_key(), self.shard.head_criticality()) {
+        match (self.shard.dispatch_head(), self.shard.head_criticality()) {
             (Some(k), Some(c)) => gate.has_slot_for(c) && gate.may_dispatch(self.index, k.score),
             _ => false,
         }
@@ -334,7 +359,7 @@ impl Worker {
             // Nothing queued: only the idle-workload sweep, driven by the rescore pass.
             self.next_rescore_ns.max(now + IDLE_TIMER_NS)
         } else {
-            self.next_rescore_ns.min(self.shard.next_deadline_ns())
+            self.next_rescore_ns.min(self.shard.next_deadline_ns()).min(self.shard.quota_recheck_ns())
         }
         .max(now + MIN_TIMER_NS);
         let bell = &self.shared.gate.shard(self.index).doorbell;

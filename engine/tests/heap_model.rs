@@ -357,6 +357,7 @@ fn op() -> impl Strategy<Value = Op<K>> {
         1 => any::<usize>().prop_map(Op::RemoveStale),
         1 => Just(Op::RemoveForeign),
         1 => (any::<u64>(), 1u8..5).prop_map(|(s, m)| Op::Rekey(s, m)),
+        3 => (any::<usize>(), any::<u64>()).prop_map(|(i, s)| Op::RekeyOne(i, s)),
         1 => Just(Op::Drain),
     ]
 }

@@ -33,6 +33,9 @@ enum Input {
     /// Rekey every item: keep iff `(id ^ salt) % modulus != 0`; new key from id and salt.
     Rekey(u64, u8),
     Drain,
+    /// Give the live item at this index a new key from `salt` (last, so older corpus entries
+    /// decode as before).
+    RekeyOne(u16, u64),
 }
 
 impl From<Input> for Op<K> {
@@ -46,6 +49,7 @@ impl From<Input> for Op<K> {
             Input::RemoveForeign => Op::RemoveForeign,
             Input::Rekey(salt, modulus) => Op::Rekey(salt, modulus),
             Input::Drain => Op::Drain,
+            Input::RekeyOne(i, salt) => Op::RekeyOne(usize::from(i), salt),
         }
     }
 }

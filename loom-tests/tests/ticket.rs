@@ -37,7 +37,12 @@ fn cancel_races_completion_exactly_one_outcome() {
         let shard = {
             let slot = slot.clone();
             thread::spawn(move || {
-                let decision = Decision { outcome: Outcome::Dispatched, permit: Some(permit), queued_ns: 0 };
+                let decision = Decision {
+                    outcome: Outcome::Dispatched,
+                    permit: Some(permit),
+                    queued_ns: 0,
+                    quota: None,
+                };
                 match slot.complete(decision) {
                     Ok(()) => true,
                     Err(back) => {
@@ -116,8 +121,12 @@ fn deferred_wakes_reach_every_waiter() {
             thread::spawn(move || {
                 let mut held = Vec::new();
                 for (i, slot) in slots.iter().enumerate() {
-                    let decision =
-                        Decision { outcome: Outcome::Dispatched, permit: Some(i as u32), queued_ns: 0 };
+                    let decision = Decision {
+                        outcome: Outcome::Dispatched,
+                        permit: Some(i as u32),
+                        queued_ns: 0,
+                        quota: None,
+                    };
                     held.extend(slot.complete_deferred(decision).expect("the caller never cancels"));
                 }
                 held.into_iter().for_each(Waker::wake);
@@ -150,7 +159,8 @@ fn complete_while_caller_waits(slot: Arc<Slot<u32>>) -> Decision<u32> {
     let shard = {
         let slot = slot.clone();
         thread::spawn(move || {
-            let decision = Decision { outcome: Outcome::Dispatched, permit: Some(7), queued_ns: 1 };
+            let decision =
+                Decision { outcome: Outcome::Dispatched, permit: Some(7), queued_ns: 1, quota: None };
             slot.complete(decision).expect("the caller never cancels");
         })
     };

@@ -24,6 +24,7 @@ use flowgate_engine::config::{
     BackendConfig, ConfigError, CriticalityCap, Detector, EngineConfig, Fairness, QueueConfig, RateUnit,
     SaturationConfig, ScoringConfig, WorkloadConfig,
 };
+use flowgate_engine::quota_rule::{OnExceed, Quota};
 
 use crate::discovery::Discovery;
 use crate::metrics_page::ModelServer;
@@ -372,6 +373,18 @@ impl RawConfig {
                     .into_iter()
                     .map(|c| CriticalityCap { pattern: c.workload_id, max_criticality: c.max_criticality })
                     .collect(),
+                quotas: self
+                    .workloads
+                    .quotas
+                    .into_iter()
+                    .map(|q| Quota {
+                        pattern: q.workload_id,
+                        max_inflight: q.max_inflight,
+                        requests_per_minute: q.requests_per_minute,
+                        tokens_per_minute: q.tokens_per_minute,
+                        on_exceed: q.on_exceed.0,
+                    })
+                    .collect(),
             },
             ceilings: self.ceilings,
             spin_before_park: self.spin_before_park.0,
@@ -524,6 +537,8 @@ struct RawWorkloads {
     max_tracked: usize,
     #[serde(deserialize_with = "nullable")]
     caps: Vec<RawCap>,
+    #[serde(deserialize_with = "nullable")]
+    quotas: Vec<RawQuota>,
 }
 
 impl Default for RawWorkloads {
@@ -534,7 +549,38 @@ impl Default for RawWorkloads {
             idle_timeout: Dur(w.idle_timeout),
             max_tracked: w.max_tracked,
             caps: Vec::new(),
+            quotas: Vec::new(),
         }
+    }
+}
+
+/// One `workloads.quotas[]` entry.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuota {
+    workload_id: String,
+    #[serde(default)]
+    max_inflight: Option<u32>,
+    #[serde(default)]
+    requests_per_minute: Option<u32>,
+    #[serde(default)]
+    tokens_per_minute: Option<u64>,
+    #[serde(default)]
+    on_exceed: RawOnExceed,
+}
+
+/// `queue` | `reject`.
+#[derive(Default)]
+struct RawOnExceed(OnExceed);
+
+impl<'de> Deserialize<'de> for RawOnExceed {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        [OnExceed::Queue, OnExceed::Reject]
+            .into_iter()
+            .find(|k| k.name() == name)
+            .map(RawOnExceed)
+            .ok_or_else(|| de::Error::custom(format!("{name:?} is not an on_exceed (queue or reject)")))
     }
 }
 

@@ -47,6 +47,7 @@ use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 use flowgate_engine::config::{EngineConfig, WorkloadConfig};
 use flowgate_engine::context::{CONTEXT_HEADER, FAIRNESS_ID_HEADER, LLM_D_FAIRNESS_ID_HEADER};
 use flowgate_engine::outcome::OtherReason;
+use flowgate_engine::quota::{QuotaNote, Remaining};
 use flowgate_engine::runtime::{Engine, Permit, Request, SubmitError};
 use flowgate_engine::{Outcome, WorkloadContext};
 use tokio::sync::mpsc;
@@ -64,6 +65,13 @@ pub const DESTINATION_HEADER: &str = "x-gateway-destination-endpoint";
 pub const LB_NAMESPACE: &str = "envoy.lb";
 /// Header naming why a request was not dispatched.
 pub const DROP_REASON_HEADER: &str = "x-flowgate-drop-reason";
+/// The drop reason of a request refused for its workload's `reject` quota (a 429).
+pub const QUOTA_DROP_REASON: &str = "quota";
+/// Response header: requests left in the workload's quota bucket (workloads with a request quota).
+pub const REMAINING_REQUESTS_HEADER: &str = "x-ratelimit-remaining-requests";
+/// Response header: weighted tokens left in the workload's quota bucket (workloads with a token
+/// quota).
+pub const REMAINING_TOKENS_HEADER: &str = "x-ratelimit-remaining-tokens";
 /// Prefix of the headers flowgate owns; client-sent ones are removed.
 pub const OWN_HEADER_PREFIX: &str = "x-flowgate-";
 /// Most messages buffered from a stream while its request is queued (Envoy sends none in its
@@ -174,6 +182,7 @@ impl FlowControl {
             tx: outbound,
             permit: None,
             meter: None,
+            remaining: None,
             answered: false,
             rejected: false,
             pending: VecDeque::new(),
@@ -202,6 +211,8 @@ struct StreamState<S> {
     permit: Option<Permit>,
     /// The response's usage, while it is read (dispatched requests whose cost matters).
     meter: Option<UsageMeter>,
+    /// Its workload's quota left at dispatch, for the response headers (workloads with a quota).
+    remaining: Option<Remaining>,
     /// Whether the request headers were answered (flow control is done for this stream).
     answered: bool,
     /// Whether the request was answered with an immediate response (the stream is over).
@@ -271,7 +282,9 @@ where
                 if h.end_of_stream {
                     self.release("response headers end the stream");
                 }
-                Reply::ResponseHeaders(HeadersResponse::default())
+                Reply::ResponseHeaders(HeadersResponse {
+                    response: self.remaining.take().map(remaining_headers),
+                })
             }
             Some(Msg::ResponseBody(b)) => {
                 if let Some(meter) = &mut self.meter {
@@ -328,7 +341,12 @@ where
             criticality = context.criticality,
             ttl_ms = context.ttl.map(|t| t.as_millis() as u64),
         );
-        let ttl = context.ttl.unwrap_or(shared.rules.load().default_ttl);
+        let rules = shared.rules.load();
+        let ttl = context.ttl.unwrap_or(rules.default_ttl);
+        // The response is read for its usage when a token rule needs it.
+        let read_usage = rules.read_usage
+            || rules.workloads.quota_for(&context.workload_id).is_some_and(|q| q.limits_tokens());
+        drop(rules);
         let queued = shared.metrics.enqueue(&context.workload_id, context.criticality);
         let started = Instant::now();
         let ticket = match shared.engine.submit(Request { context, bytes: 0 }) {
@@ -340,7 +358,7 @@ where
                 };
                 queued.finish(outcome, Duration::ZERO);
                 span.in_scope(|| debug!(outcome = outcome.label(), "refused at submission"));
-                return self.reject(outcome, ttl, silent).await;
+                return self.reject(outcome, ttl, None, silent).await;
             }
         };
         // Wait for the decision; a stream that closes meanwhile cancels the request.
@@ -368,9 +386,12 @@ where
         match decision.permit {
             Some(permit) => {
                 span.in_scope(|| debug!(backend = permit.address(), waited_ms, "dispatched"));
-                let read_usage = shared.rules.load().read_usage;
                 let response = dispatched(permit.address(), own_headers, !read_usage);
                 self.meter = read_usage.then(|| UsageMeter::new(request_bytes));
+                self.remaining = match decision.quota {
+                    Some(QuotaNote::Remaining(r)) => Some(r),
+                    _ => None,
+                };
                 self.permit = Some(permit);
                 if silent {
                     Flow::Continue
@@ -381,14 +402,28 @@ where
             None => {
                 let outcome = decision.outcome.label();
                 span.in_scope(|| debug!(outcome, waited_ms, "not dispatched"));
-                self.reject(decision.outcome, ttl, silent).await
+                let quota_retry = match decision.quota {
+                    Some(QuotaNote::Refused { retry_after_ns }) => Some(Duration::from_nanos(retry_after_ns)),
+                    _ => None,
+                };
+                self.reject(decision.outcome, ttl, quota_retry, silent).await
             }
         }
     }
 
     /// Answer a request that was not dispatched, then close the stream.
-    async fn reject(&mut self, outcome: Outcome, ttl: Duration, silent: bool) -> Flow {
-        if let Some(response) = rejected(outcome, ttl) {
+    async fn reject(
+        &mut self,
+        outcome: Outcome,
+        ttl: Duration,
+        quota_retry: Option<Duration>,
+        silent: bool,
+    ) -> Flow {
+        let response = match quota_retry {
+            Some(retry) => Some(rejected_for_quota(retry)),
+            None => rejected(outcome, ttl),
+        };
+        if let Some(response) = response {
             if !silent {
                 self.rejected = matches!(self.send(response).await, Flow::Continue);
             }
@@ -500,7 +535,34 @@ pub fn retry_after_s(outcome: Outcome, ttl: Duration) -> u64 {
 pub fn rejected(outcome: Outcome, ttl: Duration) -> Option<ProcessingResponse> {
     let status = outcome.http_status()?;
     let reason = outcome.drop_reason()?;
-    let retry_after = retry_after_s(outcome, ttl).to_string();
+    Some(immediate_response(status, reason, retry_after_s(outcome, ttl)))
+}
+
+/// The answer for a request refused for its workload's `reject` quota: 429, drop reason
+/// [`QUOTA_DROP_REASON`], `retry-after` the time until the workload may send again (whole
+/// seconds, rounded up, at least 1).
+pub fn rejected_for_quota(retry: Duration) -> ProcessingResponse {
+    let retry_s = retry.as_nanos().div_ceil(1_000_000_000).max(1) as u64;
+    immediate_response(429, QUOTA_DROP_REASON, retry_s)
+}
+
+/// The response-headers answer adding what is left of the workload's quota.
+fn remaining_headers(r: Remaining) -> CommonResponse {
+    let mut set = Vec::new();
+    if let Some(n) = r.requests {
+        set.push(set_header(REMAINING_REQUESTS_HEADER, &n.to_string()));
+    }
+    if let Some(n) = r.tokens {
+        set.push(set_header(REMAINING_TOKENS_HEADER, &n.to_string()));
+    }
+    CommonResponse {
+        header_mutation: Some(HeaderMutation { set_headers: set, remove_headers: vec![] }),
+        ..Default::default()
+    }
+}
+
+fn immediate_response(status: u16, reason: &str, retry_after_s: u64) -> ProcessingResponse {
+    let retry_after = retry_after_s.to_string();
     let immediate = ImmediateResponse {
         status: Some(HttpStatus { code: i32::from(status) }),
         headers: Some(HeaderMutation {
@@ -515,7 +577,7 @@ pub fn rejected(outcome: Outcome, ttl: Duration) -> Option<ProcessingResponse> {
         details: format!("flowgate_{}", reason.replace('-', "_")),
         ..Default::default()
     };
-    Some(ProcessingResponse { response: Some(Reply::ImmediateResponse(immediate)), ..Default::default() })
+    ProcessingResponse { response: Some(Reply::ImmediateResponse(immediate)), ..Default::default() }
 }
 
 #[cfg(test)]

@@ -26,6 +26,8 @@ pub enum Op<K> {
     /// Rekey with `(salt, drop_mod)`: keeps an item iff `(id ^ salt) % drop_mod != 0`, new key from
     /// the id and salt (sometimes unchanged). See [`rekey`].
     Rekey(u64, u8),
+    /// Give the live item at this index (mod the live count) the new key `fresh_key(salt)`.
+    RekeyOne(usize, u64),
     Drain,
 }
 
@@ -145,6 +147,20 @@ pub fn run<K: Ord + Copy + Debug + Default>(
                 for &(id, h) in &model.live {
                     let key = model.items.iter().find(|&&(_, i, _)| i == id).unwrap().0;
                     assert_eq!(heap.get(h), Some((key, &id)));
+                }
+            }
+            Op::RekeyOne(i, salt) => {
+                if !model.live.is_empty() {
+                    let (id, h) = model.live[i % model.live.len()];
+                    let key = fresh_key(salt);
+                    heap.rekey(h, key).expect("live handle refused");
+                    let at = model.items.iter().position(|&(_, i, _)| i == id).expect("id in model");
+                    let (_, _, bytes) = model.items.remove(at);
+                    model.insert(key, id, bytes);
+                    assert_eq!(heap.get(h), Some((key, &id)), "same handle, new key");
+                }
+                if let Some(&h) = model.stale.first() {
+                    assert_eq!(heap.rekey(h, fresh_key(salt)), Err(StaleHandle));
                 }
             }
             Op::Drain => {

@@ -21,6 +21,7 @@
 //! * [`tls`] — TLS and mTLS on the ext_proc listener: the `tls:` section and its PEM files.
 #![warn(missing_docs, rust_2018_idioms)]
 
+pub mod answers;
 pub mod backend_metrics;
 pub mod backend_set;
 pub mod config;

@@ -20,14 +20,28 @@ Checks (prefix "cost"), run by `phase(harness, lib)` where lib is the run_e2e mo
   cost3 flowgate_usage_reported_total grew by exactly the requests sent, estimated by 0
   cost4 a stream without include_usage (no usage event): charged an estimate
         (flowgate_usage_estimated_total +1), completion tokens > 0 for its workload
-  cost5 afterwards flowgate_inflight is 0 and nothing is queued
+  cost5 a `reject` quota (`cost-capped`: requests_per_minute 2): two requests 200 carrying
+        x-ratelimit-remaining-requests 1 then 0, the third 429 with x-flowgate-drop-reason quota
+        and a retry-after of about 30 s (when the bucket has room again)
+  cost6 a `queue` quota (`cost-queued`: max_inflight 1): two concurrent long streams; while the
+        first streams, the workload has 2 active, flowgate 1 in flight and 1 queued (it waits on
+        its quota, not on capacity: 3 of 4 slots are free); then both end 200
+  cost7 afterwards flowgate_inflight is 0 and nothing is queued
 """
+import threading
 import json
 import os
 
 STREAMED = [(40, 8), (400, 24), (1200, 64), (10, 1), (700, 40), (90, 12)]  # (prompt bytes, max_tokens)
 JSONS = [(30, 5), (500, 30), (2000, 16), (64, 64)]
 WORKLOADS = ("cost-stream", "cost-json")
+QUOTAS = """  quotas:
+    - workload_id: cost-capped
+      requests_per_minute: 2
+      on_exceed: reject
+    - workload_id: cost-queued
+      max_inflight: 1
+"""
 
 
 class Cost:
@@ -47,7 +61,8 @@ class Cost:
         backends = f"  - address: {lib.LOCALHOST}:{self.sim}\n    max_inflight: 4"
         with open(self.cfg, "w") as f:
             f.write(lib.flowgate_config(self.grpc, self.metrics, [], 10000, shards=h.args.shards,
-                                        backends=backends, scoring_extra="  fairness: vtc\n"))
+                                        backends=backends, scoring_extra="  fairness: vtc\n",
+                                        workloads_extra=QUOTAS))
         env = dict(os.environ)
         env.setdefault("RUST_LOG", "info")
         h.procs.start("flowgate-cost", [h.args.flowgate, "serve", "--config", self.cfg], env=env)
@@ -145,11 +160,58 @@ class Cost:
                      f"status {st}, charged {w['prompt_tokens']}/{w['completion_tokens']} "
                      f"(bytes/4; the sim counted {truth})")
 
+        self.quota_reject()
+        self.quota_queue()
+
         end, _ = lib.wait_until(
             "cost: nothing in flight",
             lambda: (lambda c: (c, None) if c.get("inflight", 1) == 0 and c.get("queued", 1) == 0
                      else None)(self.counters()), 5)
-        self.h.check("cost5 afterwards inflight 0 and queue 0", True, f"{end}")
+        self.h.check("cost7 afterwards inflight 0 and queue 0", True, f"{end}")
+
+    def quota_reject(self):
+        got = [self.send("cost-capped", 20, 2, stream=False) for _ in range(3)]
+        (s1, h1, _), (s2, h2, _), (s3, h3, _) = got
+        remaining = [h1.get("x-ratelimit-remaining-requests"), h2.get("x-ratelimit-remaining-requests")]
+        retry = h3.get("retry-after")
+        ok = (s1, s2, s3) == (200, 200, 429) and remaining == ["1", "0"] \
+            and h3.get("x-flowgate-drop-reason") == "quota" and retry is not None and 25 <= int(retry) <= 30
+        self.h.check("cost5 reject quota: 200, 200 (remaining 1, 0), then 429 quota with retry-after ~30 s", ok,
+                     f"statuses {(s1, s2, s3)}, remaining {remaining}, "
+                     f"reason {h3.get('x-flowgate-drop-reason')}, retry-after {retry}")
+
+    def quota_queue(self):
+        lib = self.lib
+        results = [None, None]
+
+        def run(i):
+            try:
+                results[i] = self.send("cost-queued", 20, 400, stream=True)[0]
+            except Exception as e:  # recorded: a lost request fails the check
+                results[i] = repr(e)
+
+        threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(2)]
+        for t in threads:
+            t.start()
+        last = {}
+
+        def waiting_on_quota():
+            last["w"], last["c"] = self.workload("cost-queued"), self.counters()
+            return last["w"]["active"] == 2 and last["c"].get("inflight") == 1 and last["c"].get("queued") == 1
+
+        try:
+            lib.wait_until("cost-queued: 2 active, 1 in flight, 1 queued", waiting_on_quota, 10, interval=0.005)
+            held = True
+        except TimeoutError:
+            held = False
+        for t in threads:
+            t.join(30)
+        c, seen = last.get("c", {}), last.get("w")
+        ok = held and results == [200, 200]
+        self.h.check("cost6 queue quota (max_inflight 1): the second waits on its quota while 3 slots are "
+                     "free, then both 200", ok,
+                     f"at 2 active: inflight {c.get('inflight')}, queued {c.get('queued')}; statuses {results}; "
+                     f"workload {seen}")
 
 
 def phase(h, lib):

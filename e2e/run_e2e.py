@@ -254,7 +254,8 @@ def join_all(reqs, timeout):
 # ---------------------------------------------------------------------------
 
 def flowgate_config(listen_port, metrics_port, backend_ports, max_requests, ttl="30s", shards=1,
-                    backends=None, extra="", weights=(0.4, 0.4, 0.2), scoring_extra=""):
+                    backends=None, extra="", weights=(0.4, 0.4, 0.2), scoring_extra="",
+                    workloads_extra=""):
     wait_w, crit_w, rate_w = weights
     if backends is None:
         backends = "\n".join(
@@ -282,7 +283,7 @@ scoring:
   idle_timeout: 5m
   max_tracked: 100000
   caps: []
-{extra}"""
+{workloads_extra}{extra}"""
 
 
 def render_envoy_config(template_path, out_path, admin_port, listeners, ext_proc, access_log):

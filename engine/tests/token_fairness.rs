@@ -82,6 +82,7 @@ fn fairness_config(fairness: Fairness, rate_unit: RateUnit) -> EngineConfig {
 fn vtc_serves_backlogged_workloads_weighted_tokens_within_2x() {
     let served = serve_backlog(&fairness_config(Fairness::Vtc, RateUnit::Requests), 400);
     let (heavy, light) = (served["heavy"] as f64, served["light"] as f64);
+    eprintln!("vtc: weighted tokens served {served:?}, heavy/light {:.2}", heavy / light);
     assert!(heavy / light < 2.0 && light / heavy < 2.0, "vtc: heavy {heavy} light {light}");
 }
 
@@ -89,6 +90,7 @@ fn vtc_serves_backlogged_workloads_weighted_tokens_within_2x() {
 fn request_rate_fairness_lets_the_heavy_workload_take_about_ten_times_the_tokens() {
     let served = serve_backlog(&fairness_config(Fairness::Rate, RateUnit::Requests), 400);
     let ratio = served["heavy"] as f64 / served["light"] as f64;
+    eprintln!("rate by requests: weighted tokens served {served:?}, heavy/light {ratio:.2}");
     assert!(ratio > 5.0, "requests alternate, so tokens follow request sizes: {served:?}");
 }
 
@@ -98,6 +100,7 @@ fn token_rate_penalises_the_workload_charged_more_tokens() {
     let ratio = served["heavy"] as f64 / served["light"] as f64;
     let by_requests = serve_backlog(&fairness_config(Fairness::Rate, RateUnit::Requests), 400);
     let by_requests = by_requests["heavy"] as f64 / by_requests["light"] as f64;
+    eprintln!("rate by tokens: heavy/light {ratio:.2} (by requests {by_requests:.2})");
     assert!(ratio < by_requests / 2.0, "tokens {ratio:.2} vs requests {by_requests:.2}");
 }
 

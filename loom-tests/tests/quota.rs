@@ -11,9 +11,9 @@ use flowgate_engine::permit::Permit;
 use flowgate_engine::quota_rule::{OnExceed, Quota};
 use flowgate_engine::registry::hash_workload_id;
 use flowgate_engine::shard::{Arrival, Shard};
+use flowgate_engine::sync::AtomicUsize;
 use flowgate_loom_tests::{gate, model};
 use loom::thread;
-use flowgate_engine::sync::AtomicUsize;
 use std::sync::Arc;
 
 #[test]

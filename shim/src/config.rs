@@ -182,7 +182,7 @@ impl ServeConfig {
     pub fn summary(&self) -> String {
         let e = &self.engine;
         format!(
-            "listen {}{}, metrics {}, {} shard(s){}, {} static backend(s) with {} slot(s){}, detector {}, queue {} requests / {}, ttl {}, {} criticality cap(s)",
+            "listen {}{}, metrics {}, {} shard(s){}, {} static backend(s) with {} slot(s){}, detector {}, queue {} requests / {}, ttl {}, {} criticality cap(s), fairness {} by {}, {} quota(s)",
             self.listen,
             match &self.tls {
                 None => "",
@@ -200,6 +200,12 @@ impl ServeConfig {
             format_size(e.queue.max_bytes),
             format_duration(e.queue.ttl),
             e.workloads.caps.len(),
+            e.scoring.fairness.name(),
+            match e.scoring.fairness {
+                Fairness::Vtc => "weighted tokens served",
+                Fairness::Rate => e.scoring.rate_unit.name(),
+            },
+            e.workloads.quotas.len(),
         )
     }
 }

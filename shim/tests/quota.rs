@@ -62,7 +62,11 @@ async fn a_reject_quota_answers_429_quota_with_its_retry_after() {
     let mut held = open(&running, "team-a").await;
     assert!(destination(&held.next().await).is_some());
     let mut over = open(&running, "team-a").await;
-    assert_eq!(immediate(&over.next().await), Some((429, "quota".into(), "1".into())), "max_inflight: retry in 1 s");
+    assert_eq!(
+        immediate(&over.next().await),
+        Some((429, "quota".into(), "1".into())),
+        "max_inflight: retry in 1 s"
+    );
     let mut other = open(&running, "chat").await;
     assert!(destination(&other.next().await).is_some(), "other workloads are not limited");
     // A per-minute rate: the second request waits for the bucket, a minute after the first.

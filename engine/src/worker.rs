@@ -338,7 +338,8 @@ impl Worker {
             || !shared.cancels[self.index].is_empty()
             || !shared.displacements[self.index].is_empty()
             || shared.gate.shard(self.index).quota_wake_pending()
-            || shared.clock.now_ns() >= self.shard.quota_recheck_ns()
+            || (self.shard.quota_recheck_ns() != u64::MAX
+                && shared.clock.now_ns() >= self.shard.quota_recheck_ns())
             || self.inboxes.iter().any(|i| i.consumer.slots() > 0 || i.consumer.is_abandoned())
             || self.dispatchable()
     }

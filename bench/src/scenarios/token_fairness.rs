@@ -19,8 +19,14 @@
 //! finishes. Figures count the responses that ended between `warmup` and `duration`.
 //!
 //! Time is compressed as in the other scenarios (`wait_cap` = `rate_window` = the scenario's
-//! wait cap); the token `rate_cap` is the pool's estimated weighted-token throughput (so one
-//! workload taking the whole pool pays the full penalty); `vtc_cap` is the engine's default.
+//! wait cap), but never below [`MIN_WAIT_CAP_S`]: aging lets any request outrank the full
+//! fairness penalty once it has waited `w_rate / w_wait · wait_cap` (half the cap), and with the
+//! quick mode's 1.5 s that is barely two heavy service times, so aging, not the fairness rule,
+//! would decide who is served (the real 60 s cap is many requests long too). The token
+//! `rate_cap` is the pool's estimated weighted-token throughput (so one workload taking the whole
+//! pool pays the full penalty); `vtc_cap` is the engine's default compressed by the same factor
+//! as the wait cap (`wait_cap / 60 s`): the wait term grows that much faster, so the same lag
+//! must weigh that much more to balance the same wait.
 //!
 //! This file holds the scenario and the implementations compared; `token_driver.rs` runs one
 //! implementation, `token_report.rs` analyses and prints the runs, `sim_client.rs` talks to the
@@ -37,6 +43,10 @@ use std::time::{Duration, Instant};
 
 /// The scenario's name (what `--only` selects).
 pub const NAME: &str = "token_fairness";
+
+/// Shortest compressed `wait_cap` (= `rate_window`) the scenario runs with, seconds: about twelve
+/// heavy service times (see the module docs).
+pub const MIN_WAIT_CAP_S: f64 = 4.0;
 
 /// One backlogged workload: its clients and the size of every request it sends.
 #[derive(Clone, Debug, Serialize)]
@@ -108,13 +118,13 @@ pub struct TokenScenario {
     pub duration_s: f64,
     /// Responses ending before this are not counted, seconds.
     pub warmup_s: f64,
-    /// Scoring `wait_cap` (= `rate_window`), seconds.
+    /// Scoring `wait_cap` (= `rate_window`), seconds: the option's, at least [`MIN_WAIT_CAP_S`].
     pub wait_cap_s: f64,
     /// The sims.
     pub sim: SimModel,
     /// `rate_cap_per_s` of the `rate_unit: tokens` run, weighted tokens/s.
     pub token_rate_cap_per_s: f64,
-    /// `vtc_cap_tokens` of the VTC run.
+    /// `vtc_cap_tokens` of the VTC run (the default, compressed like the wait cap).
     pub vtc_cap_tokens: f64,
     /// Run the implementations one after another instead of side by side.
     pub sequential: bool,
@@ -180,7 +190,8 @@ impl Variant {
 
 impl TokenScenario {
     /// The scenario for `opts`: `opts.slots`, `opts.shards`, `opts.duration_s` and
-    /// `opts.wait_cap_s` apply; `service_ms` does not (the sim's cost model sets service times).
+    /// `opts.wait_cap_s` (at least [`MIN_WAIT_CAP_S`]) apply; `service_ms` does not (the sim's
+    /// cost model sets service times).
     pub fn new(opts: &Options) -> Self {
         let clients = 2 * opts.slots.max(1) as usize;
         let workloads = vec![
@@ -200,6 +211,7 @@ impl TokenScenario {
             max_num_seqs: opts.slots.max(1) as usize,
         };
         let heavy = &workloads[0];
+        let wait_cap_s = opts.wait_cap_s.max(MIN_WAIT_CAP_S);
         let token_rate_cap_per_s =
             (sim.max_num_seqs as f64 * heavy.weighted_cost() as f64 / sim.service_s(heavy)).round();
         TokenScenario {
@@ -212,10 +224,13 @@ impl TokenScenario {
             shards: opts.shards,
             duration_s: opts.duration_s,
             warmup_s: (opts.duration_s / 4.0).min(2.0),
-            wait_cap_s: opts.wait_cap_s,
+            wait_cap_s,
             sim,
             token_rate_cap_per_s,
-            vtc_cap_tokens: DEFAULT_VTC_CAP_TOKENS,
+            vtc_cap_tokens: (DEFAULT_VTC_CAP_TOKENS * wait_cap_s
+                / ScoringConfig::default().wait_cap.as_secs_f64())
+            .round()
+            .max(1.0),
             sequential: opts.sequential,
         }
     }

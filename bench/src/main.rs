@@ -80,7 +80,8 @@ struct Pool {
     /// Compressed scoring wait cap (and rate window), seconds (default 1.5 quick, 4 full).
     #[arg(long)]
     wait_cap: Option<f64>,
-    /// Run only this scenario.
+    /// Run only this scenario (basic_priority, wait_boost, rate_fairness, mixed_30_50_20,
+    /// starvation, overload, token_fairness).
     #[arg(long)]
     only: Option<String>,
     /// Run the implementations one after another (the default in full mode) instead of side by
@@ -170,7 +171,7 @@ enum Command {
         #[command(flatten)]
         load: Load,
     },
-    /// The seed's scenarios on a simulated model-server pool.
+    /// The seed's scenarios on a simulated model-server pool, and token_fairness on flowgate-sim.
     Scenarios {
         #[command(flatten)]
         common: Common,

@@ -80,7 +80,8 @@ struct Pool {
     /// Compressed scoring wait cap (and rate window), seconds (default 1.5 quick, 4 full).
     #[arg(long)]
     wait_cap: Option<f64>,
-    /// Run only this scenario.
+    /// Run only this scenario (basic_priority, wait_boost, rate_fairness, mixed_30_50_20,
+    /// starvation, overload, token_fairness).
     #[arg(long)]
     only: Option<String>,
     /// Run the implementations one after another (the default in full mode) instead of side by
@@ -170,7 +171,7 @@ enum Command {
         #[command(flatten)]
         load: Load,
     },
-    /// The seed's scenarios on a simulated model-server pool.
+    /// The seed's scenarios on a simulated model-server pool, and token_fairness on flowgate-sim.
     Scenarios {
         #[command(flatten)]
         common: Common,
@@ -324,8 +325,25 @@ fn validate(dir: &Path, name: &str) -> Result<(), String> {
         }
         "scenarios" => {
             let scs = v["scenarios"].as_array().map_or(&[][..], Vec::as_slice);
-            if scs.is_empty() {
+            let tokens = &v["token_fairness"];
+            if scs.is_empty() && tokens.is_null() {
                 return bad("no scenario results");
+            }
+            if !tokens.is_null() {
+                let results = tokens["results"].as_array().map_or(&[][..], Vec::as_slice);
+                if results.len() != 4
+                    || !results.iter().all(|r| {
+                        r["failed"].as_u64() == Some(0)
+                            && r["records"] == r["submitted"]
+                            && r["per_workload"].as_array().is_some_and(|w| {
+                                w.len() == 2 && w.iter().all(|w| w["served"].as_u64().is_some_and(|n| n > 0))
+                            })
+                    })
+                {
+                    return bad(
+                        "token_fairness needs 4 implementations, each serving both workloads, no failures",
+                    );
+                }
             }
             for sc in scs {
                 let results = sc["results"].as_array().map_or(&[][..], Vec::as_slice);

@@ -9,16 +9,26 @@
 //! This file holds the subcommand (its options, [`run`] and the report); `scenario.rs` the
 //! scenarios and their compressed time, `runner.rs` the driver of one run, `analysis.rs` its
 //! per-class figures and checks, `inversions.rs` how priority inversions are judged.
+//! `token_fairness.rs` (with `token_driver.rs`, `token_report.rs`, `sim_client.rs`) is the
+//! seventh scenario, [`token_fairness::NAME`]: token-sized requests served by real `flowgate-sim`
+//! servers on four implementations, reported in [`ScenariosReport::token_fairness`].
 
 mod analysis;
 mod inversions;
 mod runner;
 mod scenario;
+mod sim_client;
+mod token_driver;
+pub mod token_fairness;
+mod token_report;
 
 pub use analysis::{analyse, Check, ClassStats, Fairness, RunResult};
 pub use inversions::{count_inversions, INVERSION_EPS, INVERSION_GRACE_NS, SAME_PASS_NS, SEVERE_EPS};
 pub use runner::{run_one, Record, RunData};
 pub use scenario::{all, Load, Scenario, Workload};
+pub use sim_client::Usage;
+pub use token_driver::{TokenOutcome, TokenRecord, TokenRunData};
+pub use token_report::{TokenFairnessReport, TokenResult, WorkloadTokens};
 
 use crate::baseline::Kind;
 use crate::plot::{self, CdfLine};
@@ -73,6 +83,9 @@ pub struct ScenariosReport {
     pub inversion_rule: String,
     /// Per scenario.
     pub scenarios: Vec<ScenarioReport>,
+    /// The `token_fairness` scenario (its own shape: four implementations on flowgate-sim), when
+    /// it ran.
+    pub token_fairness: Option<TokenFairnessReport>,
 }
 
 /// Run the `scenarios` subcommand.
@@ -136,6 +149,10 @@ pub fn run(opts: &Options, out_dir: &Path) -> std::io::Result<ScenariosReport> {
         print!("{}", render(&rep));
         reports.push(rep);
     }
+    let token_fairness = match opts.only.as_deref() {
+        None | Some(token_fairness::NAME) => Some(token_fairness::run_report(opts)?),
+        Some(_) => None,
+    };
     let report = ScenariosReport {
         run: RunInfo::now(opts.quick),
         options: opts.clone(),
@@ -144,6 +161,7 @@ pub fn run(opts: &Options, out_dir: &Path) -> std::io::Result<ScenariosReport> {
             INVERSION_GRACE_NS as f64 / 1e6
         ),
         scenarios: reports,
+        token_fairness,
     };
     report::write_json(out_dir, "scenarios", &report)?;
     Ok(report)

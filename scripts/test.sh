@@ -22,6 +22,7 @@ mkdir -p "$LOG_DIR"
 passed=0
 failed=0
 failed_names=()
+ran=() # stages run so far
 
 run() {
     local name=$1
@@ -39,11 +40,28 @@ run() {
         failed_names+=("$name")
         echo "==> [$name] FAILED ($((SECONDS - start)) s, exit $status, disk free: $(disk_free))"
     fi
+    ran+=("$name")
+    prune_if_low
 }
 
 # Free space on the filesystem holding target/ (a full disk fails links and installs in odd ways).
 disk_free() {
     df -h --output=avail target 2>/dev/null | tail -1 | tr -d ' '
+}
+
+# Below LOW_DISK_GB free (default 8), the build caches of stages already run are removed before
+# the next stage: the fuzz targets' (fuzz/target, ~1.2 GiB) and loom's (target/loom). A clean run
+# needs about 8 GiB in all.
+LOW_DISK_GB="${LOW_DISK_GB:-8}"
+prune_if_low() {
+    local free_kb
+    free_kb=$(df --output=avail -k target 2>/dev/null | tail -1 | tr -d ' ') || return 0
+    if [[ -n "$free_kb" ]] && ((free_kb < LOW_DISK_GB * 1024 * 1024)); then
+        echo "==> low disk ($(disk_free) free): removing finished stages' build caches"
+        if [[ " ${ran[*]} " == *" fuzz "* ]]; then rm -rf fuzz/target; fi
+        if [[ " ${ran[*]} " == *" loom "* ]]; then rm -rf target/loom; fi
+    fi
+    return 0
 }
 
 fuzz_all() {

@@ -63,23 +63,7 @@ class Cost:
             f.write(lib.flowgate_config(self.grpc, self.metrics, [], 10000, shards=h.args.shards,
                                         backends=backends, scoring_extra="  fairness: vtc\n",
                                         workloads_extra=QUOTAS))
-        env = dict(os.environ)
-        env.setdefault("RUST_LOG", "info")
-        h.procs.start("flowgate-cost", [h.args.flowgate, "serve", "--config", self.cfg], env=env)
-        h.wait_flowgate("cost", self.metrics)
-        envoy_cfg = lib.render_envoy_config(
-            h.args.envoy_template, os.path.join(h.workdir, "envoy-cost.yaml"), self.admin,
-            [("cost", self.listen, self.grpc)], True, os.path.join(h.workdir, "envoy-cost_access.log"))
-        h.procs.start("envoy-cost", [h.args.envoy, "-c", envoy_cfg, "--disable-hot-restart",
-                                     "--concurrency", "2", "--log-level", h.args.envoy_log_level])
-
-        def ready():
-            if not h.procs.alive("envoy-cost"):
-                raise lib.SkipRest("envoy-cost exited during startup:\n" + h.procs.log_tail("envoy-cost"))
-            st, _, body = lib.http_req(self.admin, "GET", "/ready", timeout=2)
-            return st == 200 and body.strip() == b"LIVE"
-
-        lib.wait_until("envoy-cost admin /ready == LIVE", ready, 30)
+        h.start_pair("cost", self.cfg, self.admin, self.listen, self.grpc, self.metrics)
         h.check("cost0 flowgate-cost, sim-cost and envoy-cost up", True)
 
     def send(self, workload, prompt_bytes, max_tokens, stream, include_usage=True):

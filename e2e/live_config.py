@@ -310,23 +310,7 @@ class Live:
             lib.http_req(p, "POST", "/_reset", timeout=5)
         self.write_endpoints([("A", 2), ("B", 2)])
         self.write_config()
-        env = dict(os.environ)
-        env.setdefault("RUST_LOG", "info")
-        h.procs.start("flowgate-live", [h.args.flowgate, "serve", "--config", self.cfg], env=env)
-        h.wait_flowgate("live", self.metrics)
-        envoy_cfg = lib.render_envoy_config(
-            h.args.envoy_template, os.path.join(h.workdir, "envoy-live.yaml"), self.admin,
-            [("live", self.listen, self.grpc)], True, os.path.join(h.workdir, "envoy-live_access.log"))
-        h.procs.start("envoy-live", [h.args.envoy, "-c", envoy_cfg, "--disable-hot-restart",
-                                     "--concurrency", "2", "--log-level", h.args.envoy_log_level])
-
-        def ready():
-            if not h.procs.alive("envoy-live"):
-                raise lib.SkipRest("envoy-live exited during startup:\n" + h.procs.log_tail("envoy-live"))
-            st, _, body = lib.http_req(self.admin, "GET", "/ready", timeout=2)
-            return st == 200 and body.strip() == b"LIVE"
-
-        lib.wait_until("envoy-live admin /ready == LIVE", ready, 30)
+        h.start_pair("live", self.cfg, self.admin, self.listen, self.grpc, self.metrics)
         v = self.view()
         want = {"A": ("file", 2, False), "B": ("file", 2, False)}
         h.check("live0 flowgate-live serves A, B from the discovery file (backends: []); envoy-live ready",

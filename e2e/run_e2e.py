@@ -420,6 +420,28 @@ class Harness:
         env.setdefault("RUST_BACKTRACE", "1")
         self.procs.start(f"flowgate-{name}", [self.args.flowgate, "serve", "--config", cfg], env=env)
 
+    def start_pair(self, name, cfg, admin_port, listen_port, grpc_port, metrics_port):
+        """A phase's own flowgate `flowgate-NAME` (config file `cfg`) and Envoy `envoy-NAME` (the
+        e2e template, one listener `NAME` on `listen_port` in front of it); returns once flowgate
+        is healthy and Envoy is LIVE."""
+        env = dict(os.environ)
+        env.setdefault("RUST_LOG", "info")
+        self.procs.start(f"flowgate-{name}", [self.args.flowgate, "serve", "--config", cfg], env=env)
+        self.wait_flowgate(name, metrics_port)
+        envoy_cfg = render_envoy_config(
+            self.args.envoy_template, os.path.join(self.workdir, f"envoy-{name}.yaml"), admin_port,
+            [(name, listen_port, grpc_port)], True, os.path.join(self.workdir, f"envoy-{name}_access.log"))
+        self.procs.start(f"envoy-{name}", [self.args.envoy, "-c", envoy_cfg, "--disable-hot-restart",
+                                           "--concurrency", "2", "--log-level", self.args.envoy_log_level])
+
+        def ready():
+            if not self.procs.alive(f"envoy-{name}"):
+                raise SkipRest(f"envoy-{name} exited during startup:\n" + self.procs.log_tail(f"envoy-{name}"))
+            st, _, body = http_req(admin_port, "GET", "/ready", timeout=2)
+            return st == 200 and body.strip() == b"LIVE"
+
+        wait_until(f"envoy-{name} admin /ready == LIVE", ready, 30)
+
     def wait_flowgate(self, name, metrics_port):
         def healthy():
             if not self.procs.alive(f"flowgate-{name}"):

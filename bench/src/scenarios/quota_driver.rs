@@ -189,7 +189,12 @@ pub fn run_one(sc: &QuotaScenario, run: Run) -> io::Result<QuotaRunData> {
         .enable_all()
         .thread_name("quota-isolation")
         .build()?;
-    let spec = Spec { slots: sc.slots, max_requests: 0, ttl: Duration::from_secs(30), scoring: sc.scoring() };
+    let spec = Spec {
+        slots: sc.slots_in(run),
+        max_requests: 0,
+        ttl: Duration::from_secs(30),
+        scoring: sc.scoring(),
+    };
     let mut config = spec.engine_config(sc.shards);
     config.workloads.quotas = sc.quotas();
     let q: Arc<dyn Queue> = Arc::new(
@@ -197,7 +202,7 @@ pub fn run_one(sc: &QuotaScenario, run: Run) -> io::Result<QuotaRunData> {
     );
     let sim_config = SimConfig {
         listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-        max_num_seqs: sc.sim.max_num_seqs,
+        max_num_seqs: sc.slots_in(run) as usize,
         max_waiting: 4096,
         prefill_us_per_token: sc.sim.prefill_us_per_token,
         decode_step_ms: sc.sim.decode_step_ms,

@@ -6,6 +6,8 @@
 //! quota, (b) without `pinned` at all, with the same other workloads and the same seeds (so the
 //! same arrival schedules). The figure of merit is how much the others' wait (submission to
 //! dispatch) grows because of `pinned`: the target is their p99 within 10% of run (b).
+//! A third run, (c) `reserved`, is a reference: no `pinned` and a pool short of the slots its
+//! quota grants it, what perfect isolation behind a fixed reservation would give the others.
 //!
 //! **What the quota does.** Over its quota, a `queue` workload's requests wait in the heap under
 //! a *parked* key that sorts below every other request, so they hold nobody up; one is unparked
@@ -77,7 +79,7 @@ pub struct QuotaWorkload {
     pub arrivals: Arrivals,
 }
 
-/// Which of the two runs.
+/// Which run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Run {
@@ -85,10 +87,13 @@ pub enum Run {
     WithPinned,
     /// `pinned` is absent.
     WithoutPinned,
+    /// A reference beyond the two runs: `pinned` absent and the pool short of the
+    /// `max_inflight` slots the quota grants it (perfect isolation behind a fixed reservation).
+    Reserved,
 }
 
-/// Both runs, in report order.
-pub const RUNS: [Run; 2] = [Run::WithPinned, Run::WithoutPinned];
+/// Every run, in report order.
+pub const RUNS: [Run; 3] = [Run::WithPinned, Run::WithoutPinned, Run::Reserved];
 
 impl Run {
     /// Short name for tables.
@@ -96,6 +101,7 @@ impl Run {
         match self {
             Run::WithPinned => "with pinned",
             Run::WithoutPinned => "without pinned",
+            Run::Reserved => "reserved",
         }
     }
 }
@@ -176,7 +182,7 @@ impl QuotaScenario {
         QuotaScenario {
             name: NAME.into(),
             description: format!(
-                "pinned floods ({clients} closed-loop clients) under a queue quota of max_inflight {pinned_max_inflight} of {slots} slots, beside 3 workloads of {rate_per_s:.0} req/s each (Poisson), all criticality 3; run with and without pinned: the others' waits"
+                "pinned floods ({clients} closed-loop clients) under a queue quota of max_inflight {pinned_max_inflight} of {slots} slots, beside 3 workloads of {rate_per_s:.0} req/s each (Poisson), all criticality 3; run with and without pinned (and a reserved-slots reference): the others' waits"
             ),
             workloads,
             pinned_max_inflight,
@@ -214,6 +220,14 @@ impl QuotaScenario {
             rate_window: cap,
             rescore_interval: (cap / 600).max(Duration::from_millis(1)),
             ..ScoringConfig::default()
+        }
+    }
+
+    /// The pool's slots in `run` ([`Run::Reserved`]: less `pinned`'s `max_inflight`).
+    pub fn slots_in(&self, run: Run) -> u32 {
+        match run {
+            Run::Reserved => self.slots.saturating_sub(self.pinned_max_inflight).max(1),
+            _ => self.slots,
         }
     }
 
@@ -301,9 +315,10 @@ mod tests {
         }
         assert!(datas[0].pinned_peak_inflight >= 1, "pinned was served");
         assert_eq!(datas[1].pinned_peak_inflight, 0);
+        assert!(datas[2].sim.max_in_system_seen <= u64::from(sc.slots - sc.pinned_max_inflight));
         let report = analyse(&sc, &datas);
         let runs: Vec<&str> = report.runs.iter().map(|r| r.run.label()).collect();
-        assert_eq!(runs, ["with pinned", "without pinned"]);
+        assert_eq!(runs, ["with pinned", "without pinned", "reserved"]);
         assert_eq!(report.comparison.len(), sc.workloads.len() - 1);
         assert!(render(&report).contains("without pinned"));
     }

@@ -1,6 +1,7 @@
 //! The `quota_isolation` report: per-workload waits and throughput in both runs, the
 //! well-behaved workloads' p99 wait with `pinned` against without it, and `pinned`'s in-flight
-//! peak against its quota, with the issue's target checked (reported, never enforced).
+//! peak against its quota, with the issue's target checked (reported, never enforced); and, as a
+//! reference, their p99 against a pool short of the slots the quota grants `pinned`.
 
 use super::quota_driver::QuotaRunData;
 use super::quota_isolation::{QuotaScenario, Run};
@@ -86,6 +87,10 @@ pub struct WaitComparison {
     pub p99_ratio: Option<f64>,
     /// `p99_with_ms − p99_without_ms`, ms.
     pub p99_delta_ms: f64,
+    /// p99 wait in the [`Run::Reserved`] reference, ms.
+    pub p99_reserved_ms: f64,
+    /// `p99_with_ms / p99_reserved_ms` (`None` when the latter is 0).
+    pub p99_ratio_vs_reserved: Option<f64>,
 }
 
 /// The `quota_isolation` report.
@@ -105,6 +110,10 @@ pub struct QuotaIsolationReport {
     pub others_p99_without_ms: f64,
     /// Their ratio (`None` when the latter is 0).
     pub others_p99_ratio: Option<f64>,
+    /// The same in the [`Run::Reserved`] reference, ms.
+    pub others_p99_reserved_ms: f64,
+    /// `others_p99_with_ms / others_p99_reserved_ms` (`None` when the latter is 0).
+    pub others_p99_ratio_vs_reserved: Option<f64>,
     /// The issue's targets.
     pub checks: Vec<Check>,
 }
@@ -194,7 +203,7 @@ fn result(sc: &QuotaScenario, d: &QuotaRunData) -> QuotaRunResult {
     }
 }
 
-/// Analyse the runs of `sc` (`datas` holds [`Run::WithPinned`] and [`Run::WithoutPinned`]).
+/// Analyse the runs of `sc` (`datas` holds the [`RUNS`](super::quota_isolation::RUNS)).
 pub fn analyse(sc: &QuotaScenario, datas: &[QuotaRunData]) -> QuotaIsolationReport {
     let runs: Vec<QuotaRunResult> = datas.iter().map(|d| result(sc, d)).collect();
     let find = |run: Run| runs.iter().find(|r| r.run == run);
@@ -206,6 +215,7 @@ pub fn analyse(sc: &QuotaScenario, datas: &[QuotaRunData]) -> QuotaIsolationRepo
         .map(|w| {
             let with = stats(Run::WithPinned, &w.name).unwrap_or_default();
             let without = stats(Run::WithoutPinned, &w.name).unwrap_or_default();
+            let reserved = stats(Run::Reserved, &w.name).unwrap_or_default();
             WaitComparison {
                 workload: w.name.clone(),
                 p50_with_ms: with.p50_ms,
@@ -214,12 +224,15 @@ pub fn analyse(sc: &QuotaScenario, datas: &[QuotaRunData]) -> QuotaIsolationRepo
                 p99_without_ms: without.p99_ms,
                 p99_ratio: ratio(with.p99_ms, without.p99_ms),
                 p99_delta_ms: with.p99_ms - without.p99_ms,
+                p99_reserved_ms: reserved.p99_ms,
+                p99_ratio_vs_reserved: ratio(with.p99_ms, reserved.p99_ms),
             }
         })
         .collect();
     let data = |run: Run| datas.iter().find(|d| d.run == run);
     let others_p99_with_ms = data(Run::WithPinned).map_or(0.0, |d| others_p99(sc, d));
     let others_p99_without_ms = data(Run::WithoutPinned).map_or(0.0, |d| others_p99(sc, d));
+    let others_p99_reserved_ms = data(Run::Reserved).map_or(0.0, |d| others_p99(sc, d));
     let worst = comparison.iter().map(|c| c.p99_ratio.unwrap_or(f64::INFINITY)).fold(0.0, f64::max);
     let peak = find(Run::WithPinned).map_or(0, |r| r.pinned_peak_inflight);
     let checks = vec![
@@ -248,7 +261,7 @@ pub fn analyse(sc: &QuotaScenario, datas: &[QuotaRunData]) -> QuotaIsolationRepo
     ];
     let method = format!(
         "flowgate ({} shards, {} slots) with a queue quota on pinned (max_inflight {}{}), fresh in-process flowgate-sim per run (speed {}, prefill {} us/token, decode step {} ms, max_num_seqs = slots); \
-         every request {} prompt bytes, {} output tokens (~{} ms at the sim, pool ~{:.0} req/s); the two runs one after the other with the same Poisson schedules; \
+         every request {} prompt bytes, {} output tokens (~{} ms at the sim, pool ~{:.0} req/s); the runs one after the other with the same Poisson schedules (reserved: no pinned, {} slots); \
          waits = submit → dispatch of the well-behaved requests submitted in [{:.2} s, {:.2} s), throughput = responses ending there; drain ≤ {} s; wait_cap = rate_window = {} s; \
          pinned's in-flight peak counted from the permits its clients hold",
         sc.shards,
@@ -262,6 +275,7 @@ pub fn analyse(sc: &QuotaScenario, datas: &[QuotaRunData]) -> QuotaIsolationRepo
         sc.max_tokens,
         ms(sc.service_s * 1e3),
         sc.capacity_per_s,
+        sc.slots_in(Run::Reserved),
         sc.warmup_s,
         sc.duration_s,
         sc.drain_s,
@@ -275,6 +289,8 @@ pub fn analyse(sc: &QuotaScenario, datas: &[QuotaRunData]) -> QuotaIsolationRepo
         others_p99_with_ms,
         others_p99_without_ms,
         others_p99_ratio: ratio(others_p99_with_ms, others_p99_without_ms),
+        others_p99_reserved_ms,
+        others_p99_ratio_vs_reserved: ratio(others_p99_with_ms, others_p99_reserved_ms),
         checks,
     }
 }
@@ -310,7 +326,16 @@ pub fn render(rep: &QuotaIsolationReport) -> String {
         }
     }
     s.push_str(&t.render());
-    let mut t = Table::new(&["workload", "p50 with", "p50 without", "p99 with", "p99 without", "p99 ratio"]);
+    let mut t = Table::new(&[
+        "workload",
+        "p50 with",
+        "p50 without",
+        "p99 with",
+        "p99 without",
+        "p99 ratio",
+        "p99 reserved",
+        "ratio vs reserved",
+    ]);
     let fmt = |r: Option<f64>| r.map_or("-".into(), |r| format!("{r:.2}x"));
     for c in &rep.comparison {
         t.row(vec![
@@ -320,6 +345,8 @@ pub fn render(rep: &QuotaIsolationReport) -> String {
             ms(c.p99_with_ms),
             ms(c.p99_without_ms),
             fmt(c.p99_ratio),
+            ms(c.p99_reserved_ms),
+            fmt(c.p99_ratio_vs_reserved),
         ]);
     }
     t.row(vec![
@@ -329,6 +356,8 @@ pub fn render(rep: &QuotaIsolationReport) -> String {
         ms(rep.others_p99_with_ms),
         ms(rep.others_p99_without_ms),
         fmt(rep.others_p99_ratio),
+        ms(rep.others_p99_reserved_ms),
+        fmt(rep.others_p99_ratio_vs_reserved),
     ]);
     s.push_str(&t.render());
     let peak = rep.runs.iter().map(|r| r.pinned_peak_inflight).max().unwrap_or(0);

@@ -81,7 +81,7 @@ struct Pool {
     #[arg(long)]
     wait_cap: Option<f64>,
     /// Run only this scenario (basic_priority, wait_boost, rate_fairness, mixed_30_50_20,
-    /// starvation, overload, token_fairness).
+    /// starvation, overload, token_fairness, quota_isolation).
     #[arg(long)]
     only: Option<String>,
     /// Run the implementations one after another (the default in full mode) instead of side by
@@ -171,7 +171,8 @@ enum Command {
         #[command(flatten)]
         load: Load,
     },
-    /// The seed's scenarios on a simulated model-server pool, and token_fairness on flowgate-sim.
+    /// The seed's scenarios on a simulated model-server pool, and token_fairness and quota_isolation on
+    /// flowgate-sim.
     Scenarios {
         #[command(flatten)]
         common: Common,
@@ -326,7 +327,8 @@ fn validate(dir: &Path, name: &str) -> Result<(), String> {
         "scenarios" => {
             let scs = v["scenarios"].as_array().map_or(&[][..], Vec::as_slice);
             let tokens = &v["token_fairness"];
-            if scs.is_empty() && tokens.is_null() {
+            let quotas = &v["quota_isolation"];
+            if scs.is_empty() && tokens.is_null() && quotas.is_null() {
                 return bad("no scenario results");
             }
             if !tokens.is_null() {
@@ -342,6 +344,25 @@ fn validate(dir: &Path, name: &str) -> Result<(), String> {
                 {
                     return bad(
                         "token_fairness needs 4 implementations, each serving both workloads, no failures",
+                    );
+                }
+            }
+            if !quotas.is_null() {
+                let runs = quotas["runs"].as_array().map_or(&[][..], Vec::as_slice);
+                let max = quotas["scenario"]["pinned_max_inflight"].as_u64().unwrap_or(0);
+                if runs.len() != 3
+                    || !runs.iter().all(|r| {
+                        r["failed"].as_u64() == Some(0)
+                            && r["records"] == r["submitted"]
+                            && r["pinned_peak_inflight"].as_u64().is_some_and(|p| p <= max)
+                            && r["per_workload"].as_array().is_some_and(|w| {
+                                !w.is_empty() && w.iter().all(|w| w["served"].as_u64().is_some_and(|n| n > 0))
+                            })
+                    })
+                    || quotas["comparison"].as_array().is_none_or(Vec::is_empty)
+                {
+                    return bad(
+                        "quota_isolation needs its 3 runs, every workload served, no failures, pinned within its max_inflight",
                     );
                 }
             }

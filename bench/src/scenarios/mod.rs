@@ -12,9 +12,15 @@
 //! `token_fairness.rs` (with `token_driver.rs`, `token_report.rs`, `sim_client.rs`) is the
 //! seventh scenario, [`token_fairness::NAME`]: token-sized requests served by real `flowgate-sim`
 //! servers on four implementations, reported in [`ScenariosReport::token_fairness`].
+//! `quota_isolation.rs` (with `quota_driver.rs`, `quota_report.rs`) is the eighth,
+//! [`quota_isolation::NAME`]: a flooding workload held at its quota beside well-behaved ones, run
+//! with and without it on flowgate, reported in [`ScenariosReport::quota_isolation`].
 
 mod analysis;
 mod inversions;
+mod quota_driver;
+pub mod quota_isolation;
+mod quota_report;
 mod runner;
 mod scenario;
 mod sim_client;
@@ -24,6 +30,8 @@ mod token_report;
 
 pub use analysis::{analyse, Check, ClassStats, Fairness, RunResult};
 pub use inversions::{count_inversions, INVERSION_EPS, INVERSION_GRACE_NS, SAME_PASS_NS, SEVERE_EPS};
+pub use quota_driver::QuotaRunData;
+pub use quota_report::{QuotaIsolationReport, QuotaRunResult, QuotaWorkloadStats, WaitComparison};
 pub use runner::{run_one, Record, RunData};
 pub use scenario::{all, Load, Scenario, Workload};
 pub use sim_client::Usage;
@@ -86,6 +94,9 @@ pub struct ScenariosReport {
     /// The `token_fairness` scenario (its own shape: four implementations on flowgate-sim), when
     /// it ran.
     pub token_fairness: Option<TokenFairnessReport>,
+    /// The `quota_isolation` scenario (its own shape: flowgate with and without the flooding
+    /// workload, on flowgate-sim), when it ran.
+    pub quota_isolation: Option<QuotaIsolationReport>,
 }
 
 /// Run the `scenarios` subcommand.
@@ -153,6 +164,10 @@ pub fn run(opts: &Options, out_dir: &Path) -> std::io::Result<ScenariosReport> {
         None | Some(token_fairness::NAME) => Some(token_fairness::run_report(opts)?),
         Some(_) => None,
     };
+    let quota_isolation = match opts.only.as_deref() {
+        None | Some(quota_isolation::NAME) => Some(quota_isolation::run_report(opts)?),
+        Some(_) => None,
+    };
     let report = ScenariosReport {
         run: RunInfo::now(opts.quick),
         options: opts.clone(),
@@ -162,6 +177,7 @@ pub fn run(opts: &Options, out_dir: &Path) -> std::io::Result<ScenariosReport> {
         ),
         scenarios: reports,
         token_fairness,
+        quota_isolation,
     };
     report::write_json(out_dir, "scenarios", &report)?;
     Ok(report)

@@ -134,6 +134,9 @@ fn serve_command(
         };
     runtime.block_on(async move {
         tracing::info!(config = %config.summary(), "starting");
+        // Listen for the stop signals before saying "serving": one sent right after that line
+        // must stop the server cleanly, not kill it by the default action.
+        let stop = StopSignals::listen();
         let options = serve::ServeOptions {
             config_path: file.map(Path::to_path_buf),
             watch_config,
@@ -147,32 +150,46 @@ fn serve_command(
                 return ExitCode::FAILURE;
             }
         };
-        wait_for_signal().await;
+        stop.wait().await;
         running.shutdown().await;
         ExitCode::SUCCESS
     })
 }
 
-/// SIGINT or SIGTERM.
-async fn wait_for_signal() {
+/// SIGINT and SIGTERM, listened for from creation on.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-                    _ = term.recv() => tracing::info!("SIGTERM received"),
+    signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl StopSignals {
+    /// Start listening (inside the runtime).
+    fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+                (Ok(int), Ok(term)) => StopSignals { signals: Some((int, term)) },
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(error = %e, "cannot watch SIGINT/SIGTERM; only Ctrl-C stops the server");
+                    StopSignals { signals: None }
                 }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the server");
-                let _ = tokio::signal::ctrl_c().await;
-            }
         }
+        #[cfg(not(unix))]
+        StopSignals {}
     }
-    #[cfg(not(unix))]
-    {
+
+    /// Until SIGINT or SIGTERM.
+    async fn wait(self) {
+        #[cfg(unix)]
+        if let Some((mut int, mut term)) = self.signals {
+            tokio::select! {
+                _ = int.recv() => tracing::info!("SIGINT received"),
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+            }
+            return;
+        }
         let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -161,14 +161,8 @@ impl Reloader {
 
 /// Reload on every `SIGHUP` until `stop` (without a config file, log that there is none: the
 /// signal must not end the process).
-pub async fn on_sighup(reloader: Option<Arc<Reloader>>, stop: CancellationToken) {
-    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGHUP: reloads need a restart");
-            return;
-        }
-    };
+pub async fn on_sighup(hangups: Option<Hangups>, reloader: Option<Arc<Reloader>>, stop: CancellationToken) {
+    let Some(mut hangups) = hangups else { return };
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -184,6 +178,22 @@ pub async fn on_sighup(reloader: Option<Arc<Reloader>>, stop: CancellationToken)
                 // Reading the file is blocking I/O: off the async workers.
                 let _ = tokio::task::spawn_blocking(move || r.reload()).await;
             }
+        }
+    }
+}
+
+/// SIGHUP, listened for from creation on.
+pub type Hangups = tokio::signal::unix::Signal;
+
+/// Start listening for SIGHUP now (inside the runtime, before the server says it is serving), so
+/// a SIGHUP sent right after can never kill the process by the default action. `None` (logged)
+/// when the signal cannot be watched.
+pub fn hangups() -> Option<Hangups> {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGHUP: reloads need a restart");
+            None
         }
     }
 }

@@ -252,7 +252,7 @@ pub async fn start_with(config: ServeConfig, options: ServeOptions) -> Result<Ru
         let r = Reloader::new(path, config.clone(), backends.clone(), reload_service, metrics.clone());
         Arc::new(r.with_overrides(overrides.0, overrides.1))
     });
-    tasks.push(tokio::spawn(reload::on_sighup(reloader.clone(), stop_tasks.clone())));
+    tasks.push(tokio::spawn(reload::on_sighup(reload::hangups(), reloader.clone(), stop_tasks.clone())));
     if let Some(r) = &reloader {
         if options.watch_config {
             tasks.push(tokio::spawn(reload::watch(r.clone(), stop_tasks.clone())));

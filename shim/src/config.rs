@@ -414,21 +414,32 @@ struct RawBackend {
     engine: ModelServer,
 }
 
-/// `concurrency` | `utilization` | `both`.
-struct RawDetector(Detector);
+/// A config value written as one of its kind's names (`kind.name()`), refused with the list of
+/// names otherwise: `named_value!(doc, Raw(Kind) in [Kind::A, Kind::B], "a kind (a or b)")`.
+macro_rules! named_value {
+    ($doc:literal $(#[$meta:meta])* $raw:ident($kind:ty) in [$($variant:expr),+], $what:literal) => {
+        #[doc = $doc]
+        $(#[$meta])*
+        struct $raw($kind);
 
-impl<'de> Deserialize<'de> for RawDetector {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let name = String::deserialize(d)?;
-        [Detector::Concurrency, Detector::Utilization, Detector::Both]
-            .into_iter()
-            .find(|k| k.name() == name)
-            .map(RawDetector)
-            .ok_or_else(|| {
-                de::Error::custom(format!("{name:?} is not a detector (concurrency, utilization or both)"))
-            })
-    }
+        impl<'de> Deserialize<'de> for $raw {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let name = String::deserialize(d)?;
+                [$($variant),+]
+                    .into_iter()
+                    .find(|k| k.name() == name)
+                    .map($raw)
+                    .ok_or_else(|| de::Error::custom(format!("{name:?} is not {}", $what)))
+            }
+        }
+    };
 }
+
+named_value!(
+    "`concurrency` | `utilization` | `both`."
+    RawDetector(Detector) in [Detector::Concurrency, Detector::Utilization, Detector::Both],
+    "a detector (concurrency, utilization or both)"
+);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -507,33 +518,17 @@ impl Default for RawScoring {
     }
 }
 
-/// `requests` | `tokens`.
-struct RawRateUnit(RateUnit);
+named_value!(
+    "`requests` | `tokens`."
+    RawRateUnit(RateUnit) in [RateUnit::Requests, RateUnit::Tokens],
+    "a rate unit (requests or tokens)"
+);
 
-impl<'de> Deserialize<'de> for RawRateUnit {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let name = String::deserialize(d)?;
-        [RateUnit::Requests, RateUnit::Tokens]
-            .into_iter()
-            .find(|k| k.name() == name)
-            .map(RawRateUnit)
-            .ok_or_else(|| de::Error::custom(format!("{name:?} is not a rate unit (requests or tokens)")))
-    }
-}
-
-/// `rate` | `vtc`.
-struct RawFairness(Fairness);
-
-impl<'de> Deserialize<'de> for RawFairness {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let name = String::deserialize(d)?;
-        [Fairness::Rate, Fairness::Vtc]
-            .into_iter()
-            .find(|k| k.name() == name)
-            .map(RawFairness)
-            .ok_or_else(|| de::Error::custom(format!("{name:?} is not a fairness rule (rate or vtc)")))
-    }
-}
+named_value!(
+    "`rate` | `vtc`."
+    RawFairness(Fairness) in [Fairness::Rate, Fairness::Vtc],
+    "a fairness rule (rate or vtc)"
+);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -575,20 +570,11 @@ struct RawQuota {
     on_exceed: RawOnExceed,
 }
 
-/// `queue` | `reject`.
-#[derive(Default)]
-struct RawOnExceed(OnExceed);
-
-impl<'de> Deserialize<'de> for RawOnExceed {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let name = String::deserialize(d)?;
-        [OnExceed::Queue, OnExceed::Reject]
-            .into_iter()
-            .find(|k| k.name() == name)
-            .map(RawOnExceed)
-            .ok_or_else(|| de::Error::custom(format!("{name:?} is not an on_exceed (queue or reject)")))
-    }
-}
+named_value!(
+    "`queue` | `reject`."
+    #[derive(Default)] RawOnExceed(OnExceed) in [OnExceed::Queue, OnExceed::Reject],
+    "an on_exceed (queue or reject)"
+);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -301,3 +301,29 @@ fn with_discovery_and_no_backends_key_there_is_no_static_backend() {
     assert_eq!(ok("").engine.backends.len(), 1, "without discovery the default backend stays");
     assert_eq!(error_path("backends: []\n"), "backends");
 }
+
+#[test]
+fn named_values_are_read_by_name_and_refused_with_the_choices() {
+    let c = ok("scoring:\n  rate_unit: tokens\n  fairness: vtc\nworkloads:\n  quotas:\n    - workload_id: a\n      max_inflight: 2\n      on_exceed: reject\n");
+    assert_eq!(c.engine.scoring.rate_unit, flowgate_engine::config::RateUnit::Tokens);
+    assert_eq!(c.engine.scoring.fairness, flowgate_engine::config::Fairness::Vtc);
+    assert_eq!(c.engine.workloads.quotas[0].on_exceed, flowgate_engine::quota_rule::OnExceed::Reject);
+    let c = ok("workloads:\n  quotas:\n    - workload_id: a\n      max_inflight: 2\n");
+    assert_eq!(
+        c.engine.workloads.quotas[0].on_exceed,
+        flowgate_engine::quota_rule::OnExceed::Queue,
+        "the default"
+    );
+    for (yaml, choices) in [
+        ("scoring:\n  rate_unit: bytes\n", "(requests or tokens)"),
+        ("scoring:\n  fairness: drr\n", "(rate or vtc)"),
+        ("saturation:\n  detector: magic\n", "(concurrency, utilization or both)"),
+        (
+            "workloads:\n  quotas:\n    - workload_id: a\n      max_inflight: 1\n      on_exceed: later\n",
+            "(queue or reject)",
+        ),
+    ] {
+        let e = errors(yaml);
+        assert!(e.iter().any(|m| m.contains(choices)), "{yaml}: {e:?}");
+    }
+}

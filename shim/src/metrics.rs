@@ -138,6 +138,8 @@ pub struct Metrics {
     usage_reported: Counter,
     /// `flowgate_usage_estimated_total`: responses charged an estimate (no usage found).
     usage_estimated: Counter,
+    /// `flowgate_quota_refusals_total`: requests refused for a `reject` quota (429 `quota`).
+    quota_refusals: Counter,
     /// Saturation detector metrics (`backend_metrics.rs`).
     backends: BackendMetrics,
     admission: Mutex<Admission>,
@@ -238,10 +240,17 @@ impl Metrics {
             "Dispatched requests charged an estimate (body bytes / 4): the response carried no usage",
             usage_estimated.clone(),
         );
+        let quota_refusals = Counter::default();
+        registry.register(
+            "flowgate_quota_refusals",
+            "Requests refused for their workload's reject quota (429 quota; also counted as rejected_capacity)",
+            quota_refusals.clone(),
+        );
         Metrics {
             reloads,
             usage_reported,
             usage_estimated,
+            quota_refusals,
             registry,
             queue_size,
             queue_duration,
@@ -376,6 +385,11 @@ impl Metrics {
         } else {
             self.usage_estimated.inc();
         }
+    }
+
+    /// Count one request refused for its workload's `reject` quota.
+    pub fn count_quota_refusal(&self) {
+        self.quota_refusals.inc();
     }
 
     /// Workload ids with their own label right now (for tests and debugging).

@@ -389,7 +389,10 @@ where
                 let outcome = decision.outcome.label();
                 span.in_scope(|| debug!(outcome, waited_ms, "not dispatched"));
                 let quota_retry = match decision.quota {
-                    Some(QuotaNote::Refused { retry_after_ns }) => Some(Duration::from_nanos(retry_after_ns)),
+                    Some(QuotaNote::Refused { retry_after_ns }) => {
+                        shared.metrics.count_quota_refusal();
+                        Some(Duration::from_nanos(retry_after_ns))
+                    }
                     _ => None,
                 };
                 self.reject(decision.outcome, ttl, quota_retry, silent).await

@@ -77,6 +77,7 @@ async fn a_reject_quota_answers_429_quota_with_its_retry_after() {
     assert_eq!((status, reason.as_str()), (429, "quota"));
     let retry: u64 = retry.parse().unwrap();
     assert!((59..=60).contains(&retry), "retry-after {retry}");
+    common::wait_metric(running.metrics_addr(), "flowgate_quota_refusals_total", 2.0, DEADLINE).await;
     drop((held, first, other));
     running.shutdown().await;
 }

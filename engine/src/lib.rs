@@ -38,6 +38,7 @@ pub mod shard;
 mod shared;
 pub mod slot;
 pub mod sync;
+pub mod tails;
 #[cfg(not(flowgate_loom))]
 pub mod ticket;
 pub mod tokens;

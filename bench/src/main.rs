@@ -186,6 +186,14 @@ enum Command {
         #[command(flatten)]
         ext: ExtprocLoad,
     },
+    /// The ext_proc path under each core layout (shards × io_threads, `auto` first) at 2k and 5k
+    /// requests/s, side by side.
+    Layouts {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        ext: ExtprocLoad,
+    },
     /// Saturation detectors on a heterogeneous flowgate-sim pool at 1.5x capacity, via ext_proc.
     Pool {
         #[command(flatten)]
@@ -240,6 +248,20 @@ fn latency_seconds(c: &Common) -> f64 {
 
 fn rounds(c: &Common) -> usize {
     c.rounds.unwrap_or(if c.quick { 2 } else { 5 })
+}
+
+/// The loads for the layout comparison.
+const LAYOUT_RATES: [f64; 2] = [2_000.0, 5_000.0];
+
+fn layouts_options(c: &Common, e: &ExtprocLoad) -> extproc::layouts::Options {
+    extproc::layouts::Options {
+        quick: c.quick,
+        rates: LAYOUT_RATES.to_vec(),
+        streams: e.streams,
+        connections: e.connections,
+        seconds: c.seconds.unwrap_or(if c.quick { 0.6 } else { 4.0 }),
+        rounds: rounds(c),
+    }
 }
 
 fn extproc_options(c: &Common, e: &ExtprocLoad) -> extproc::Options {
@@ -312,6 +334,13 @@ fn validate(dir: &Path, name: &str) -> Result<(), String> {
             let results = v["results"].as_array().map_or(&[][..], Vec::as_slice);
             if results.is_empty() || !results.iter().all(|r| positive(&r["latency"]["p50_ms"])) {
                 return bad("expected latency results with a positive p50");
+            }
+        }
+        "layouts" => {
+            let cells = v["cells"].as_array().map_or(&[][..], Vec::as_slice);
+            let n = (extproc::layouts::LAYOUTS.len() + 1) * LAYOUT_RATES.len();
+            if cells.len() != n || !cells.iter().all(|c| positive(&c["latency"]["p50_ms"])) {
+                return bad("expected every (server, rate) cell with a positive p50");
             }
         }
         "scaling" => {
@@ -438,6 +467,7 @@ fn main() -> ExitCode {
         | Command::Extproc { common, .. }
         | Command::ScrapeCost { common, .. }
         | Command::Pool { common, .. }
+        | Command::Layouts { common, .. }
         | Command::All { common, .. } => *common,
         Command::ServePage => {
             return match scrape_cost::serve_page() {
@@ -471,6 +501,9 @@ fn main() -> ExitCode {
         Command::Extproc { common, ext } => {
             extproc::run(&extproc_options(common, ext), &out).map(|_| vec!["extproc"])
         }
+        Command::Layouts { common, ext } => {
+            extproc::layouts::run(&layouts_options(common, ext), &out).map(|_| vec!["layouts"])
+        }
         Command::ScrapeCost { common, scrape } => {
             scrape_cost::run(&scrape_options(common, scrape), &out).map(|_| vec!["scrape_cost"])
         }
@@ -485,9 +518,19 @@ fn main() -> ExitCode {
             throughput::run_scaling(&t, &out)?;
             scenarios::run(&scenario_options(common, pool), &out)?;
             extproc::run(&extproc_options(common, ext), &out)?;
+            extproc::layouts::run(&layouts_options(common, ext), &out)?;
             scrape_cost::run(&scrape_options(common, &ScrapeLoad { backends: 100, interval_ms: 50 }), &out)?;
             pool::run(&pool_options(common, sim_pool)?, &out)?;
-            Ok(vec!["throughput", "latency", "scaling", "scenarios", "extproc", "scrape_cost", "pool"])
+            Ok(vec![
+                "throughput",
+                "latency",
+                "scaling",
+                "scenarios",
+                "extproc",
+                "layouts",
+                "scrape_cost",
+                "pool",
+            ])
         })(),
     };
     let written = match result {

@@ -127,18 +127,7 @@ fn serve_command(
     // The core layout: shards pinned to their CPUs (by the engine), the runtime's threads to the
     // CPUs left over, so that neither preempts the other.
     let layout = config.layout();
-    let io_cpus = layout.io_cpus.clone();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .worker_threads(layout.io_threads)
-        .thread_name("flowgate-io")
-        .on_thread_start(move || {
-            if let Err(e) = flowgate_engine::layout::pin_current_thread(&io_cpus) {
-                tracing::warn!(error = %e, "cannot pin an I/O thread to its CPUs; it runs anywhere");
-            }
-        })
-        .build()
-    {
+    let runtime = match flowgate::io_runtime::build(&layout, "flowgate-io") {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");

@@ -9,6 +9,7 @@
 //! `client.rs` one request over the ext_proc protocol, `load.rs` the open-loop load generator.
 
 mod client;
+pub mod layouts;
 mod load;
 mod server;
 

@@ -21,6 +21,7 @@ pub mod gate;
 pub mod heap;
 #[cfg(not(flowgate_loom))]
 mod inbox;
+pub mod lease;
 pub mod load;
 pub mod occupancy;
 pub mod outcome;

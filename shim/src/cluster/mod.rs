@@ -11,3 +11,4 @@
 //! * [`metrics`] — `flowgate_cluster_*`.
 
 pub mod config;
+pub mod script;

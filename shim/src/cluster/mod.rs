@@ -11,4 +11,7 @@
 //! * [`metrics`] — `flowgate_cluster_*`.
 
 pub mod config;
+pub mod metrics;
+pub mod mode;
 pub mod script;
+pub mod sync;

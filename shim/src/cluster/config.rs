@@ -85,10 +85,11 @@ fn check_name(path: &str, value: &str, max: usize, errors: &mut Vec<ConfigError>
         Some("must not be empty".to_string())
     } else if value.len() > max {
         Some(format!("{} bytes, at most {max}", value.len()))
-    } else if let Some(c) = value.chars().find(|c| !name_char(*c)) {
-        Some(format!("{c:?} is not allowed (letters, digits, '-', '_', '.', ':')"))
     } else {
-        None
+        value
+            .chars()
+            .find(|c| !name_char(*c))
+            .map(|c| format!("{c:?} is not allowed (letters, digits, '-', '_', '.', ':')"))
     };
     if let Some(reason) = reason {
         errors.push(ConfigError { path: path.into(), reason });

@@ -12,6 +12,9 @@
 
 /// Good syncs in a row that bring a local replica back.
 pub const GOOD_SYNCS_TO_RECONNECT: u32 = 2;
+/// Syncs after coming back during which replicas seen before the outage but not back yet are
+/// still expected (their local shares kept free): as long as a dead replica's keys live.
+pub const RECONNECT_GRACE_SYNCS: u32 = 3;
 
 /// Where the replica is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,13 +42,18 @@ pub struct Machine {
     mode: Mode,
     /// Good syncs in a row while local.
     streak: u32,
-    /// Live replicas at the last good sync (≥ 1).
+    /// Live replicas at the last good sync (≥ 1); in local mode never lowered (a replica not
+    /// back yet still runs on its local share).
     replicas: u32,
+    /// Replicas seen when the leases lapsed.
+    expected: u32,
+    /// Good syncs left during which `expected` holds after coming back.
+    grace: u32,
 }
 
 impl Default for Machine {
     fn default() -> Self {
-        Self { mode: Mode::Connecting, streak: 0, replicas: 1 }
+        Self { mode: Mode::Connecting, streak: 0, replicas: 1, expected: 0, grace: 0 }
     }
 }
 
@@ -60,11 +68,24 @@ impl Machine {
         self.replicas
     }
 
+    /// Replicas the script should count as present even if it does not see them (their local
+    /// shares stay free): those seen before the outage, while local and for
+    /// [`RECONNECT_GRACE_SYNCS`] syncs after; else 0.
+    pub fn expected(&self) -> u32 {
+        if self.mode == Mode::Local || self.grace > 0 {
+            self.expected
+        } else {
+            0
+        }
+    }
+
     /// A good sync that saw `replicas` live replicas: what to do, and whether the mode changed.
     pub fn good(&mut self, replicas: u32) -> (Step, bool) {
-        self.replicas = replicas.max(1);
+        let replicas = replicas.max(1);
+        self.replicas = if self.mode == Mode::Local { self.replicas.max(replicas) } else { replicas };
         match self.mode {
             Mode::Connecting | Mode::Connected => {
+                self.grace = self.grace.saturating_sub(1);
                 let changed = self.mode != Mode::Connected;
                 self.mode = Mode::Connected;
                 (Step::Apply, changed)
@@ -73,6 +94,8 @@ impl Machine {
                 self.streak += 1;
                 if self.streak >= GOOD_SYNCS_TO_RECONNECT {
                     self.streak = 0;
+                    self.grace = RECONNECT_GRACE_SYNCS;
+                    self.replicas = replicas;
                     self.mode = Mode::Connected;
                     (Step::Apply, true)
                 } else {
@@ -90,6 +113,10 @@ impl Machine {
     /// The leases lapsed: local mode. `true` if that is a change.
     pub fn lapsed(&mut self) -> bool {
         self.streak = 0;
+        self.grace = 0;
+        if self.mode != Mode::Local {
+            self.expected = self.replicas;
+        }
         let changed = self.mode != Mode::Local;
         self.mode = Mode::Local;
         changed
@@ -115,11 +142,18 @@ mod tests {
         assert!(m.lapsed());
         assert!(!m.lapsed(), "one transition");
         assert_eq!(m.replicas(), 3, "the divisor is the count last seen");
-        assert_eq!(m.good(2), (Step::StayLocal, false));
+        assert_eq!(m.expected(), 3);
+        assert_eq!(m.good(1), (Step::StayLocal, false));
+        assert_eq!(m.replicas(), 3, "local: the others not back yet keep their shares");
         m.failed();
         assert_eq!(m.good(2), (Step::StayLocal, false), "a failure restarts the count");
         assert_eq!(m.good(2), (Step::Apply, true));
-        assert_eq!(m.mode(), Mode::Connected);
+        assert_eq!((m.mode(), m.replicas()), (Mode::Connected, 2));
+        for _ in 0..RECONNECT_GRACE_SYNCS {
+            assert_eq!(m.expected(), 3, "still expected just after coming back");
+            m.good(2);
+        }
+        assert_eq!(m.expected(), 0);
     }
 
     #[test]

@@ -93,6 +93,11 @@ pub struct Report {
     pub backends: Vec<BackendReport>,
     /// At most [`MAX_PUBLISHED_WORKLOADS`].
     pub workloads: Vec<WorkloadReport>,
+    /// This replica runs in local mode: the grant will not be applied, so it holds only its cap
+    /// (and what is in flight).
+    pub local: bool,
+    /// Replicas to count as present though not seen (just after an outage; 0 otherwise).
+    pub expected: u32,
 }
 
 /// What one sync returns.
@@ -152,7 +157,8 @@ impl Report {
     ) -> redis::ScriptInvocation<'a> {
         let mut inv = script.prepare_invoke();
         inv.key(&keys.replicas).key(&keys.own);
-        inv.arg(replica).arg(ttl_ms).arg(&keys.prefix).arg(MAX_REPLICAS);
+        let local = if self.local { "1" } else { "0" };
+        inv.arg(replica).arg(ttl_ms).arg(&keys.prefix).arg(MAX_REPLICAS).arg(local).arg(self.expected);
         for a in self.args() {
             inv.arg(a);
         }

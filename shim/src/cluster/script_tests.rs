@@ -23,6 +23,8 @@ fn report() -> Report {
             },
         ],
         workloads: vec![WorkloadReport { id: "chat".into(), requests_per_s: 1.5, tokens_per_s: f64::NAN }],
+        local: false,
+        expected: 0,
     }
 }
 

@@ -5,7 +5,10 @@
 --
 -- KEYS[1] pool set     flowgate:{pool}:replicas   member = replica id, score = expiry (ms)
 -- KEYS[2] own hash     flowgate:{pool}:r:<id>     b:<addr> = "held demand", w:<id> = "req tok"
--- ARGV: id, ttl_ms, prefix of replica hashes, max replicas read,
+-- ARGV: id, ttl_ms, prefix of replica hashes, max replicas read, local (1: this replica runs in
+--       local mode and will not apply the grant: it holds only what it uses), expected replicas
+--       (E > 0 just after an outage: replicas not back yet run on local shares floor(M/E), kept
+--       free for them),
 --       nb, nb x (addr, max_inflight, inflight, cap, demand),
 --       nw, nw x (workload id, requests/s, tokens/s)
 -- Reply: { live replicas (self included), lease x nb, (requests/s, tokens/s) x nw as strings }
@@ -14,7 +17,8 @@
 -- M capped by its demand (in flight + queued), computed the same way by every replica from the
 -- reports; what no one demands is split evenly. This replica is granted
 -- max(inflight, min(target, M - sum of the others' held)), and holds max(grant, cap, inflight),
--- where cap is what it may use until it applies this grant. So the sum of held <= M at every
+-- where cap is what it may use until it applies this grant (in local mode it holds
+-- max(cap, inflight): its grant is not applied, so it must not keep others from theirs). So the sum of held <= M at every
 -- step (each grant fits in what the others hold), except while a replica runs in local mode.
 
 local t = redis.call('TIME')
@@ -23,8 +27,10 @@ local me = ARGV[1]
 local ttl = tonumber(ARGV[2])
 local prefix = ARGV[3]
 local max_replicas = tonumber(ARGV[4])
+local local_mode = ARGV[5] == '1'
+local expected = tonumber(ARGV[6]) or 0
 
-local i = 5
+local i = 7
 local nb = tonumber(ARGV[i]); i = i + 1
 local backends = {}
 for b = 1, nb do
@@ -107,9 +113,13 @@ for b, d in ipairs(backends) do
   local others = held[d.addr] or {}
   local taken = 0
   for _, e in ipairs(others) do taken = taken + e.held end
+  if expected > live then
+    taken = taken + (expected - live) * math.max(math.floor(d.max / expected), 1)
+  end
   local room = math.max(d.max - taken, 0)
   local grant = math.max(d.inflight, math.min(target(d.max, others, d.demand), room))
   local mine = math.max(grant, d.cap, d.inflight)
+  if local_mode then mine = math.max(d.cap, d.inflight) end
   reply[#reply + 1] = grant
   fields[#fields + 1] = 'b:' .. d.addr
   fields[#fields + 1] = mine .. ' ' .. d.demand

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::ClusterConfig;
 use super::metrics::{ClusterMetrics, SyncResult};
-use super::mode::{Machine, Step};
+use super::mode::{Machine, Mode, Step};
 use super::script::{
     parse_reply, BackendReport, Keys, Report, View, WorkloadReport, MAX_PUBLISHED_BACKENDS,
     MAX_PUBLISHED_WORKLOADS, MAX_WORKLOAD_ID_BYTES, SYNC_LUA,
@@ -144,7 +144,7 @@ pub fn report(engine: &Engine) -> Report {
         .collect();
     workloads.sort_by(|a, b| b.requests_per_s.total_cmp(&a.requests_per_s).then_with(|| a.id.cmp(&b.id)));
     workloads.truncate(MAX_PUBLISHED_WORKLOADS);
-    Report { backends, workloads }
+    Report { backends, workloads, local: false, expected: 0 }
 }
 
 /// Start the sync and lapse tasks for `config`. Until the first good sync every capped backend
@@ -206,7 +206,12 @@ async fn sync_loop(sync: Arc<Sync>, stop: CancellationToken) {
             _ = stop.cancelled() => break,
             _ = tick.tick() => {}
         }
-        let report = report(&sync.engine);
+        let mut report = report(&sync.engine);
+        {
+            let m = sync.machine();
+            report.local = m.mode() == Mode::Local;
+            report.expected = m.expected();
+        }
         let sent_ns = sync.engine.now_ns();
         let started = Instant::now();
         let invocation = report.invocation(&script, &keys, &sync.config.replica_id, ttl_ms);

@@ -16,7 +16,8 @@
 -- Leases, per backend with max_inflight M: every live replica's target is a max-min fair share of
 -- M capped by its demand (in flight + queued), computed the same way by every replica from the
 -- reports; what no one demands is split evenly. This replica is granted
--- max(inflight, min(target, M - sum of the others' held)), and holds max(grant, cap, inflight),
+-- min(target, M - sum of the others' held) (possibly below its in-flight count: a saturated
+-- replica gives slots back as its requests finish), and holds max(grant, cap, inflight),
 -- where cap is what it may use until it applies this grant (in local mode it holds
 -- max(cap, inflight): its grant is not applied, so it must not keep others from theirs). So the sum of held <= M at every
 -- step (each grant fits in what the others hold), except while a replica runs in local mode.
@@ -83,13 +84,19 @@ for _, r in ipairs(members) do
   end
 end
 
--- Max-min fair shares of m among entries {id, demand}: this replica's.
+-- Max-min fair shares of m among entries {id, demand}: this replica's. Ties (and the remainder
+-- of an uneven split) go by id rank rotated every ROTATE syncs' worth of time, so that no replica
+-- keeps the odd slot for good; every replica computes the same order in the same period.
+local ROTATE = 10
+local epoch = math.floor(now / (ttl * ROTATE))
 local function target(m, entries, my_demand)
   local all = { { id = me, demand = my_demand } }
   for _, e in ipairs(entries) do table.insert(all, { id = e.id, demand = e.demand }) end
+  table.sort(all, function(a, b) return a.id < b.id end)
+  for k, e in ipairs(all) do e.key = (k + epoch) % #all end
   table.sort(all, function(a, b)
     if a.demand ~= b.demand then return a.demand < b.demand end
-    return a.id < b.id
+    return a.key < b.key
   end)
   local left, share = m, {}
   for k, e in ipairs(all) do
@@ -99,7 +106,7 @@ local function target(m, entries, my_demand)
     left = left - give
   end
   -- What nobody demands, split evenly (in id order for the remainder).
-  table.sort(all, function(a, b) return a.id < b.id end)
+  table.sort(all, function(a, b) return a.key < b.key end)
   local each, extra = math.floor(left / #all), left % #all
   for k, e in ipairs(all) do
     share[e.id] = share[e.id] + each + ((k <= extra) and 1 or 0)
@@ -117,7 +124,9 @@ for b, d in ipairs(backends) do
     taken = taken + (expected - live) * math.max(math.floor(d.max / expected), 1)
   end
   local room = math.max(d.max - taken, 0)
-  local grant = math.max(d.inflight, math.min(target(d.max, others, d.demand), room))
+  -- The grant may be below what is in flight (those places finish, no new one is taken); what
+  -- this replica holds never is.
+  local grant = math.min(target(d.max, others, d.demand), room)
   local mine = math.max(grant, d.cap, d.inflight)
   if local_mode then mine = math.max(d.cap, d.inflight) end
   reply[#reply + 1] = grant

@@ -12,7 +12,8 @@
 //! | `flowgate_criticality_capped_total` | counter | — |
 //! | `flowgate_config_reloads_total` | counter | `result` (`ok`, `error`) |
 //!
-//! plus the backend metrics of `backend_metrics.rs` (saturation, scrapes, GIE's pool saturation).
+//! plus the backend metrics of `backend_metrics.rs` (saturation, scrapes, GIE's pool saturation)
+//! and, with a `cluster:` section, `cluster/metrics.rs`'s `flowgate_cluster_*`.
 //!
 //! `fairness_id` is the workload id and `priority` the criticality (after caps).
 //!

@@ -76,7 +76,10 @@ async fn peak_concurrency_stays_within_max_inflight_across_three_replicas() {
     }
     let tallies = load_all(&rs, backend.addr(), 8, Duration::from_secs(2)).await;
     let peak = backend.stats().max_in_system_seen;
-    eprintln!("cluster: peak {peak} of max_inflight {MAX}; per replica {tallies:?}");
+    let evalsha = redis.command_stats("evalsha").await;
+    eprintln!(
+        "cluster: peak {peak} of max_inflight {MAX}; per replica {tallies:?}; redis evalsha {evalsha:?}"
+    );
     assert!(peak <= u64::from(MAX), "peak concurrency {peak} > max_inflight {MAX}");
     for (r, t) in rs.iter().zip(&tallies) {
         assert_eq!(t.errors, 0, "{}: {t:?}", r.name);
@@ -245,4 +248,49 @@ async fn a_killed_replicas_slots_go_to_the_others() {
     assert_eq!(t.errors, 0, "{t:?}");
     rs[0].assert_conserved(t.sent).await;
     assert!(backend.stats().max_in_system_seen <= u64::from(MAX));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_times_syncs_out_and_nothing_stalls() {
+    const MAX: u32 = 4;
+    const DISPATCHED: &str = "flowgate_requests_total{outcome=\"dispatched\"}";
+    let redis = Redis::start().await;
+    let backend = sim().await;
+    let rs = replicas(2, backend.addr(), MAX, Some(&redis)).await;
+    for r in &rs {
+        r.wait_connected(2).await;
+    }
+    let mut loads = Vec::new();
+    for r in &rs {
+        loads.push(Load::start(r.grpc, backend.addr(), "chat", 4, TOKENS).await);
+    }
+    rs[0].wait_metric(DISPATCHED, |v| v >= 10.0).await;
+    // Redis hangs (SIGSTOP): connections stay open, nothing is answered.
+    redis.freeze(true);
+    let frozen = Instant::now();
+    for r in &rs {
+        r.wait_metric("flowgate_cluster_connected", |v| v == 0.0).await;
+        r.wait_backend("local share", |b| b["lease"] == 2).await;
+    }
+    let to_local = frozen.elapsed();
+    for r in &rs {
+        let before = r.metric(DISPATCHED).await.unwrap();
+        r.wait_metric(DISPATCHED, |v| v >= before + 10.0).await;
+        r.wait_metric("flowgate_cluster_syncs_total{result=\"timeout\"}", |v| v >= 1.0).await;
+    }
+    redis.freeze(false);
+    let thawed = Instant::now();
+    for r in &rs {
+        r.wait_connected(2).await;
+    }
+    let back = thawed.elapsed();
+    let mut tallies = Vec::new();
+    for l in loads {
+        tallies.push(l.stop().await);
+    }
+    eprintln!("frozen redis: local after {to_local:?}, back {back:?} after thawing; {tallies:?}");
+    for (r, t) in rs.iter().zip(&tallies) {
+        assert_eq!(t.errors, 0, "{}: {t:?}", r.name);
+        r.assert_conserved(t.sent).await;
+    }
 }

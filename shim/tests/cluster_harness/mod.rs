@@ -84,6 +84,25 @@ impl Redis {
     pub fn kill(&mut self) {
         self.proc.take();
     }
+
+    /// SIGSTOP (`true`) or SIGCONT it: a Redis that accepts nothing and answers nothing.
+    pub fn freeze(&self, frozen: bool) {
+        let pid = self.proc.as_ref().expect("running").0.id().to_string();
+        let status =
+            Command::new("kill").args([if frozen { "-STOP" } else { "-CONT" }, &pid]).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// `INFO commandstats`' line for `command` (e.g. `evalsha`): `calls=…,usec=…,usec_per_call=…`.
+    pub async fn command_stats(&self, command: &str) -> Option<String> {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.ok()?;
+        s.write_all(b"INFO commandstats\r\nQUIT\r\n").await.ok()?;
+        let mut raw = Vec::new();
+        tokio::time::timeout(DEADLINE, s.read_to_end(&mut raw)).await.ok()?.ok()?;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let prefix = format!("cmdstat_{command}:");
+        text.lines().find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+    }
 }
 
 /// One `flowgate serve` process.

@@ -18,10 +18,19 @@
 //! reads no clock and takes no lock; only the controller and diagnostics ([`BackendTable::states`])
 //! take the table's control lock.
 //!
+//! **Cluster mode** ([`crate::lease`]): the cap in each capped backend's occupancy word is then
+//! this replica's lease of its `max_inflight` (or the local-mode share), rewritten in place by
+//! the sync task ([`BackendTable::grant_leases`], [`BackendTable::local_caps`],
+//! [`BackendTable::lapse_leases`]); `max_inflight` itself is kept beside it (`configured`).
+//! Invariant: with leases on, a place is taken only while `inflight < lease` in the word the
+//! reservation's CAS replaced, so this replica's in-flight count exceeds its current lease only by
+//! places taken before a lowering (which only drain).
+//!
 //! Picking: among `Active` backends with room, the least loaded by the detector's score (counting
 //! what was sent since the last scrape), ties by fewest in flight, then slot order.
 
 use crate::config::{BackendConfig, Detector, SaturationConfig};
+use crate::lease::{CapMode, LeaseRule};
 pub use crate::load::{Load, ScrapeReading};
 use crate::load::{COUNT_MAX, GENERATIONS};
 use crate::occupancy::{Occupancy, SlotState};
@@ -56,6 +65,9 @@ struct Backend {
     kv: AtomicF64,
     /// When the last good scrape was published, ns on the engine clock; `u64::MAX` = never.
     scraped_ns: AtomicU64,
+    /// Its `max_inflight` as configured (the occupancy word's `max` is the lease in cluster
+    /// mode). Written by the controller only.
+    configured: AtomicU32,
 }
 
 impl Backend {
@@ -68,6 +80,7 @@ impl Backend {
             running: AtomicF64::new(0.0),
             kv: AtomicF64::new(0.0),
             scraped_ns: AtomicU64::new(u64::MAX),
+            configured: AtomicU32::new(0),
         }
     }
 
@@ -106,6 +119,9 @@ pub struct BackendState {
     pub address: String,
     /// `max_inflight` (0 = no cap).
     pub max_inflight: u32,
+    /// Cluster mode: the slots of it this replica may use now (its lease, or the local-mode
+    /// share); `None` standalone or uncapped.
+    pub lease: Option<u32>,
     /// Requests holding a slot on it.
     pub inflight: u32,
     /// Last scraped waiting count (`None` before the first good scrape).
@@ -177,6 +193,8 @@ pub struct BackendTable {
     /// `Active` slots.
     active: AtomicU32,
     rules: CachePadded<Rules>,
+    /// Cluster mode's cap rule (standalone unless a sync task switched it).
+    lease: LeaseRule,
     /// Held by the controller while it changes the set, and by readers of addresses that hold
     /// no place ([`states`](Self::states)).
     control: Mutex<()>,
@@ -202,6 +220,7 @@ impl BackendTable {
                 threshold: AtomicU32::new(1),
                 kv_threshold: AtomicF64::new(1.0),
             }),
+            lease: LeaseRule::default(),
             control: Mutex::new(()),
         };
         table.set_saturation(saturation);
@@ -254,13 +273,13 @@ impl BackendTable {
         self.backends[i].address.with(|p| unsafe { (*p).as_str() })
     }
 
-    /// Σ `max_inflight` of the capped `Active` backends (what slot ceilings are fractions of).
+    /// Σ `max_inflight` of the capped `Active` backends (what slot ceilings are fractions of;
+    /// configured values, not leases).
     pub fn capacity(&self) -> u64 {
         self.used()
             .iter()
-            .map(|b| b.occupancy())
-            .filter(|o| o.state() == SlotState::Active)
-            .map(|o| u64::from(o.max()))
+            .filter(|b| b.occupancy().state() == SlotState::Active)
+            .map(|b| u64::from(b.configured.load(Ordering::Relaxed)))
             .sum()
     }
 
@@ -310,6 +329,8 @@ impl BackendTable {
         let mut score = 0.0f64;
         if rules.slots && occupancy.max() > 0 {
             score = f64::from(occupancy.inflight()) / f64::from(occupancy.max());
+        } else if rules.slots && occupancy.leased() {
+            score = 1.0; // a lease of 0: no room
         }
         if rules.metrics {
             let queue = f64::from(load.waiting() + load.sent()) / f64::from(rules.threshold);
@@ -398,6 +419,7 @@ impl BackendTable {
                 slot_of.insert(address, i);
             }
         }
+        let mode = self.lease.get();
         let mut wanted: hashbrown::HashMap<&str, u32> = hashbrown::HashMap::with_capacity(desired.len());
         for d in desired {
             wanted.entry(d.address.as_str()).or_insert(d.max_inflight);
@@ -422,13 +444,20 @@ impl BackendTable {
             let max = d.max_inflight;
             if let Some(&i) = slot_of.get(&d.address) {
                 let b = &self.backends[i];
-                // A drained slot may have been freed since step 1 (its last request ended).
-                let kept = b.update_occupancy(|o| (o.state() != SlotState::Free).then(|| o.reactivated(max)));
+                let old_max = b.configured.swap(max, Ordering::Relaxed);
+                // A drained slot may have been freed since step 1 (its last request ended). In
+                // leased mode it keeps its lease (at most the new max) until the next grant.
+                let kept = b.update_occupancy(|o| {
+                    (o.state() != SlotState::Free).then(|| {
+                        let (cap, leased) = mode.cap(max, o.leased().then_some(o.max()));
+                        o.reactivated(max).with_cap(cap, leased)
+                    })
+                });
                 if let Ok((before, _)) = kept {
                     let id = BackendId { index: i as u32, generation: b.load().generation() };
                     if before.state() == SlotState::Draining {
                         changes.added.push(id);
-                    } else if before.max() != max {
+                    } else if old_max != max {
                         changes.updated.push(id);
                     }
                     continue;
@@ -452,8 +481,10 @@ impl BackendTable {
             b.running.store(0.0, Ordering::Relaxed);
             b.kv.store(0.0, Ordering::Relaxed);
             b.scraped_ns.store(u64::MAX, Ordering::Relaxed);
+            b.configured.store(max, Ordering::Relaxed);
             b.load.store(Load::never_scraped(generation).bits(), Ordering::Release);
-            b.occupancy.store(Occupancy::active(max).bits(), Ordering::Release);
+            let (cap, leased) = mode.cap(max, None);
+            b.occupancy.store(Occupancy::active(max).with_cap(cap, leased).bits(), Ordering::Release);
             if next_free >= high {
                 // Only this (locked) controller writes `high`.
                 self.high.store(next_free + 1, Ordering::Release);
@@ -499,6 +530,64 @@ impl BackendTable {
         });
     }
 
+    /// The cluster cap rule now.
+    pub fn cap_mode(&self) -> CapMode {
+        self.lease.get()
+    }
+
+    /// Rewrite every capped backend's cap by `mode` (`grant(index, generation)` gives a leased
+    /// backend's grant); `true` if some backend's room grew.
+    fn apply_caps(&self, mode: CapMode, grant: impl Fn(usize, u32) -> Option<u32>) -> bool {
+        let _control = self.control.lock().unwrap_or_else(|p| p.into_inner());
+        self.lease.set(mode);
+        let mut grew = false;
+        for (i, b) in self.used().iter().enumerate() {
+            let max = b.configured.load(Ordering::Relaxed);
+            let granted = grant(i, b.load().generation());
+            let (cap, leased) = mode.cap(max, granted);
+            let changed = b.update_occupancy(|o| {
+                let next = o.with_cap(cap, leased);
+                (o.state() != SlotState::Free && next != o).then_some(next)
+            });
+            if let Ok((before, after)) = changed {
+                grew |= after.room(true) > before.room(true);
+            }
+        }
+        grew
+    }
+
+    /// Cluster side: this replica's leases from a good sync, valid until `deadline_ns` (engine
+    /// clock): backend `id` may hold `slots` (at most its `max_inflight`); a capped backend not
+    /// listed (or whose slot now holds another backend) gets 0 until the next grant. Each cap is
+    /// one CAS on the backend's occupancy word, so dispatch never sees a torn lease. `true` if
+    /// some backend's room grew: the caller wakes whoever may now dispatch.
+    pub fn grant_leases(&self, grants: &[(BackendId, u32)], deadline_ns: u64) -> bool {
+        self.apply_caps(CapMode::Leased { deadline_ns }, |index, generation| {
+            grants
+                .iter()
+                .find(|(id, _)| id.index as usize == index && id.generation == generation)
+                .map(|(_, slots)| *slots)
+        })
+    }
+
+    /// Cluster side: local mode (Redis unreachable): every capped backend
+    /// `max(1, ⌊max_inflight / replicas⌋)`. `true` if some backend's room grew.
+    pub fn local_caps(&self, replicas: u32) -> bool {
+        self.apply_caps(CapMode::Local { replicas }, |_, _| None)
+    }
+
+    /// Cluster side: if leases are on and their deadline is past at `now_ns`, lapse them to local
+    /// mode with `replicas` ([`local_caps`](Self::local_caps)); `true` if they lapsed now.
+    pub fn lapse_leases(&self, now_ns: u64, replicas: u32) -> bool {
+        match self.lease.get() {
+            CapMode::Leased { deadline_ns } if now_ns >= deadline_ns => {
+                self.local_caps(replicas);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Slot `i`'s load word now.
     pub fn load(&self, i: usize) -> Load {
         self.backends[i].load()
@@ -528,7 +617,8 @@ impl BackendTable {
                     id: BackendId { index: i as u32, generation: load.generation() },
                     // SAFETY: under `control`, the only writer's lock.
                     address: b.address.with(|p| unsafe { (*p).clone() }),
-                    max_inflight: occupancy.max(),
+                    max_inflight: b.configured.load(Ordering::Relaxed),
+                    lease: occupancy.leased().then_some(occupancy.max()),
                     inflight: occupancy.inflight(),
                     waiting: seen.then(|| b.waiting.load(Ordering::Relaxed)),
                     running: seen.then(|| b.running.load(Ordering::Relaxed)),

@@ -22,6 +22,7 @@ pub mod heap;
 #[cfg(not(flowgate_loom))]
 mod inbox;
 pub mod layout;
+pub mod lease;
 pub mod load;
 pub mod occupancy;
 pub mod outcome;

@@ -6,24 +6,33 @@
 //! | bits | field |
 //! |---|---|
 //! | 0..32 | `inflight`: requests holding a place on the backend |
-//! | 32..62 | `max`: its `max_inflight` (0 = no cap) |
+//! | 32..61 | `max`: its `max_inflight` (0 = no cap), or its lease |
+//! | 61 | `leased`: `max` is a cluster lease (or local-mode cap), so 0 means *no* room |
 //! | 62..64 | [`SlotState`] |
 //!
 //! Life of a slot: `Free` → (the controller writes the backend in) `Active` → (it left the
 //! backend set) `Draining` → (its last request ended) `Free`. A place is taken only while
 //! `Active`, and a slot becomes `Free` only in the same step that makes `inflight` 0, so a freed
 //! slot has nobody on it: the controller may then write a new backend into it.
+//!
+//! **Leases** (cluster mode): the cluster sync task lowers or raises `max` in place
+//! ([`Occupancy::with_cap`]), in the same word the dispatchers compare-and-swap, so a place is
+//! taken only within the cap that word held at that instant: after a lowering's CAS no new place
+//! goes past the new cap (places taken before it stay until released, exactly as for a live
+//! lowering of `max_inflight`).
 
 /// Bits of `inflight`.
 const INFLIGHT_BITS: u32 = 32;
 /// Mask of `inflight`.
 const INFLIGHT_MASK: u64 = (1 << INFLIGHT_BITS) - 1;
 /// Bits of `max`.
-const MAX_BITS: u32 = 30;
+const MAX_BITS: u32 = 29;
 /// Largest `max` a word holds (validation keeps `max_inflight` ≤ 2^20).
 pub const MAX_MAX: u32 = (1 << MAX_BITS) - 1;
+/// The `leased` flag.
+const LEASED_BIT: u64 = 1 << (INFLIGHT_BITS + MAX_BITS);
 /// Where the state starts.
-const STATE_SHIFT: u32 = INFLIGHT_BITS + MAX_BITS;
+const STATE_SHIFT: u32 = INFLIGHT_BITS + MAX_BITS + 1;
 
 /// Where a backend slot is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,9 +97,21 @@ impl Occupancy {
         (self.0 & INFLIGHT_MASK) as u32
     }
 
-    /// `max_inflight` (0 = no cap).
+    /// `max_inflight` (0 = no cap, unless [`leased`](Self::leased)), or the lease.
     pub fn max(self) -> u32 {
         ((self.0 >> INFLIGHT_BITS) as u32) & MAX_MAX
+    }
+
+    /// Whether `max` is a lease (cluster mode): then it caps even at 0.
+    pub fn leased(self) -> bool {
+        self.0 & LEASED_BIT != 0
+    }
+
+    /// The same slot (state, in-flight) with cap `cap`: a lease when `leased` (0 = no room), else a
+    /// plain `max_inflight` (0 = no cap).
+    pub fn with_cap(self, cap: u32, leased: bool) -> Occupancy {
+        let kept = self.0 & ((0b11 << STATE_SHIFT) | INFLIGHT_MASK);
+        Occupancy(kept | Self::max_bits(cap) | if leased { LEASED_BIT } else { 0 })
     }
 
     /// Where the slot is in its life.
@@ -107,7 +128,7 @@ impl Occupancy {
     pub fn room(self, caps: bool) -> u32 {
         if self.state() != SlotState::Active {
             0
-        } else if caps && self.max() > 0 {
+        } else if caps && (self.max() > 0 || self.leased()) {
             self.max().saturating_sub(self.inflight())
         } else {
             u32::MAX
@@ -186,6 +207,23 @@ mod tests {
         let back = o.reactivated(3);
         assert_eq!((back.state(), back.inflight(), back.max()), (SlotState::Active, 2, 3));
         assert_eq!(back.room(true), 1);
+    }
+
+    #[test]
+    fn a_lease_caps_even_at_zero_and_keeps_state_and_inflight() {
+        let o = Occupancy::active(4).reserved(true).unwrap().reserved(true).unwrap();
+        let l = o.with_cap(0, true);
+        assert_eq!((l.state(), l.inflight(), l.max(), l.leased()), (SlotState::Active, 2, 0, true));
+        assert_eq!(l.room(true), 0);
+        assert_eq!(l.reserved(true), None);
+        assert_eq!(l.with_cap(3, true).room(true), 1);
+        // Unleased 0 is still "no cap"; drained and released keep working on leased words.
+        assert_eq!(o.with_cap(0, false).room(true), u32::MAX);
+        let d = l.drained();
+        assert_eq!(d.state(), SlotState::Draining);
+        assert_eq!(d.released().released(), Occupancy::FREE);
+        assert_eq!(Occupancy::active(MAX_MAX).max(), MAX_MAX);
+        assert!(!Occupancy::active(MAX_MAX).leased());
     }
 
     #[test]

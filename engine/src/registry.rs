@@ -84,6 +84,13 @@ pub struct WorkloadEntry {
     window: RateWindow,
     /// Its quota's binding and buckets.
     quota: QuotaState,
+    /// Cluster mode: this workload's arrival rate on the other replicas (f64 bits, requests/s),
+    /// as of the last sync; added to the local rate in the penalty. Written by the sync task,
+    /// read by the owning shard; an independent value (nothing else is published with it), so
+    /// `Relaxed` both ways. 0 standalone.
+    remote_rate: AtomicU64,
+    /// Likewise, weighted tokens/s.
+    remote_token_rate: AtomicU64,
 }
 
 /// A point-in-time copy of one workload's counters, for the metrics API.
@@ -107,6 +114,11 @@ pub struct WorkloadSnapshot {
     pub completion_tokens: u64,
     /// Weighted tokens charged per second over the sliding window.
     pub token_rate_per_s: f64,
+    /// Cluster mode: its arrival rate on the other replicas, requests/s (0 standalone); the
+    /// penalty counts `rate_per_s + remote_rate_per_s`.
+    pub remote_rate_per_s: f64,
+    /// Cluster mode: its weighted token rate on the other replicas.
+    pub remote_token_rate_per_s: f64,
 }
 
 /// Bucket geometry of the sliding rate window.
@@ -145,7 +157,26 @@ impl WorkloadEntry {
             prices,
             window,
             quota: QuotaState::default(),
+            remote_rate: AtomicU64::new(0f64.to_bits()),
+            remote_token_rate: AtomicU64::new(0f64.to_bits()),
         }
+    }
+
+    /// Cluster mode: this workload's rates on the other replicas (requests/s, weighted tokens/s),
+    /// which the penalty adds to the local ones from the owning shard's next arrival or rescore.
+    /// Negative or non-finite values read as 0.
+    pub fn set_remote_rates(&self, requests_per_s: f64, tokens_per_s: f64) {
+        let clean = |v: f64| if v.is_finite() && v > 0.0 { v } else { 0.0 };
+        self.remote_rate.store(clean(requests_per_s).to_bits(), Ordering::Relaxed);
+        self.remote_token_rate.store(clean(tokens_per_s).to_bits(), Ordering::Relaxed);
+    }
+
+    /// The other replicas' rates as last set: (requests/s, weighted tokens/s).
+    pub fn remote_rates(&self) -> (f64, f64) {
+        (
+            f64::from_bits(self.remote_rate.load(Ordering::Relaxed)),
+            f64::from_bits(self.remote_token_rate.load(Ordering::Relaxed)),
+        )
     }
 
     /// Its quota state.
@@ -226,8 +257,8 @@ impl WorkloadEntry {
     /// `floor` is the VTC floor, used by [`Penalty::VtcLag`] only.
     fn refresh_pressure(&self, now_ns: u64, penalty: Penalty, floor: u64) -> f64 {
         let pressure = match penalty {
-            Penalty::RequestRate => self.rate_per_s(now_ns, self.window),
-            Penalty::TokenRate => self.token_rate_per_s(now_ns),
+            Penalty::RequestRate => self.rate_per_s(now_ns, self.window) + self.remote_rates().0,
+            Penalty::TokenRate => self.token_rate_per_s(now_ns) + self.remote_rates().1,
             Penalty::VtcLag => self.served().saturating_sub(floor) as f64,
         };
         self.cached_pressure.store(pressure.to_bits(), Ordering::Relaxed);
@@ -288,6 +319,8 @@ impl WorkloadEntry {
             prompt_tokens: self.prompt_tokens.load(Ordering::Relaxed),
             completion_tokens: self.completion_tokens.load(Ordering::Relaxed),
             token_rate_per_s: self.token_rate_per_s(now_ns),
+            remote_rate_per_s: self.remote_rates().0,
+            remote_token_rate_per_s: self.remote_rates().1,
         }
     }
 }
@@ -551,6 +584,18 @@ impl RegistryView {
         merge_overflow(all)
     }
 
+    /// Cluster mode: give every tracked workload the other replicas' rates `remote(id)` returns
+    /// (`None` = 0, 0). Takes each shard's directory lock briefly, as [`workloads`](Self::workloads) does.
+    pub fn set_remote_rates(&self, mut remote: impl FnMut(&str) -> Option<(f64, f64)>) {
+        for dir in &self.directories {
+            let entries: Vec<Arc<WorkloadEntry>> = dir.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            for e in &entries {
+                let (requests, tokens) = remote(e.id()).unwrap_or((0.0, 0.0));
+                e.set_remote_rates(requests, tokens);
+            }
+        }
+    }
+
     /// One workload's snapshot, or `None` if it is not tracked.
     pub fn workload(&self, id: &str) -> Option<WorkloadSnapshot> {
         if id == OVERFLOW_WORKLOAD_ID {
@@ -577,6 +622,8 @@ fn merge_overflow(all: Vec<WorkloadSnapshot>) -> Vec<WorkloadSnapshot> {
                 last.prompt_tokens += w.prompt_tokens;
                 last.completion_tokens += w.completion_tokens;
                 last.token_rate_per_s += w.token_rate_per_s;
+                last.remote_rate_per_s += w.remote_rate_per_s;
+                last.remote_token_rate_per_s += w.remote_token_rate_per_s;
             }
             _ => out.push(w),
         }

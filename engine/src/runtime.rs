@@ -18,7 +18,7 @@ use crate::outcome::Outcome;
 use crate::registry::{Directory, RateWindow, RegistryView};
 use crate::shard::Shard;
 use crate::shared::{OutcomeCounters, Shared};
-use crate::sync::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use crate::sync::{fence, AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use crate::worker::Worker;
 use crossbeam_queue::ArrayQueue;
 use std::cell::RefCell;
@@ -309,6 +309,44 @@ impl Engine {
     /// Scraper side: backend `id` had no good scrape within `saturation.staleness`.
     pub fn mark_stale(&self, id: BackendId) {
         self.shared.gate.mark_stale(id);
+    }
+
+    /// Cluster side: this replica's leases from a good sync, valid until `deadline_ns` on the
+    /// engine clock ([`BackendTable::grant_leases`](crate::backends::BackendTable::grant_leases));
+    /// wakes a shard if a lease grew.
+    pub fn grant_leases(&self, grants: &[(BackendId, u32)], deadline_ns: u64) {
+        let gate = &self.shared.gate;
+        if gate.backends().grant_leases(grants, deadline_ns) {
+            fence(Ordering::SeqCst);
+            gate.wake_best(None);
+        }
+    }
+
+    /// Cluster side: local mode, `max(1, ⌊max_inflight / replicas⌋)` per capped backend; wakes a
+    /// shard if that made room.
+    pub fn local_caps(&self, replicas: u32) {
+        let gate = &self.shared.gate;
+        if gate.backends().local_caps(replicas) {
+            fence(Ordering::SeqCst);
+            gate.wake_best(None);
+        }
+    }
+
+    /// Cluster side: lapse the leases to local mode if their deadline has passed (call every
+    /// tick, whatever Redis does); `true` if they lapsed now.
+    pub fn lapse_leases(&self, replicas: u32) -> bool {
+        let gate = &self.shared.gate;
+        let lapsed = gate.backends().lapse_leases(gate.clock().now_ns(), replicas);
+        if lapsed {
+            fence(Ordering::SeqCst);
+            gate.wake_best(None);
+        }
+        lapsed
+    }
+
+    /// The engine clock now, ns since its epoch (what lease deadlines are on).
+    pub fn now_ns(&self) -> u64 {
+        self.shared.gate.clock().now_ns()
     }
 
     /// What each shard last published (head/tail scores, queue length, ceiling-blocked, asleep).

@@ -27,6 +27,7 @@ use flowgate_engine::config::{
 use flowgate_engine::layout::Layout;
 use flowgate_engine::quota_rule::{OnExceed, Quota};
 
+use crate::cluster::config::{ClusterConfig, RawCluster};
 use crate::discovery::Discovery;
 use crate::metrics_page::ModelServer;
 use crate::tls::{RawTls, TlsConfig};
@@ -64,6 +65,8 @@ pub struct ServeConfig {
     /// `engine.backends` may rightly be empty, but the engine's own check still asks for one
     /// (see [`ServeConfig::validate`]).
     pub discovery: Option<Discovery>,
+    /// `cluster:`: replicas sharing one pool through Redis; `None` = standalone.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// One backend's metrics page.
@@ -80,6 +83,7 @@ impl ServeConfig {
     pub fn from_yaml(text: &str) -> Result<ServeConfig, Vec<ConfigError>> {
         let mut raw = parse(text).map_err(|e| vec![e])?;
         let discovery = raw.discovery.take();
+        let cluster = raw.cluster.take().map(RawCluster::validate).transpose();
         // No `backends` key: the engine's default backend, unless discovery finds them.
         if raw.backends.is_none() && discovery.is_none() {
             raw.backends = Some(default_backends());
@@ -101,8 +105,12 @@ impl ServeConfig {
             engine: raw.into_engine(),
             scrape,
             discovery,
+            cluster: cluster.as_ref().ok().cloned().flatten(),
         };
-        let errors = config.validate();
+        let mut errors = config.validate();
+        if let Err(cluster_errors) = cluster {
+            errors.extend(cluster_errors);
+        }
         if errors.is_empty() {
             Ok(config)
         } else {
@@ -174,6 +182,9 @@ impl ServeConfig {
         if self.io_threads != next.io_threads {
             changed.push("io_threads");
         }
+        if self.cluster != next.cluster {
+            changed.push("cluster");
+        }
         changed
     }
 
@@ -203,7 +214,7 @@ impl ServeConfig {
     pub fn summary(&self) -> String {
         let e = &self.engine;
         format!(
-            "listen {}{}, metrics {}, {} shard(s){}, {} I/O thread(s){}, {} static backend(s) with {} slot(s){}, detector {}, queue {} requests / {}, ttl {}, {} criticality cap(s), fairness {} by {}, {} quota(s)",
+            "listen {}{}, metrics {}, {} shard(s){}, {} I/O thread(s){}, {} static backend(s) with {} slot(s){}, detector {}, queue {} requests / {}, ttl {}, {} criticality cap(s), fairness {} by {}, {} quota(s){}",
             self.listen,
             match &self.tls {
                 None => "",
@@ -229,6 +240,7 @@ impl ServeConfig {
                 Fairness::Rate => e.scoring.rate_unit.name(),
             },
             e.workloads.quotas.len(),
+            self.cluster.as_ref().map(ClusterConfig::summary).unwrap_or_default(),
         )
     }
 }
@@ -313,6 +325,7 @@ struct RawConfig {
     ceilings: [f64; 5],
     spin_before_park: Dur,
     discovery: Option<Discovery>,
+    cluster: Option<RawCluster>,
 }
 
 /// A key that is there: `Some`, an empty list when written with nothing under it.
@@ -352,6 +365,7 @@ impl Default for RawConfig {
             ceilings: e.ceilings,
             spin_before_park: Dur(e.spin_before_park),
             discovery: None,
+            cluster: None,
         }
     }
 }

@@ -13,7 +13,8 @@
 //! A workload object is `{"workload_id", "criticality" (last seen), "active" (queued + in flight),
 //! "total" (requests seen), "rate_per_s" (over the rate window), "prompt_tokens" and
 //! "completion_tokens" (charged, ever), "token_rate_per_s" (weighted tokens charged per second
-//! over the rate window)}`; tokens are counted only for requests whose usage is read (see
+//! over the rate window), "remote_rate_per_s" and "remote_token_rate_per_s" (cluster mode: the
+//! other replicas' rates at the last sync, 0 standalone)}`; tokens are counted only for requests whose usage is read (see
 //! [`crate::usage`]). Ids are percent-decoded from
 //! the path, so any id can be asked for (`/api/v1/workload/team%2Fa/metrics`).
 
@@ -73,6 +74,13 @@ pub struct WorkloadJson {
     /// Weighted tokens (`input_token_weight`·prompt + `output_token_weight`·completion) charged per
     /// second over the rate window.
     pub token_rate_per_s: f64,
+    /// Cluster mode: its arrival rate on the other replicas at the last sync (0 standalone); the
+    /// score's rate is `rate_per_s + remote_rate_per_s`.
+    #[serde(default)]
+    pub remote_rate_per_s: f64,
+    /// Cluster mode: its weighted token rate on the other replicas.
+    #[serde(default)]
+    pub remote_token_rate_per_s: f64,
 }
 
 impl From<WorkloadSnapshot> for WorkloadJson {
@@ -86,6 +94,8 @@ impl From<WorkloadSnapshot> for WorkloadJson {
             prompt_tokens: w.prompt_tokens,
             completion_tokens: w.completion_tokens,
             token_rate_per_s: w.token_rate_per_s,
+            remote_rate_per_s: w.remote_rate_per_s,
+            remote_token_rate_per_s: w.remote_token_rate_per_s,
         }
     }
 }
@@ -103,6 +113,10 @@ pub struct BackendJson {
     pub inflight: u32,
     /// Its `max_inflight` (0 = no cap).
     pub max_inflight: u32,
+    /// Cluster mode: the slots of it this replica may use now (its lease, or its local-mode
+    /// share); `null` standalone and for uncapped backends.
+    #[serde(default)]
+    pub lease: Option<u32>,
     /// Requests waiting in it, last scrape.
     pub waiting: Option<f64>,
     /// Requests running in it, last scrape.
@@ -129,6 +143,7 @@ impl BackendJson {
             source: source.into(),
             inflight: b.inflight,
             max_inflight: b.max_inflight,
+            lease: b.lease,
             waiting: b.waiting,
             running: b.running,
             kv_cache_usage: b.kv_cache_usage,

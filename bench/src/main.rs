@@ -13,6 +13,7 @@ use std::process::ExitCode;
 mod extproc;
 mod pool;
 mod scrape_cost;
+mod streams;
 
 /// The allocator `flowgate serve` ships with, for every implementation measured here alike.
 #[global_allocator]
@@ -110,6 +111,22 @@ struct ExtprocLoad {
     addr: Option<String>,
 }
 
+#[derive(Args, Debug, Clone)]
+struct StreamsLoad {
+    /// Streams held open at once (default: 1000; 300 with --quick).
+    #[arg(long)]
+    streams: Option<usize>,
+    /// HTTP/2 connections per server the streams share.
+    #[arg(long, default_value_t = 2)]
+    connections: usize,
+    /// The `flowgate` binary to measure (default: the one beside flowgate-bench).
+    #[arg(long, value_name = "PATH")]
+    flowgate_bin: Option<PathBuf>,
+    /// Extra environment for the flowgate process, KEY=VALUE (repeatable), e.g. allocator options.
+    #[arg(long, value_name = "KEY=VALUE")]
+    flowgate_env: Vec<String>,
+}
+
 #[derive(Args, Debug, Clone, Copy)]
 struct ScrapeLoad {
     /// Backends scraped.
@@ -193,6 +210,20 @@ enum Command {
         #[command(flatten)]
         pool: PoolLoad,
     },
+    /// RSS per open ext_proc stream: `flowgate serve` beside a bare tonic ext_proc server.
+    Streams {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        streams: StreamsLoad,
+    },
+    /// (internal) a bare tonic ext_proc server that only names a destination; used by `streams`.
+    #[command(hide = true)]
+    ServeBare {
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+    },
     /// Everything, in order.
     All {
         #[command(flatten)]
@@ -254,6 +285,24 @@ fn extproc_options(c: &Common, e: &ExtprocLoad) -> extproc::Options {
         shards: c.shards,
         addr: e.addr.clone(),
     }
+}
+
+fn streams_options(c: &Common, s: &StreamsLoad) -> Result<streams::Options, std::io::Error> {
+    let flowgate_env = s
+        .flowgate_env
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(std::io::Error::other(format!("streams: --flowgate-env {kv:?} is not KEY=VALUE"))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(streams::Options {
+        quick: c.quick,
+        streams: s.streams.unwrap_or(if c.quick { 300 } else { 1000 }),
+        connections: s.connections,
+        flowgate_bin: s.flowgate_bin.clone(),
+        flowgate_env,
+    })
 }
 
 fn scrape_options(c: &Common, s: &ScrapeLoad) -> scrape_cost::Options {
@@ -391,6 +440,19 @@ fn validate(dir: &Path, name: &str) -> Result<(), String> {
                 return bad("expected baseline and flowgate results, no failures, a positive p50");
             }
         }
+        "streams" => {
+            let results = v["results"].as_array().map_or(&[][..], Vec::as_slice);
+            if results.len() != 2
+                || !results.iter().all(|r| {
+                    positive(&r["idle"]["rss_kib"])
+                        && positive(&r["held"]["rss_kib"])
+                        && r["kib_per_stream"].as_f64().is_some_and(f64::is_finite)
+                })
+                || !v["targets"]["per_stream_met"].is_boolean()
+            {
+                return bad("expected bare and flowgate readings with positive RSS and a finite KiB/stream");
+            }
+        }
         "scrape_cost"
             if !positive(&v["scrapes_ok"]) || !v["added_core_share"].as_f64().is_some_and(f64::is_finite) =>
         {
@@ -438,7 +500,17 @@ fn main() -> ExitCode {
         | Command::Extproc { common, .. }
         | Command::ScrapeCost { common, .. }
         | Command::Pool { common, .. }
+        | Command::Streams { common, .. }
         | Command::All { common, .. } => *common,
+        Command::ServeBare { listen } => {
+            return match streams::procs::serve_bare(listen) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("serve-bare: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::ServePage => {
             return match scrape_cost::serve_page() {
                 Ok(()) => ExitCode::SUCCESS,
@@ -474,7 +546,10 @@ fn main() -> ExitCode {
         Command::ScrapeCost { common, scrape } => {
             scrape_cost::run(&scrape_options(common, scrape), &out).map(|_| vec!["scrape_cost"])
         }
-        Command::ServePage => unreachable!("handled above"),
+        Command::Streams { common, streams } => {
+            streams_options(common, streams).and_then(|o| streams::run(&o, &out)).map(|_| vec!["streams"])
+        }
+        Command::ServePage | Command::ServeBare { .. } => unreachable!("handled above"),
         Command::Pool { common, pool } => {
             pool_options(common, pool).and_then(|o| pool::run(&o, &out)).map(|_| vec!["pool"])
         }

@@ -111,22 +111,6 @@ struct ExtprocLoad {
     addr: Option<String>,
 }
 
-#[derive(Args, Debug, Clone)]
-struct StreamsLoad {
-    /// Streams held open at once (default: 1000; 300 with --quick).
-    #[arg(long)]
-    streams: Option<usize>,
-    /// HTTP/2 connections per server the streams share.
-    #[arg(long, default_value_t = 2)]
-    connections: usize,
-    /// The `flowgate` binary to measure (default: the one beside flowgate-bench).
-    #[arg(long, value_name = "PATH")]
-    flowgate_bin: Option<PathBuf>,
-    /// Extra environment for the flowgate process, KEY=VALUE (repeatable), e.g. allocator options.
-    #[arg(long, value_name = "KEY=VALUE")]
-    flowgate_env: Vec<String>,
-}
-
 #[derive(Args, Debug, Clone, Copy)]
 struct ScrapeLoad {
     /// Backends scraped.
@@ -203,6 +187,14 @@ enum Command {
         #[command(flatten)]
         ext: ExtprocLoad,
     },
+    /// The ext_proc path under each core layout (shards × io_threads, `auto` first) at 2k and 5k
+    /// requests/s, side by side.
+    Layouts {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        ext: ExtprocLoad,
+    },
     /// Saturation detectors on a heterogeneous flowgate-sim pool at 1.5x capacity, via ext_proc.
     Pool {
         #[command(flatten)]
@@ -215,7 +207,7 @@ enum Command {
         #[command(flatten)]
         common: Common,
         #[command(flatten)]
-        streams: StreamsLoad,
+        streams: streams::StreamsLoad,
     },
     /// (internal) a bare tonic ext_proc server that only names a destination; used by `streams`.
     #[command(hide = true)]
@@ -273,6 +265,20 @@ fn rounds(c: &Common) -> usize {
     c.rounds.unwrap_or(if c.quick { 2 } else { 5 })
 }
 
+/// The loads for the layout comparison.
+const LAYOUT_RATES: [f64; 2] = [2_000.0, 5_000.0];
+
+fn layouts_options(c: &Common, e: &ExtprocLoad) -> extproc::layouts::Options {
+    extproc::layouts::Options {
+        quick: c.quick,
+        rates: LAYOUT_RATES.to_vec(),
+        streams: e.streams,
+        connections: e.connections,
+        seconds: c.seconds.unwrap_or(if c.quick { 0.6 } else { 4.0 }),
+        rounds: rounds(c),
+    }
+}
+
 fn extproc_options(c: &Common, e: &ExtprocLoad) -> extproc::Options {
     extproc::Options {
         quick: c.quick,
@@ -285,24 +291,6 @@ fn extproc_options(c: &Common, e: &ExtprocLoad) -> extproc::Options {
         shards: c.shards,
         addr: e.addr.clone(),
     }
-}
-
-fn streams_options(c: &Common, s: &StreamsLoad) -> Result<streams::Options, std::io::Error> {
-    let flowgate_env = s
-        .flowgate_env
-        .iter()
-        .map(|kv| match kv.split_once('=') {
-            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-            _ => Err(std::io::Error::other(format!("streams: --flowgate-env {kv:?} is not KEY=VALUE"))),
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(streams::Options {
-        quick: c.quick,
-        streams: s.streams.unwrap_or(if c.quick { 300 } else { 1000 }),
-        connections: s.connections,
-        flowgate_bin: s.flowgate_bin.clone(),
-        flowgate_env,
-    })
 }
 
 fn scrape_options(c: &Common, s: &ScrapeLoad) -> scrape_cost::Options {
@@ -361,6 +349,13 @@ fn validate(dir: &Path, name: &str) -> Result<(), String> {
             let results = v["results"].as_array().map_or(&[][..], Vec::as_slice);
             if results.is_empty() || !results.iter().all(|r| positive(&r["latency"]["p50_ms"])) {
                 return bad("expected latency results with a positive p50");
+            }
+        }
+        "layouts" => {
+            let cells = v["cells"].as_array().map_or(&[][..], Vec::as_slice);
+            let n = (extproc::layouts::LAYOUTS.len() + 1) * LAYOUT_RATES.len();
+            if cells.len() != n || !cells.iter().all(|c| positive(&c["latency"]["p50_ms"])) {
+                return bad("expected every (server, rate) cell with a positive p50");
             }
         }
         "scaling" => {
@@ -501,6 +496,7 @@ fn main() -> ExitCode {
         | Command::ScrapeCost { common, .. }
         | Command::Pool { common, .. }
         | Command::Streams { common, .. }
+        | Command::Layouts { common, .. }
         | Command::All { common, .. } => *common,
         Command::ServeBare { listen } => {
             return match streams::procs::serve_bare(listen) {
@@ -543,11 +539,14 @@ fn main() -> ExitCode {
         Command::Extproc { common, ext } => {
             extproc::run(&extproc_options(common, ext), &out).map(|_| vec!["extproc"])
         }
+        Command::Layouts { common, ext } => {
+            extproc::layouts::run(&layouts_options(common, ext), &out).map(|_| vec!["layouts"])
+        }
         Command::ScrapeCost { common, scrape } => {
             scrape_cost::run(&scrape_options(common, scrape), &out).map(|_| vec!["scrape_cost"])
         }
         Command::Streams { common, streams } => {
-            streams_options(common, streams).and_then(|o| streams::run(&o, &out)).map(|_| vec!["streams"])
+            streams.options(common.quick).and_then(|o| streams::run(&o, &out)).map(|_| vec!["streams"])
         }
         Command::ServePage | Command::ServeBare { .. } => unreachable!("handled above"),
         Command::Pool { common, pool } => {
@@ -560,9 +559,19 @@ fn main() -> ExitCode {
             throughput::run_scaling(&t, &out)?;
             scenarios::run(&scenario_options(common, pool), &out)?;
             extproc::run(&extproc_options(common, ext), &out)?;
+            extproc::layouts::run(&layouts_options(common, ext), &out)?;
             scrape_cost::run(&scrape_options(common, &ScrapeLoad { backends: 100, interval_ms: 50 }), &out)?;
             pool::run(&pool_options(common, sim_pool)?, &out)?;
-            Ok(vec!["throughput", "latency", "scaling", "scenarios", "extproc", "scrape_cost", "pool"])
+            Ok(vec![
+                "throughput",
+                "latency",
+                "scaling",
+                "scenarios",
+                "extproc",
+                "layouts",
+                "scrape_cost",
+                "pool",
+            ])
         })(),
     };
     let written = match result {

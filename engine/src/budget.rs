@@ -7,6 +7,9 @@
 use crate::sync::{AtomicU64, Ordering};
 use crossbeam_utils::CachePadded;
 
+/// The queue is "nearly full" within `max_requests / NEARLY_FULL_FRACTION` of its request limit.
+pub const NEARLY_FULL_FRACTION: u64 = 8;
+
 /// Shared, lock-free counters of queued requests and bytes against their limits.
 ///
 /// ```
@@ -105,6 +108,19 @@ impl QueueBudget {
         assert!(r >= 1, "queue budget: released more requests than reserved");
         let b = self.bytes.fetch_sub(bytes, Ordering::AcqRel);
         assert!(b >= bytes, "queue budget: released more bytes than reserved");
+    }
+
+    /// Whether one more request is over the request limit (the next arrival must displace).
+    pub fn is_full(&self) -> bool {
+        let max = self.max_requests();
+        max != 0 && self.requests() >= max
+    }
+
+    /// Whether the request count is within an eighth of its limit ([`NEARLY_FULL_FRACTION`]):
+    /// from here shards publish their tails at each admission, since a displacement may come.
+    pub fn is_nearly_full(&self) -> bool {
+        let max = self.max_requests();
+        max != 0 && self.requests() + max / NEARLY_FULL_FRACTION >= max
     }
 
     /// Requests currently queued (reserved).

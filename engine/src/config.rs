@@ -301,7 +301,7 @@ impl Default for SaturationConfig {
 /// Everything the engine needs to run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EngineConfig {
-    /// Shards (pinned executors); 0 = one per available core.
+    /// Shards (pinned executors); 0 = auto, the core layout's rule ([`crate::layout`]).
     pub shards: usize,
     /// Submission ring capacity per (submitter, shard) pair, in requests; ≥ 1.
     pub ring_capacity: usize,
@@ -527,10 +527,10 @@ impl EngineConfig {
         errors
     }
 
-    /// Shards to run: `shards`, or one per available core when it is 0.
+    /// Shards to run: `shards`, or the core layout's `auto` when it is 0 ([`crate::layout`]).
     pub fn shard_count(&self) -> usize {
         if self.shards == 0 {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(MAX_SHARDS)
+            crate::layout::auto_shards(crate::layout::allowed_cpus().len()).min(MAX_SHARDS)
         } else {
             self.shards
         }

@@ -21,6 +21,7 @@ use crate::config::{BackendConfig, EngineConfig, SaturationConfig};
 use crate::doorbell::Doorbell;
 use crate::load::ScrapeReading;
 use crate::sync::{fence, AtomicBool, AtomicF64, AtomicI64, AtomicU64, Mutex, Ordering};
+use crate::tails::{Offer, Tails};
 use crossbeam_utils::CachePadded;
 
 /// Published head score of a shard with nothing dispatchable.
@@ -33,7 +34,7 @@ pub const NO_HEAD: f64 = f64::NEG_INFINITY;
 /// one criticality level, so criticality order and the wait-time boost hold across shards.
 pub const CROSS_SHARD_SLACK: f64 = 0.001;
 
-/// Published tail score of a shard with nothing to displace (or whose tail was just claimed).
+/// Tail score of a shard with nothing to displace (or whose offered tails were all claimed).
 pub const NO_TAIL: f64 = f64::INFINITY;
 
 /// What one shard publishes for the others.
@@ -41,9 +42,8 @@ pub const NO_TAIL: f64 = f64::INFINITY;
 pub struct ShardSignal {
     /// Score of its best queued request ([`NO_HEAD`] when empty).
     head: AtomicF64,
-    /// Score of its worst queued request ([`NO_TAIL`] when empty, or claimed by another shard's
-    /// displacement until this shard publishes again).
-    tail: AtomicF64,
+    /// Scores of its two worst queued requests, for other shards' displacements to claim.
+    tails: Tails,
     /// Requests queued in it.
     queued: AtomicU64,
     /// Its head waits on a criticality ceiling (published as [`NO_HEAD`] so others can go);
@@ -82,7 +82,7 @@ impl ShardSignal {
 pub struct ShardState {
     /// Head score ([`NO_HEAD`] if empty or blocked).
     pub head: f64,
-    /// Tail score ([`NO_TAIL`] if empty or claimed).
+    /// Least offered tail score ([`NO_TAIL`] if empty or claimed).
     pub tail: f64,
     /// Requests queued.
     pub queued: u64,
@@ -149,7 +149,7 @@ impl Gate {
                 .map(|_| {
                     CachePadded::new(ShardSignal {
                         head: AtomicF64::new(NO_HEAD),
-                        tail: AtomicF64::new(NO_TAIL),
+                        tails: Tails::new(),
                         queued: AtomicU64::new(0),
                         blocked: AtomicBool::new(false),
                         parks: AtomicU64::new(0),
@@ -215,7 +215,7 @@ impl Gate {
             .iter()
             .map(|s| ShardState {
                 head: s.head.load(Ordering::Relaxed),
-                tail: s.tail.load(Ordering::Relaxed),
+                tail: s.tails.least(),
                 queued: s.queued.load(Ordering::Relaxed),
                 blocked: s.blocked.load(Ordering::Relaxed),
                 sleeping: s.doorbell.is_sleeping(),
@@ -280,16 +280,34 @@ impl Gate {
         self.backends.mark_stale(id);
     }
 
-    /// Shard side: publish the head score and queue length, then report whether a slot is free
-    /// (the fence orders this against [`release`](Self::release)).
-    pub fn publish(&self, shard: usize, head: f64, tail: f64, queued: u64, blocked: bool) -> bool {
+    /// Shard side: publish the head score, the two lowest scores (least first; `pending` of them
+    /// already claimed by displacements not yet carried out, see [`Tails::publish`]) and queue
+    /// length, then report whether a slot is free (the fence orders this against
+    /// [`release`](Self::release)).
+    pub fn publish(
+        &self,
+        shard: usize,
+        head: f64,
+        lowest: [Option<f64>; 2],
+        pending: usize,
+        queued: u64,
+        blocked: bool,
+    ) -> bool {
         let s = &self.shards[shard];
-        s.tail.store(tail, Ordering::Relaxed);
+        s.tails.publish(lowest, pending);
         s.blocked.store(blocked, Ordering::Relaxed);
         s.head.store(if blocked { NO_HEAD } else { head }, Ordering::Relaxed);
         s.queued.store(queued, Ordering::Relaxed);
         fence(Ordering::SeqCst);
         self.backends.has_room()
+    }
+
+    /// Shard side: publish only the two lowest scores and the queue length (between full
+    /// publications, while the queue is full).
+    pub fn publish_tails(&self, shard: usize, lowest: [Option<f64>; 2], pending: usize, queued: u64) {
+        let s = &self.shards[shard];
+        s.tails.publish(lowest, pending);
+        s.queued.store(queued, Ordering::Relaxed);
     }
 
     /// May `shard`, whose head scores `head`, dispatch it now without jumping a request queued
@@ -310,23 +328,37 @@ impl Gate {
         best_elsewhere || self.backends.room_exceeds(others_queued)
     }
 
-    /// Claim the worst published tail scoring below `score` in a shard other than `except`, for a
-    /// cross-shard displacement: returns that shard, whose tail reads [`NO_TAIL`] until it publishes
-    /// again, so no two newcomers claim the same victim.
-    pub fn claim_victim(&self, except: usize, score: f64) -> Option<usize> {
+    /// Claim the engine's lowest offered tail scoring below `below` in a shard other than `except`,
+    /// for a cross-shard displacement: returns that shard, which no other newcomer can claim the
+    /// same request of (see [`Tails`]).
+    pub fn claim_victim(&self, except: usize, below: f64) -> Option<usize> {
         loop {
-            let mut worst: Option<(usize, f64)> = None;
+            let mut lowest: Option<(usize, Offer)> = None;
             for (i, s) in self.shards.iter().enumerate() {
-                let t = s.tail.load(Ordering::Acquire);
-                if i != except && t < score && worst.is_none_or(|(_, w)| t < w) {
-                    worst = Some((i, t));
+                if i == except {
+                    continue;
+                }
+                if let Some(o) = s.tails.offer() {
+                    if o.score < below && lowest.is_none_or(|(_, l)| o.score < l.score) {
+                        lowest = Some((i, o));
+                    }
                 }
             }
-            let (i, t) = worst?;
-            if self.shards[i].tail.compare_exchange(t, NO_TAIL, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            let (i, offer) = lowest?;
+            if self.shards[i].tails.claim(offer) {
                 return Some(i);
             }
         }
+    }
+
+    /// Does a shard other than `except` hold queued requests but offer none of them (its offered
+    /// tails all claimed by displacements it has not carried out yet)? Then a newcomer that needs a
+    /// victim cannot tell whether the engine's lowest request is there.
+    pub fn offers_exhausted_elsewhere(&self, except: usize) -> bool {
+        self.shards
+            .iter()
+            .enumerate()
+            .any(|(i, s)| i != except && s.tails.offer().is_none() && s.queued.load(Ordering::Relaxed) > 0)
     }
 
     /// The shard (other than `except`) whose published head is best, if any has one.

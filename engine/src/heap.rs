@@ -262,6 +262,45 @@ impl<K: Ord + Copy, T> MaxMinHeap<K, T> {
         self.peek_at(self.tail_pos()?)
     }
 
+    /// The two least keys, least first (`None` past the heap's length). O(1): the second least is
+    /// the other level-1 entry or a child or grandchild of the least (each min-level entry is `<=`
+    /// its subtree; a max-level child with children is `>=` them).
+    ///
+    /// ```
+    /// use flowgate_engine::heap::MaxMinHeap;
+    /// let mut heap = MaxMinHeap::with_capacity(8);
+    /// assert_eq!(heap.lowest_two(), [None, None]);
+    /// for k in [5, 9, 2, 7, 3, 8] {
+    ///     heap.push(k, 0, ());
+    /// }
+    /// assert_eq!(heap.lowest_two(), [Some(2), Some(3)]);
+    /// ```
+    pub fn lowest_two(&self) -> [Option<K>; 2] {
+        let h = &self.heap;
+        match h.len() {
+            0 => [None, None],
+            1 => [Some(h[0].0), None],
+            2 => [Some(h[1].0), Some(h[0].0)],
+            n => {
+                let least = 1 + usize::from(h[2].0 < h[1].0);
+                let descendants = [
+                    2 * least + 1,
+                    2 * least + 2,
+                    4 * least + 3,
+                    4 * least + 4,
+                    4 * least + 5,
+                    4 * least + 6,
+                ];
+                let second = descendants
+                    .into_iter()
+                    .take_while(|&i| i < n)
+                    .map(|i| h[i].0)
+                    .fold(h[3 - least].0, |a, b| if b < a { b } else { a });
+                [Some(h[least].0), Some(second)]
+            }
+        }
+    }
+
     /// Removes and returns the item with the greatest key. O(log n).
     ///
     /// ```

@@ -21,6 +21,7 @@ pub mod gate;
 pub mod heap;
 #[cfg(not(flowgate_loom))]
 mod inbox;
+pub mod layout;
 pub mod load;
 pub mod occupancy;
 pub mod outcome;
@@ -38,6 +39,7 @@ pub mod shard;
 mod shared;
 pub mod slot;
 pub mod sync;
+pub mod tails;
 #[cfg(not(flowgate_loom))]
 pub mod ticket;
 pub mod tokens;

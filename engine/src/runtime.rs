@@ -1,7 +1,7 @@
 //! The running engine: pinned shard executors, submission, capacity, shutdown.
 //!
-//! [`Engine::start`] launches one glommio executor per shard, pinned to a CPU (`shard i` on CPU
-//! `i mod cores`), each running one worker (`worker.rs`) that owns its shard's heap and workload
+//! [`Engine::start`] launches one glommio executor per shard, pinned to a CPU (`shard i` on the
+//! `i`-th allowed CPU, see [`Layout`]), each running one worker (`worker.rs`) that owns its shard's heap and workload
 //! table. Producers submit through per-thread [`Submitter`]s (or [`Engine::submit`], which keeps
 //! one per thread); tickets resolve to a [`Decision`]; a dispatched decision carries a [`Permit`]
 //! whose drop frees the backend slot.
@@ -12,6 +12,7 @@ use crate::clock::Clock;
 use crate::config::{ConfigError, EngineConfig};
 use crate::fairness::VtcFloors;
 use crate::gate::Gate;
+use crate::layout::Layout;
 use crate::load::ScrapeReading;
 use crate::outcome::Outcome;
 use crate::registry::{Directory, RateWindow, RegistryView};
@@ -111,7 +112,6 @@ impl Engine {
             return Err(StartError::Config(errors));
         }
         let shards = config.shard_count();
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let clock = Clock::new();
         let gate = Arc::new(Gate::new(&config, shards, clock));
         let budget = Arc::new(QueueBudget::new(config.queue.max_requests, config.queue.max_bytes));
@@ -131,7 +131,7 @@ impl Engine {
             shutting_down: AtomicBool::new(false),
             submitters: AtomicUsize::new(0),
             outcomes: (0..shards).map(|_| OutcomeCounters::default()).collect(),
-            shard_cpus: (0..shards).map(|i| i % cores).collect(),
+            shard_cpus: Layout::for_this_process(shards, 0).shard_cpus.into(),
         });
         let mut directories: Vec<Directory> = Vec::with_capacity(shards);
         let mut executors = Vec::with_capacity(shards);

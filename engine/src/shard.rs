@@ -24,6 +24,7 @@
 use crate::budget::QueueBudget;
 use crate::config::{EngineConfig, MAX_TTL};
 use crate::fairness::VtcFloors;
+use crate::gate::CROSS_SHARD_SLACK;
 use crate::heap::{Handle, MaxMinHeap};
 use crate::outcome::{OtherReason, Outcome};
 use crate::quota::{QuotaState, Remaining, Wait};
@@ -243,6 +244,11 @@ impl<C> Shard<C> {
         self.heap.peek_tail().map(|(_, k, _)| k)
     }
 
+    /// Keys of the two worst queued requests, worst first.
+    pub fn lowest_two(&self) -> [Option<Key>; 2] {
+        self.heap.lowest_two()
+    }
+
     /// Evict the worst queued request as `EvictedDisplaced` if it scores below `score` (another
     /// shard admitted a better request over the limit in its place). Returns whether it did.
     pub fn displace_below(&mut self, score: f64, now_ns: u64, sink: &mut impl FnMut(Done<C>)) -> bool {
@@ -269,18 +275,21 @@ impl<C> Shard<C> {
     /// Admit `arrival` at `now_ns`: queue it, displacing worse requests of this shard if the queue
     /// is full, or refuse it. Outcomes of refused and displaced requests go to `sink`.
     pub fn enqueue(&mut self, arrival: Arrival<C>, now_ns: u64, sink: &mut impl FnMut(Done<C>)) -> Admission {
-        self.enqueue_or_steal(arrival, now_ns, sink, &mut |_, _| false)
+        self.enqueue_or_steal(arrival, now_ns, sink, &mut |_, _, _| false)
     }
 
-    /// [`enqueue`](Self::enqueue), and when the queue is full of requests this shard cannot
-    /// displace, ask `steal(score)` whether another shard holds a worse one it will evict (the
-    /// callee then reserves the room itself, see [`QueueBudget::try_reserve_over`]).
+    /// [`enqueue`](Self::enqueue) with other shards: when the queue is full, the engine's lowest
+    /// request makes room, wherever it is. `steal(below, score, bytes)` asks whether another shard
+    /// holds a request scoring under `below` that it will evict for this newcomer scoring `score`
+    /// (the callee then reserves the room itself, see [`QueueBudget::try_reserve_over`]); it is asked
+    /// first, and this shard's own tail goes only if no other shard's is lower by more than
+    /// [`CROSS_SHARD_SLACK`].
     pub fn enqueue_or_steal(
         &mut self,
         arrival: Arrival<C>,
         now_ns: u64,
         sink: &mut impl FnMut(Done<C>),
-        steal: &mut dyn FnMut(f64, u64) -> bool,
+        steal: &mut dyn FnMut(f64, f64, u64) -> bool,
     ) -> Admission {
         let Arrival { workload_id, hash, criticality, ttl, bytes, arrived_ns, completion } = arrival;
         assert!((1..=5).contains(&criticality), "criticality {criticality} reached a shard");
@@ -333,18 +342,28 @@ impl<C> Shard<C> {
             return Admission::Rejected;
         }
         while !self.budget.try_reserve(bytes) {
-            match self.heap.peek_tail() {
-                Some((handle, tail_key, _)) if tail_key < key => {
-                    let victim = self.heap.remove(handle).expect("tail handle is live");
-                    sink(self.leave(victim.value, victim.bytes, Outcome::EvictedDisplaced, now_ns));
-                }
-                // A parked request never pushes another shard's request out.
-                _ if !key.is_parked() && !self.budget.bytes_bound(bytes) && steal(key.score, bytes) => break,
-                _ => {
-                    sink(reject(Outcome::RejectedCapacity, completion));
-                    return Admission::Rejected;
+            // 3a. The lowest request of the engine goes: another shard's if it scores below ours
+            // (by more than the slack) or we have none below the newcomer. A parked request never
+            // pushes another shard's request out; nor is a byte limit relieved by a count.
+            let local = self.heap.peek_tail().filter(|&(_, tail_key, _)| tail_key < key);
+            let below = match local {
+                Some((_, tail_key, _)) if tail_key.is_parked() => None,
+                Some((_, tail_key, _)) => Some(tail_key.score - CROSS_SHARD_SLACK),
+                None => Some(key.score),
+            };
+            let may_steal = !key.is_parked() && !self.budget.bytes_bound(bytes);
+            if let Some(below) = below.filter(|_| may_steal) {
+                if steal(below, key.score, bytes) {
+                    break;
                 }
             }
+            // 3b. Else our own tail, if the newcomer beats it; else the newcomer is the lowest.
+            let Some((handle, _, _)) = local else {
+                sink(reject(Outcome::RejectedCapacity, completion));
+                return Admission::Rejected;
+            };
+            let victim = self.heap.remove(handle).expect("tail handle is live");
+            sink(self.leave(victim.value, victim.bytes, Outcome::EvictedDisplaced, now_ns));
         }
         // 4. Queued: the request is active until its outcome (or its permit) releases it.
         if takes_quota {

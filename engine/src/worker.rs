@@ -9,7 +9,7 @@
 //! earlier version awaited the doorbell inside glommio's reactor and, under load here, lost
 //! foreign wake-ups together with their timers, stalling a shard with work queued.
 
-use crate::gate::{Refusal, NO_HEAD, NO_TAIL};
+use crate::gate::{Refusal, NO_HEAD};
 use crate::inbox::{Inbox, Submission};
 use crate::outcome::{OtherReason, Outcome};
 use crate::permit::Permit;
@@ -18,6 +18,7 @@ use crate::shard::{Admission, Done, Shard};
 use crate::shared::Shared;
 use crate::slot::{Decision, Slot};
 use crate::sync::Ordering;
+use crate::tails::TAILS_OFFERED;
 use std::sync::Arc;
 use std::task::Waker;
 use std::time::Duration;
@@ -33,6 +34,10 @@ pub const WAKE_BATCH: usize = 32;
 const MIN_TIMER_NS: u64 = 1_000_000;
 /// Longest sleep of an empty shard (the idle-workload sweep runs on its passes).
 const IDLE_TIMER_NS: u64 = 1_000_000_000;
+/// Longest a full engine holds arrivals back in their rings while another shard carries out the
+/// displacements claimed from it (see [`Worker::must_wait_for_victims`]); past it, an arrival is
+/// admitted on what is offered now.
+pub const VICTIM_WAIT_NS: u64 = 10_000_000;
 
 type Completion = Arc<Slot<Permit>>;
 
@@ -54,6 +59,8 @@ pub(crate) struct Worker {
     /// Wakers of callers whose decisions were delivered in this pass, woken at its end (or when
     /// [`WAKE_BATCH`] are held). Invariant: `len() < WAKE_BATCH` between deliveries.
     wakers: Vec<Waker>,
+    /// Since when arrivals have been held back for other shards' evictions, ns; `None` when not.
+    waiting_for_victims_ns: Option<u64>,
 }
 
 impl Worker {
@@ -71,6 +78,7 @@ impl Worker {
             spin_ns,
             config_generation,
             wakers: Vec::with_capacity(WAKE_BATCH),
+            waiting_for_victims_ns: None,
         }
     }
 
@@ -142,19 +150,27 @@ impl Worker {
             }
         }
         // 3. Cross-shard displacements: another shard admitted a better request in our tail's place.
+        let mut displaced = false;
         while let Some(score) = self.shared.displacements[self.index].pop() {
             worked = true;
+            displaced = true;
             let mut done = Vec::new();
             self.shard.displace_below(score, now, &mut |d| done.push(d));
             done.into_iter().for_each(|d| self.finish(d));
+        }
+        if displaced {
+            // Offer the next-lowest at once: newcomers elsewhere may be holding back for it.
+            self.publish_tails();
         }
         // 3b. Quotas: a parked workload released a slot, or a bucket refilled.
         if self.shared.gate.shard(self.index).take_quota_wake() || now >= self.shard.quota_recheck_ns() {
             self.shard.wake_quotas(now);
             worked = true;
         }
-        // 4. Arrivals, a bounded batch per ring.
+        // 4. Arrivals, a bounded batch per ring; held back (left in the ring) while the queue is
+        // full and another shard owes evictions, so each newcomer sees every shard's tails.
         let mut inboxes = std::mem::take(&mut self.inboxes);
+        let mut held_back = false;
         inboxes.retain_mut(|inbox| {
             let n = inbox.consumer.slots().min(RING_BATCH);
             if n == 0 {
@@ -162,14 +178,23 @@ impl Worker {
                 return !inbox.consumer.is_abandoned();
             }
             worked = true;
-            let chunk = inbox.consumer.read_chunk(n).expect("slots() were available");
-            for arrival in chunk {
+            let mut chunk = inbox.consumer.read_chunk(n).expect("slots() were available").into_iter();
+            while !held_back {
+                if self.must_wait_for_victims(now) {
+                    held_back = true;
+                    break;
+                }
+                let Some(arrival) = chunk.next() else { break };
                 self.admit(arrival, now);
             }
+            // Dropping `chunk` takes only the arrivals iterated; the rest stay queued in the ring.
             true
         });
         debug_assert!(self.inboxes.is_empty());
         self.inboxes = inboxes;
+        if !held_back {
+            self.waiting_for_victims_ns = None;
+        }
         // 5. Timers: the periodic rescore (which also expires), else expiry when a deadline passed.
         if now >= self.next_rescore_ns {
             self.next_rescore_ns = now + self.rescore_ns;
@@ -187,7 +212,23 @@ impl Worker {
         // 6. Dispatch, then wake the callers whose decisions this pass delivered.
         worked |= self.dispatch(now);
         self.flush_wakes();
+        if held_back {
+            // The shard we wait for may share this core: let it run.
+            std::thread::yield_now();
+        }
         worked
+    }
+
+    /// Should the next arrival wait in its ring? Yes while the queue is full (it must displace
+    /// someone), another shard has queued requests but offers none (all claimed by displacements
+    /// it has yet to carry out), and we have not waited [`VICTIM_WAIT_NS`] already: admitted now, it
+    /// could only displace our own tail or be refused, though the lowest request may be there.
+    fn must_wait_for_victims(&mut self, now: u64) -> bool {
+        if !self.shared.budget.is_full() || !self.shared.gate.offers_exhausted_elsewhere(self.index) {
+            return false;
+        }
+        let since = *self.waiting_for_victims_ns.get_or_insert(now);
+        now.saturating_sub(since) < VICTIM_WAIT_NS
     }
 
     /// Queue one arrival (or answer it at once).
@@ -205,14 +246,18 @@ impl Worker {
         let slot = arrival.completion.clone();
         let mut refused = Vec::new();
         let (index, shared) = (self.index, &self.shared);
-        // When the queue is full of requests this shard cannot displace, a worse request queued in
-        // another shard makes room: admit now (the count may pass max_requests by at most one per
-        // shard) and tell that shard to evict its tail.
-        let mut steal = |score: f64, bytes: u64| {
-            let Some(victim) = shared.gate.claim_victim(index, score) else { return false };
-            if !shared.budget.try_reserve_over(bytes, shared.shards() as u64) {
+        // When the queue is full, the engine's lowest request makes room; if that is in another
+        // shard, admit now (the count may pass max_requests by at most TAILS_OFFERED per shard)
+        // and tell that shard to evict its tail.
+        let mut steal = |below: f64, score: f64, bytes: u64| {
+            // Room first (a claim is not undone), then the victim, then its eviction order.
+            if !shared.budget.try_reserve_over(bytes, shared.shards() as u64 * TAILS_OFFERED as u64) {
                 return false;
             }
+            let Some(victim) = shared.gate.claim_victim(index, below) else {
+                shared.budget.release(bytes);
+                return false;
+            };
             if shared.displacements[victim].push(score).is_err() {
                 shared.budget.release(bytes);
                 return false;
@@ -226,6 +271,23 @@ impl Worker {
             unsafe { slot.set_position(handle) };
         }
         refused.into_iter().for_each(|d| self.finish(d));
+        if self.shared.budget.is_nearly_full() {
+            // A (nearly) full queue: other shards' newcomers pick their victims from what we
+            // offer, so offer our tails as they are now, not at the end of this pass.
+            self.publish_tails();
+        }
+    }
+
+    /// Publish our two lowest scores (and queue length) for other shards' displacements.
+    fn publish_tails(&self) {
+        let lowest = self.lowest_offered();
+        let pending = self.shared.displacements[self.index].len();
+        self.shared.gate.publish_tails(self.index, lowest, pending, self.shard.len() as u64);
+    }
+
+    /// Our two lowest scores as offered to other shards; a parked request yields to any arrival.
+    fn lowest_offered(&self) -> [Option<f64>; 2] {
+        self.shard.lowest_two().map(|k| k.map(|k| if k.is_parked() { f64::MIN } else { k.score }))
     }
 
     /// Dispatch while a slot is free and this shard holds the engine's best head; then publish.
@@ -271,8 +333,9 @@ impl Worker {
         }
         let head = self.shard.dispatch_head().map_or(NO_HEAD, |k| k.score);
         // A parked tail gives way to any arrival elsewhere.
-        let tail = self.shard.tail_key().map_or(NO_TAIL, |k| if k.is_parked() { f64::MIN } else { k.score });
-        let slot_free = gate.publish(self.index, head, tail, self.shard.len() as u64, blocked);
+        let lowest = self.lowest_offered();
+        let pending = self.shared.displacements[self.index].len();
+        let slot_free = gate.publish(self.index, head, lowest, pending, self.shard.len() as u64, blocked);
         if slot_free {
             // Free capacity left: if a better head waits elsewhere, its shard must hear about it.
             gate.wake_best(Some(self.index));
@@ -409,7 +472,7 @@ impl Worker {
         self.shard.drain_on_shutdown(now, &mut |d| done.push(d));
         done.into_iter().for_each(|d| self.finish(d));
         while self.shared.cancels[self.index].pop().is_some() {}
-        self.shared.gate.publish(self.index, NO_HEAD, NO_TAIL, 0, false);
+        self.shared.gate.publish(self.index, NO_HEAD, [None, None], 0, 0, false);
         self.flush_wakes();
     }
 }

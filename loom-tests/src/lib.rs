@@ -142,7 +142,7 @@ pub fn shard_dispatches_when_room(gate: &Arc<Gate>, workload: &Arc<WorkloadEntry
                     break p;
                 }
             }
-            if gate.publish(0, head, head, 1, false) {
+            if gate.publish(0, head, [Some(head), None], 0, 1, false) {
                 gate.wake_best(Some(0));
             }
             // Nothing done: sleep unless the head became dispatchable (`has_work`).

@@ -73,7 +73,7 @@ fn freed_slot_always_reaches_a_shard_with_work() {
 
         let shard = {
             let gate = gate.clone();
-            thread::spawn(move || gate.publish(0, HEAD, HEAD, 1, false))
+            thread::spawn(move || gate.publish(0, HEAD, [Some(HEAD), None], 0, 1, false))
         };
         let releaser = thread::spawn(move || drop(permit));
 

@@ -24,6 +24,7 @@ use flowgate_engine::config::{
     BackendConfig, ConfigError, CriticalityCap, Detector, EngineConfig, Fairness, QueueConfig, RateUnit,
     SaturationConfig, ScoringConfig, WorkloadConfig,
 };
+use flowgate_engine::layout::Layout;
 use flowgate_engine::quota_rule::{OnExceed, Quota};
 
 use crate::discovery::Discovery;
@@ -39,6 +40,8 @@ pub use crate::config_values::{
 
 /// The embedded default configuration (used when `serve` gets no `--config`).
 pub const DEFAULT_YAML: &str = include_str!("default.yaml");
+/// Most threads `io_threads` may ask for.
+pub const MAX_IO_THREADS: usize = 1024;
 
 /// Everything `flowgate serve` needs: where to listen and how to run the engine.
 #[derive(Clone, Debug, PartialEq)]
@@ -49,6 +52,9 @@ pub struct ServeConfig {
     pub tls: Option<TlsConfig>,
     /// Metrics / health / workload API HTTP listener.
     pub metrics_listen: SocketAddr,
+    /// Threads of the server's async runtime (gRPC, HTTP, scrapes); 0 = auto, the CPUs the shards
+    /// do not use ([`flowgate_engine::layout`]). At most [`MAX_IO_THREADS`].
+    pub io_threads: usize,
     /// The engine's configuration.
     pub engine: EngineConfig,
     /// Where each backend's metrics page is and how to read it, in the order of
@@ -91,6 +97,7 @@ impl ServeConfig {
             listen: raw.listen.0,
             tls: raw.tls.take().map(TlsConfig::from),
             metrics_listen: raw.metrics_listen.0,
+            io_threads: raw.io_threads,
             engine: raw.into_engine(),
             scrape,
             discovery,
@@ -119,6 +126,12 @@ impl ServeConfig {
             });
         }
         errors.extend(self.tls.as_ref().map(TlsConfig::validate).unwrap_or_default());
+        if self.io_threads > MAX_IO_THREADS {
+            errors.push(ConfigError {
+                path: "io_threads".into(),
+                reason: format!("{} is above the limit of {MAX_IO_THREADS}", self.io_threads),
+            });
+        }
         errors.extend(self.engine.validate());
         let discovering = self.discovery.as_ref().is_some_and(|d| !d.is_empty());
         if self.engine.backends.is_empty() && !discovering {
@@ -158,6 +171,9 @@ impl ServeConfig {
         if self.discovery != next.discovery {
             changed.push("discovery");
         }
+        if self.io_threads != next.io_threads {
+            changed.push("io_threads");
+        }
         changed
     }
 
@@ -178,11 +194,16 @@ impl ServeConfig {
         }
     }
 
+    /// Where the shards and the I/O threads run on this machine ([`Layout`]).
+    pub fn layout(&self) -> Layout {
+        Layout::for_this_process(self.engine.shard_count(), self.io_threads)
+    }
+
     /// A one-line description, for `check-config` and the startup log.
     pub fn summary(&self) -> String {
         let e = &self.engine;
         format!(
-            "listen {}{}, metrics {}, {} shard(s){}, {} static backend(s) with {} slot(s){}, detector {}, queue {} requests / {}, ttl {}, {} criticality cap(s), fairness {} by {}, {} quota(s)",
+            "listen {}{}, metrics {}, {} shard(s){}, {} I/O thread(s){}, {} static backend(s) with {} slot(s){}, detector {}, queue {} requests / {}, ttl {}, {} criticality cap(s), fairness {} by {}, {} quota(s)",
             self.listen,
             match &self.tls {
                 None => "",
@@ -191,7 +212,9 @@ impl ServeConfig {
             },
             self.metrics_listen,
             e.shard_count(),
-            if e.shards == 0 { " (one per core)" } else { "" },
+            if e.shards == 0 { " (auto)" } else { "" },
+            self.layout().io_threads,
+            if self.io_threads == 0 { " (auto)" } else { "" },
             e.backends.len(),
             e.total_slots(),
             self.discovery_summary(),
@@ -273,6 +296,7 @@ struct RawConfig {
     tls: Option<RawTls>,
     metrics_listen: Listen,
     shards: usize,
+    io_threads: usize,
     ring_capacity: usize,
     /// `None` when the key is missing (see `ServeConfig::from_yaml`); written with nothing under
     /// it, an empty list.
@@ -318,6 +342,7 @@ impl Default for RawConfig {
             tls: None,
             metrics_listen: Listen(SocketAddr::from(([127, 0, 0, 1], 9090))),
             shards: e.shards,
+            io_threads: 0,
             ring_capacity: e.ring_capacity,
             backends: None,
             saturation: RawSaturation::default(),

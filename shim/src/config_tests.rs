@@ -223,6 +223,9 @@ fn impossible_values_name_their_field() {
         ),
         ("shards: 1000\n", "shards"),
         ("shards: -1\n", "shards"),
+        ("io_threads: 5000\n", "io_threads"),
+        ("io_threads: -1\n", "io_threads"),
+        ("io_threads: many\n", "io_threads"),
         ("ring_capacity: 0\n", "ring_capacity"),
         ("ceilings: [1.0, 1.0, 0.0, 1.0, 1.0]\n", "ceilings[2]"),
         ("ceilings: [1.0, 1.0]\n", "ceilings"),
@@ -326,4 +329,17 @@ fn named_values_are_read_by_name_and_refused_with_the_choices() {
         let e = errors(yaml);
         assert!(e.iter().any(|m| m.contains(choices)), "{yaml}: {e:?}");
     }
+}
+
+#[test]
+fn io_threads_default_to_the_cpus_the_shards_leave_and_need_a_restart() {
+    let auto = ok("shards: 1\n");
+    let layout = auto.layout();
+    assert_eq!(layout.shard_cpus.len(), 1);
+    assert_eq!(layout.io_threads, (layout.cpus.len() - 1).max(1));
+    let four = ok("shards: 1\nio_threads: 4\n");
+    assert_eq!((four.io_threads, four.layout().io_threads), (4, 4));
+    assert!(four.summary().contains("1 shard(s), 4 I/O thread(s)"), "{}", four.summary());
+    assert!(auto.summary().contains("I/O thread(s) (auto)"), "{}", auto.summary());
+    assert_eq!(auto.restart_only_changes(&four), vec!["io_threads"]);
 }

@@ -2,7 +2,8 @@
 //!
 //! ```json
 //! {"shards": 2, "queued": 3, "queued_by_criticality": [0, 1, 0, 0, 2], "inflight": 1,
-//!  "capacity": 1, "outcomes": {"dispatched": 7, "rejected_capacity": 0, ...}}
+//!  "capacity": 1, "outcomes": {"dispatched": 7, "rejected_capacity": 0, ...},
+//!  "layout": {"cpus": [0, 1], "shard_cpus": [0], "io_threads": 1, "io_cpus": [1]}}
 //! ```
 //!
 //! `queued` is the engine's own count (all shards); `queued_by_criticality` counts, from 1 to 5,
@@ -12,6 +13,7 @@
 
 use std::collections::BTreeMap;
 
+use flowgate_engine::layout::Layout;
 use flowgate_engine::Outcome;
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +35,28 @@ pub struct EngineJson {
     pub capacity: u64,
     /// Requests ended with each outcome so far, keyed by [`Outcome::label`].
     pub outcomes: BTreeMap<String, u64>,
+    /// Where the shards and the I/O threads run (absent without a server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<LayoutJson>,
+}
+
+/// The core layout, as `GET /api/v1/engine` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayoutJson {
+    /// The CPUs the process may run on.
+    pub cpus: Vec<usize>,
+    /// The CPU each shard is pinned to, by shard.
+    pub shard_cpus: Vec<usize>,
+    /// Threads of the server's async runtime.
+    pub io_threads: usize,
+    /// The CPUs they run on.
+    pub io_cpus: Vec<usize>,
+}
+
+impl From<Layout> for LayoutJson {
+    fn from(l: Layout) -> Self {
+        Self { cpus: l.cpus, shard_cpus: l.shard_cpus, io_threads: l.io_threads, io_cpus: l.io_cpus }
+    }
 }
 
 impl EngineJson {
@@ -50,6 +74,7 @@ impl EngineJson {
                 .into_iter()
                 .map(|(o, n): (Outcome, u64)| (o.label().to_string(), n))
                 .collect(),
+            layout: view.layout().map(LayoutJson::from),
         }
     }
 }

@@ -6,7 +6,8 @@
 //! * [`discovery_file`] — the endpoints file's format; [`discovery_watch`] reads and watches it.
 //! * [`discovery_dns`] — backends from a name's A/AAAA records.
 //! * [`server`] — the ext_proc service: one stream per request, answered when the engine decides.
-//! * [`serve`] — starting and stopping the gRPC server, the engine and the metrics listener.
+//! * [`serve`] — starting and stopping the gRPC server, the engine and the metrics listener;
+//!   [`io_runtime`] — its async runtime, pinned by the core layout.
 //! * [`http`] — the metrics listener: `/metrics`, `/healthz`, the workload API.
 //! * [`engine_json`] — `GET /api/v1/engine`: the engine's totals.
 //! * [`status_page`] — `GET /`: the HTML status page.
@@ -34,6 +35,7 @@ pub mod discovery_watch;
 pub mod engine_json;
 pub mod ext_proc_service;
 pub mod http;
+pub mod io_runtime;
 pub mod metrics;
 pub mod metrics_page;
 pub mod reload;

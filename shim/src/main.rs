@@ -124,16 +124,19 @@ fn serve_command(
     if let Some(addr) = metrics_listen {
         config.metrics_listen = addr;
     }
-    let runtime =
-        match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("flowgate-io").build() {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("cannot start the async runtime: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
+    // The core layout: shards pinned to their CPUs (by the engine), the runtime's threads to the
+    // CPUs left over, so that neither preempts the other.
+    let layout = config.layout();
+    let runtime = match flowgate::io_runtime::build(&layout, "flowgate-io") {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     runtime.block_on(async move {
         tracing::info!(config = %config.summary(), "starting");
+        tracing::info!(layout = %layout.describe(), "core layout");
         // Listen for the stop signals before saying "serving": one sent right after that line
         // must stop the server cleanly, not kill it by the default action.
         let stop = StopSignals::listen();

@@ -241,7 +241,7 @@ pub async fn start_with(config: ServeConfig, options: ServeOptions) -> Result<Ru
     );
 
     let view: Arc<dyn EngineView> =
-        Arc::new(ServedView { engine: engine.clone(), backends: backends.clone() });
+        Arc::new(ServedView { engine: engine.clone(), backends: backends.clone(), layout: config.layout() });
     let state =
         HttpState { view: view.clone(), metrics: metrics.clone(), shutting_down: shutting_down.clone() };
     let http_stop = stop_http.clone();

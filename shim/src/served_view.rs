@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use flowgate_engine::backends::BackendState;
+use flowgate_engine::layout::Layout;
 use flowgate_engine::registry::RegistryView;
 use flowgate_engine::runtime::{Engine, EngineStats};
 use flowgate_engine::Outcome;
@@ -18,6 +19,8 @@ pub struct ServedView {
     pub engine: Arc<Engine>,
     /// Its backend set.
     pub backends: Arc<BackendSet>,
+    /// The core layout it was started with.
+    pub layout: Layout,
 }
 
 impl EngineView for ServedView {
@@ -43,6 +46,10 @@ impl EngineView for ServedView {
 
     fn shards(&self) -> usize {
         self.engine.shards()
+    }
+
+    fn layout(&self) -> Option<Layout> {
+        Some(self.layout.clone())
     }
 
     fn outcome_counts(&self) -> Vec<(Outcome, u64)> {

@@ -2,6 +2,7 @@
 //! metrics rendering can be tested without starting one.
 
 use flowgate_engine::backends::{BackendId, BackendState};
+use flowgate_engine::layout::Layout;
 use flowgate_engine::registry::RegistryView;
 use flowgate_engine::runtime::{Engine, EngineStats};
 use flowgate_engine::Outcome;
@@ -25,6 +26,10 @@ pub trait EngineView: Send + Sync + 'static {
     /// Shards the engine runs. The default counts [`EngineView::shard_parks`]' entries.
     fn shards(&self) -> usize {
         self.shard_parks().len()
+    }
+    /// Where the shards and the I/O threads run (none without a server).
+    fn layout(&self) -> Option<Layout> {
+        None
     }
     /// Requests that ended with each outcome so far, one entry per [`Outcome::ALL`] in that
     /// order. The default: none yet.

@@ -9,6 +9,7 @@
 //! `client.rs` one request over the ext_proc protocol, `load.rs` the open-loop load generator.
 
 pub(crate) mod client;
+pub mod layouts;
 mod load;
 pub(crate) mod server;
 

@@ -35,6 +35,44 @@ pub const TARGET_IDLE_MIB: f64 = 16.0;
 /// Streams opened and closed before the warm reading.
 pub const WARMUP_STREAMS: usize = 32;
 
+/// The subcommand's own arguments.
+#[derive(clap::Args, Debug, Clone)]
+pub struct StreamsLoad {
+    /// Streams held open at once (default: 1000; 300 with --quick).
+    #[arg(long)]
+    streams: Option<usize>,
+    /// HTTP/2 connections per server the streams share.
+    #[arg(long, default_value_t = 2)]
+    connections: usize,
+    /// The `flowgate` binary to measure (default: the one beside flowgate-bench).
+    #[arg(long, value_name = "PATH")]
+    flowgate_bin: Option<PathBuf>,
+    /// Extra environment for the flowgate process, KEY=VALUE (repeatable), e.g. allocator options.
+    #[arg(long, value_name = "KEY=VALUE")]
+    flowgate_env: Vec<String>,
+}
+
+impl StreamsLoad {
+    /// The options these arguments give, in quick mode or not.
+    pub fn options(&self, quick: bool) -> io::Result<Options> {
+        let flowgate_env = self
+            .flowgate_env
+            .iter()
+            .map(|kv| match kv.split_once('=') {
+                Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+                _ => Err(io::Error::other(format!("streams: --flowgate-env {kv:?} is not KEY=VALUE"))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Options {
+            quick,
+            streams: self.streams.unwrap_or(if quick { 300 } else { 1000 }),
+            connections: self.connections,
+            flowgate_bin: self.flowgate_bin.clone(),
+            flowgate_env,
+        })
+    }
+}
+
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct Options {

@@ -15,6 +15,7 @@ pub fn until(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 /// How many requests ended with `outcome` so far.
+#[allow(dead_code)]
 pub fn count(engine: &Engine, outcome: Outcome) -> u64 {
     engine.outcome_counts().into_iter().find(|(o, _)| *o == outcome).map_or(0, |(_, n)| n)
 }

@@ -179,6 +179,7 @@ pub fn run<K: Ord + Copy + Debug + Default>(
         assert_eq!(heap.bytes(), model.items.iter().map(|&(_, _, b)| b).sum::<u64>());
         assert_eq!(heap.peek_head().map(|(_, k, _)| k), model.items.last().map(|&(k, _, _)| k));
         assert_eq!(heap.peek_tail().map(|(_, k, _)| k), model.items.first().map(|&(k, _, _)| k));
+        assert_eq!(heap.lowest_two(), [0, 1].map(|i| model.items.get(i).map(|&(k, _, _)| k)));
         let mut keys: Vec<K> = heap.iter().map(|(_, k, _)| k).collect();
         keys.sort();
         assert_eq!(keys, model.items.iter().map(|&(k, _, _)| k).collect::<Vec<_>>());

@@ -13,6 +13,7 @@ use std::process::ExitCode;
 mod extproc;
 mod pool;
 mod scrape_cost;
+mod streams;
 
 /// The allocator `flowgate serve` ships with, for every implementation measured here alike.
 #[global_allocator]
@@ -200,6 +201,20 @@ enum Command {
         common: Common,
         #[command(flatten)]
         pool: PoolLoad,
+    },
+    /// RSS per open ext_proc stream: `flowgate serve` beside a bare tonic ext_proc server.
+    Streams {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        streams: streams::StreamsLoad,
+    },
+    /// (internal) a bare tonic ext_proc server that only names a destination; used by `streams`.
+    #[command(hide = true)]
+    ServeBare {
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
     },
     /// Everything, in order.
     All {
@@ -420,6 +435,19 @@ fn validate(dir: &Path, name: &str) -> Result<(), String> {
                 return bad("expected baseline and flowgate results, no failures, a positive p50");
             }
         }
+        "streams" => {
+            let results = v["results"].as_array().map_or(&[][..], Vec::as_slice);
+            if results.len() != 2
+                || !results.iter().all(|r| {
+                    positive(&r["idle"]["rss_kib"])
+                        && positive(&r["held"]["rss_kib"])
+                        && r["kib_per_stream"].as_f64().is_some_and(f64::is_finite)
+                })
+                || !v["targets"]["per_stream_met"].is_boolean()
+            {
+                return bad("expected bare and flowgate readings with positive RSS and a finite KiB/stream");
+            }
+        }
         "scrape_cost"
             if !positive(&v["scrapes_ok"]) || !v["added_core_share"].as_f64().is_some_and(f64::is_finite) =>
         {
@@ -467,8 +495,18 @@ fn main() -> ExitCode {
         | Command::Extproc { common, .. }
         | Command::ScrapeCost { common, .. }
         | Command::Pool { common, .. }
+        | Command::Streams { common, .. }
         | Command::Layouts { common, .. }
         | Command::All { common, .. } => *common,
+        Command::ServeBare { listen } => {
+            return match streams::procs::serve_bare(listen) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("serve-bare: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::ServePage => {
             return match scrape_cost::serve_page() {
                 Ok(()) => ExitCode::SUCCESS,
@@ -507,7 +545,10 @@ fn main() -> ExitCode {
         Command::ScrapeCost { common, scrape } => {
             scrape_cost::run(&scrape_options(common, scrape), &out).map(|_| vec!["scrape_cost"])
         }
-        Command::ServePage => unreachable!("handled above"),
+        Command::Streams { common, streams } => {
+            streams.options(common.quick).and_then(|o| streams::run(&o, &out)).map(|_| vec!["streams"])
+        }
+        Command::ServePage | Command::ServeBare { .. } => unreachable!("handled above"),
         Command::Pool { common, pool } => {
             pool_options(common, pool).and_then(|o| pool::run(&o, &out)).map(|_| vec!["pool"])
         }

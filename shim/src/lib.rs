@@ -35,6 +35,7 @@ pub mod discovery_feed;
 pub mod discovery_file;
 pub mod discovery_watch;
 pub mod engine_json;
+pub mod ext_proc_service;
 pub mod http;
 pub mod io_runtime;
 pub mod metrics;

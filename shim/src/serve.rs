@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 use flowgate_engine::config::ConfigError;
 use flowgate_engine::runtime::{Engine, StartError};
 use tokio::net::TcpListener;
@@ -26,6 +25,7 @@ use tonic_health::ServingStatus;
 
 use crate::backend_set::BackendSet;
 use crate::config::ServeConfig;
+use crate::ext_proc_service::ExtProcServer;
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
 use crate::reload::{self, static_members, ReloadOutcome, Reloader};
@@ -245,7 +245,7 @@ pub async fn start_with(config: ServeConfig, options: ServeOptions) -> Result<Ru
             .http2_max_pending_accept_reset_streams(Some(16_384))
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(health_service)
-            .add_service(ExternalProcessorServer::new(service))
+            .add_service(ExtProcServer::new(service))
             .serve_with_incoming_shutdown(incoming, async move { grpc_stop.cancelled().await }),
     );
 

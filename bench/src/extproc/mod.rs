@@ -8,10 +8,10 @@
 //! This file holds the subcommand (options, [`run`], the report); `server.rs` the two servers,
 //! `client.rs` one request over the ext_proc protocol, `load.rs` the open-loop load generator.
 
-mod client;
+pub(crate) mod client;
 pub mod layouts;
 mod load;
-mod server;
+pub(crate) mod server;
 
 use client::Client;
 use flowgate_bench::report::{self, RunInfo, Table};

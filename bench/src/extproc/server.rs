@@ -21,7 +21,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::{Status, Streaming};
 
 /// The backend of the in-process flowgate: never contacted, only named in answers.
-pub(super) const BACKEND: &str = "127.0.0.1:8000";
+pub(crate) const BACKEND: &str = "127.0.0.1:8000";
 
 /// A bare ext_proc server: every message is answered CONTINUE at once (no mutation); the stream
 /// closes when the client's side does.

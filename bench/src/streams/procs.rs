@@ -1,0 +1,269 @@
+//! The two servers measured, each its own process (so its RSS is its own): the real `flowgate
+//! serve` binary and a bare tonic ext_proc server (`flowgate-bench serve-bare`, [`serve_bare`]);
+//! and reading a process's memory from `/proc`.
+
+use crate::extproc::server::BACKEND;
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
+    ExternalProcessor, ExternalProcessorServer,
+};
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Msg;
+use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
+use serde::Serialize;
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Status, Streaming};
+
+/// Longest a server may take from spawn to "listening".
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// What `serve-bare` prints on stdout once it listens, followed by the address.
+const LISTENING: &str = "listening ";
+/// The line `flowgate serve` logs once it serves, and the field holding the ext_proc address.
+const FLOWGATE_SERVING: &str = "flowgate serving";
+const GRPC_ADDR_FIELD: &str = "grpc_addr=";
+
+/// A bare ext_proc server: the request headers are answered with the destination header set
+/// (what flowgate's dispatch answer carries, [`flowgate::server::dispatched`]), every other
+/// message with CONTINUE; nothing else is kept per stream.
+#[derive(Clone, Copy, Debug, Default)]
+struct NamingServer;
+
+#[tonic::async_trait]
+impl ExternalProcessor for NamingServer {
+    type ProcessStream = ReceiverStream<Result<ProcessingResponse, Status>>;
+
+    async fn process(
+        &self,
+        request: tonic::Request<Streaming<ProcessingRequest>>,
+    ) -> Result<tonic::Response<Self::ProcessStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(8);
+        tokio::spawn(async move {
+            while let Ok(Some(message)) = inbound.message().await {
+                let response = match &message.request {
+                    Some(Msg::RequestHeaders(_)) => flowgate::server::dispatched(BACKEND, vec![], true),
+                    _ => match crate::extproc::server::continue_reply(&message) {
+                        Some(reply) => ProcessingResponse { response: Some(reply), ..Default::default() },
+                        None => continue,
+                    },
+                };
+                if tx.send(Ok(response)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(tonic::Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// `flowgate-bench serve-bare`: serve [`NamingServer`] on `listen` (tonic's defaults, no cap on
+/// streams per connection, like flowgate) until stdin closes; prints `listening ADDR` first.
+pub fn serve_bare(listen: &str) -> io::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        println!("{LISTENING}{addr}");
+        io::stdout().flush()?;
+        let stdin_closed = async {
+            // The parent holds our stdin: its end (or its death) stops us.
+            let _ = tokio::task::spawn_blocking(|| io::stdin().lines().count()).await;
+        };
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        tonic::transport::Server::builder()
+            .max_concurrent_streams(None)
+            .add_service(ExternalProcessorServer::new(NamingServer))
+            .serve_with_incoming_shutdown(incoming, stdin_closed)
+            .await
+            .map_err(io::Error::other)
+    })
+}
+
+/// A server process under measurement.
+pub struct Server {
+    child: Child,
+    /// Its ext_proc address, `host:port`.
+    pub addr: String,
+}
+
+impl Server {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its memory now.
+    pub fn memory(&self) -> io::Result<Memory> {
+        Memory::of(self.pid())
+    }
+
+    /// Stop it (it is measured, not shut down gracefully).
+    pub fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Forward each line of `from` to `lines` until it ends (the reader must keep draining a child's
+/// pipe so that its logging never blocks).
+fn forward_lines(from: impl io::Read + Send + 'static, lines: std_mpsc::Sender<String>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines() {
+            let Ok(line) = line else { break };
+            let _ = lines.send(line);
+        }
+    });
+}
+
+/// Wait (bounded) for the line `parse` accepts; the address it returns.
+fn await_address(
+    what: &str,
+    lines: &std_mpsc::Receiver<String>,
+    parse: impl Fn(&str) -> Option<String>,
+) -> io::Result<String> {
+    let deadline = std::time::Instant::now() + START_TIMEOUT;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                if let Some(addr) = parse(&line) {
+                    return Ok(addr);
+                }
+                seen.push(line);
+            }
+            Err(e) => {
+                let tail = seen.iter().rev().take(5).rev().cloned().collect::<Vec<_>>().join(" | ");
+                return Err(io::Error::other(format!("{what} did not start ({e:?}): {tail}")));
+            }
+        }
+    }
+}
+
+/// The ext_proc address in `flowgate serve`'s "flowgate serving" log line.
+pub fn flowgate_addr(line: &str) -> Option<String> {
+    if !line.contains(FLOWGATE_SERVING) {
+        return None;
+    }
+    let at = line.find(GRPC_ADDR_FIELD)? + GRPC_ADDR_FIELD.len();
+    let addr = line[at..].split_whitespace().next()?;
+    addr.parse::<std::net::SocketAddr>().ok().map(|a| a.to_string())
+}
+
+/// Start `flowgate serve --config config` on loopback ports of its choosing.
+pub fn start_flowgate(bin: &Path, config: &Path, env: &[(String, String)]) -> io::Result<Server> {
+    let mut child = Command::new(bin)
+        .args(["serve", "--config"])
+        .arg(config)
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| io::Error::other(format!("cannot run {}: {e}", bin.display())))?;
+    let (tx, rx) = std_mpsc::channel();
+    forward_lines(child.stderr.take().expect("piped"), tx);
+    // From here on the child is killed on every path (Server's drop).
+    let mut server = Server { child, addr: String::new() };
+    server.addr = await_address("flowgate serve", &rx, flowgate_addr)?;
+    Ok(server)
+}
+
+/// Start this binary's `serve-bare` subcommand.
+pub fn start_bare(env: &[(String, String)]) -> io::Result<Server> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["serve-bare", "--listen", "127.0.0.1:0"])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let (tx, rx) = std_mpsc::channel();
+    forward_lines(child.stdout.take().expect("piped"), tx);
+    let mut server = Server { child, addr: String::new() };
+    server.addr =
+        await_address("serve-bare", &rx, |l| l.strip_prefix(LISTENING).map(|a| a.trim().to_string()))?;
+    Ok(server)
+}
+
+/// The `flowgate` binary beside this one (`target/release/flowgate` for
+/// `target/release/flowgate-bench`).
+pub fn default_flowgate_bin() -> io::Result<PathBuf> {
+    Ok(std::env::current_exe()?.with_file_name("flowgate"))
+}
+
+/// A process's memory, from `/proc/PID/status`, in KiB.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Memory {
+    /// Resident set (`VmRSS`).
+    pub rss_kib: u64,
+    /// Its anonymous part (heap, stacks, anonymous maps: `RssAnon`).
+    pub anon_kib: u64,
+    /// Its file-backed part (the binary's pages, shared libraries: `RssFile`).
+    pub file_kib: u64,
+    /// Threads.
+    pub threads: u64,
+}
+
+impl Memory {
+    /// Read process `pid`'s.
+    pub fn of(pid: u32) -> io::Result<Memory> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        Memory::parse(&text).ok_or_else(|| io::Error::other(format!("/proc/{pid}/status: no VmRSS")))
+    }
+
+    /// Parse a `/proc/PID/status` text.
+    pub fn parse(status: &str) -> Option<Memory> {
+        let field = |name: &str| {
+            status.lines().find_map(|l| {
+                let rest = l.strip_prefix(name)?.strip_prefix(':')?;
+                rest.split_whitespace().next()?.parse::<u64>().ok()
+            })
+        };
+        Some(Memory {
+            rss_kib: field("VmRSS")?,
+            anon_kib: field("RssAnon").unwrap_or(0),
+            file_kib: field("RssFile").unwrap_or(0),
+            threads: field("Threads").unwrap_or(0),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_is_parsed() {
+        let text = "Name:\tflowgate\nThreads:\t7\nVmRSS:\t   12345 kB\nRssAnon:\t    8000 kB\nRssFile:\t    4345 kB\n";
+        assert_eq!(
+            Memory::parse(text),
+            Some(Memory { rss_kib: 12345, anon_kib: 8000, file_kib: 4345, threads: 7 })
+        );
+        assert_eq!(Memory::parse("Name:\tx\n"), None);
+        let me = Memory::of(std::process::id()).expect("own status");
+        assert!(me.rss_kib > 0 && me.threads > 0);
+    }
+
+    #[test]
+    fn the_serving_line_gives_the_address() {
+        let line = "2026-12-01T19:00:00.000Z  INFO flowgate::serve: flowgate serving grpc_addr=127.0.0.1:41234 metrics_addr=127.0.0.1:41235 tls=false";
+        assert_eq!(flowgate_addr(line).as_deref(), Some("127.0.0.1:41234"));
+        assert_eq!(flowgate_addr("INFO starting grpc_addr=127.0.0.1:1"), None);
+        assert_eq!(flowgate_addr("flowgate serving grpc_addr=nonsense"), None);
+    }
+}

@@ -112,15 +112,15 @@ async fn engine_api_counts_requests_queued_over_ext_proc() {
     assert_eq!(e.queued_by_criticality, [0, 1, 0, 0, 2], "{e:#?}");
     assert_eq!(e.outcomes["dispatched"], 1, "{e:#?}");
     assert_eq!(e.outcomes.len(), flowgate_engine::Outcome::ALL.len(), "{e:#?}");
-    // The core layout it runs: its one shard on the first allowed CPU, the I/O threads off it.
+    // The core layout it runs: its one shard on the first allowed CPU, an I/O thread per other CPU,
+    // kept off the shard's CPU only on machines of 8 CPUs or more.
     let layout = e.layout.clone().expect("a server shows its layout");
     let cpus = flowgate_engine::layout::allowed_cpus();
     assert_eq!(layout.cpus, cpus, "{e:#?}");
     assert_eq!(layout.shard_cpus, vec![cpus[0]], "{e:#?}");
-    if cpus.len() > 1 {
-        assert!(!layout.io_cpus.contains(&cpus[0]), "I/O shares the shard's CPU: {e:#?}");
-        assert_eq!(layout.io_threads, cpus.len() - 1, "{e:#?}");
-    }
+    assert_eq!(layout.io_threads, (cpus.len() - 1).max(1), "{e:#?}");
+    let pinned = cpus.len() >= flowgate_engine::layout::PIN_IO_FROM_CPUS;
+    assert_eq!(layout.io_cpus.contains(&cpus[0]), !pinned, "{e:#?}");
     let e = release(&mut l).await;
     assert_eq!((e.outcomes["dispatched"], e.inflight), (1, 1), "the holder still holds its slot: {e:#?}");
     drop(l.holder);

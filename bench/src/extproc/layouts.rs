@@ -21,8 +21,10 @@ use std::path::Path;
 use std::time::Duration;
 use tokio::runtime::Runtime;
 
-/// The layouts measured, as (`shards`, `io_threads`) config values; `(0, 0)` is `auto`.
-pub const LAYOUTS: [(usize, usize); 4] = [(0, 0), (1, 2), (2, 0), (2, 1)];
+/// A layout measured besides `auto`: shards, I/O threads, and whether the I/O threads are pinned
+/// to the CPUs the shards leave (`true`) or run on every CPU (`false`, sharing the shards').
+pub const LAYOUTS: [(usize, usize, bool); 5] =
+    [(1, 1, true), (1, 1, false), (1, 2, false), (2, 2, false), (2, 1, false)];
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -113,17 +115,34 @@ pub fn run(o: &Options, out_dir: &Path) -> io::Result<LayoutsReport> {
             .map_err(|e| io::Error::other(format!("layouts: baseline: {e}")))?,
         want_destination: false,
     }];
-    for (shards, io_threads) in LAYOUTS {
-        let (rt, running, layout) = start_layout(shards, io_threads)?;
+    let cpus = flowgate_engine::layout::allowed_cpus();
+    let auto = ServeConfig::from_yaml("{}").map_err(|e| io::Error::other(format!("{e:?}")))?.layout();
+    let explicit = LAYOUTS.iter().map(|&(shards, io_threads, pinned)| {
+        let plan = Layout::plan(&cpus, shards, io_threads);
+        // Pinned: the CPUs after the shards' (if any are left), whatever `auto` would do here.
+        let free: Vec<usize> = cpus.iter().copied().skip(shards).collect();
+        let io_cpus = if pinned && !free.is_empty() { free } else { cpus.clone() };
+        Layout { io_cpus, ..plan }
+    });
+    // `auto` first, then the others (one equal to `auto` is skipped).
+    let layouts: Vec<(Layout, bool)> = std::iter::once((auto.clone(), true))
+        .chain(explicit.filter(|l| *l != auto).map(|l| (l, false)))
+        .collect();
+    for (layout, default) in layouts {
+        let (rt, running) = start_layout(&layout)?;
         let addr = running.grpc_addr();
         let clients = client_rt
             .block_on(connect(format!("http://{addr}"), o.connections))
             .map_err(|e| io::Error::other(format!("layouts: {addr}: {e}")))?;
-        let auto = |n: usize| if n == 0 { format!("{n} (auto)") } else { n.to_string() };
         targets.push(Target {
-            name: format!("shards {}, io_threads {}", auto(shards), auto(io_threads)),
+            name: format!(
+                "{} shard(s), {} I/O thread(s){}",
+                layout.shard_cpus.len(),
+                layout.io_threads,
+                if default { " (auto)" } else { "" }
+            ),
             layout: layout.describe(),
-            default: (shards, io_threads) == (0, 0),
+            default,
             clients,
             want_destination: true,
         });
@@ -210,21 +229,23 @@ pub fn run(o: &Options, out_dir: &Path) -> io::Result<LayoutsReport> {
     Ok(report)
 }
 
-/// A `flowgate serve` with this layout, in its own pinned runtime, with free capacity.
-fn start_layout(shards: usize, io_threads: usize) -> io::Result<(Runtime, Running, Layout)> {
+/// A `flowgate serve` with this layout (its shards as the engine places them, its runtime as
+/// `layout` says), with free capacity.
+fn start_layout(layout: &Layout) -> io::Result<(Runtime, Running)> {
     let yaml = format!(
-        "listen: 127.0.0.1:0\nmetrics_listen: 127.0.0.1:0\nshards: {shards}\nio_threads: {io_threads}\nbackends:\n  - address: 10.0.0.1:8000\n    max_inflight: 100000\nqueue:\n  max_requests: 100000\n"
+        "listen: 127.0.0.1:0\nmetrics_listen: 127.0.0.1:0\nshards: {}\nio_threads: {}\nbackends:\n  - address: 10.0.0.1:8000\n    max_inflight: 100000\nqueue:\n  max_requests: 100000\n",
+        layout.shard_cpus.len(),
+        layout.io_threads
     );
     let mut config =
         ServeConfig::from_yaml(&yaml).map_err(|e| io::Error::other(format!("layouts: config: {e:?}")))?;
     if let Some(spin) = flowgate_bench::baseline::spin_before_park() {
         config.engine.spin_before_park = spin;
     }
-    let layout = config.layout();
-    let rt = flowgate::io_runtime::build(&layout, "layouts-io")?;
+    let rt = flowgate::io_runtime::build(layout, "layouts-io")?;
     let running =
         rt.block_on(serve::start(config)).map_err(|e| io::Error::other(format!("layouts: serve: {e}")))?;
-    Ok((rt, running, layout))
+    Ok((rt, running))
 }
 
 fn print_table(r: &LayoutsReport) {

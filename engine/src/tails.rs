@@ -11,6 +11,11 @@
 //!
 //! The shard republishes at every pass ([`Tails::publish`]), skipping the lowest requests that claims
 //! have already taken but it has not evicted yet: `max(claims still marked, displacements queued)`.
+//! Both err on the safe side: a claim whose displacement the shard carried out just before the
+//! publication still counts as marked there, so that one publication hides one request too many
+//! (the next is exact); a claimant preempted between its claim and pushing its displacement is
+//! the one case a request can be offered again, and then its second displacement evicts the next
+//! tail only if that still scores below the newcomer.
 //!
 //! Scores are rounded *up* to `f32` (relative error below 10⁻⁷, far below the cross-shard slack of
 //! 10⁻³), so a published tail never looks lower than the request it stands for.

@@ -53,8 +53,8 @@ pub struct ServeConfig {
     pub tls: Option<TlsConfig>,
     /// Metrics / health / workload API HTTP listener.
     pub metrics_listen: SocketAddr,
-    /// Threads of the server's async runtime (gRPC, HTTP, scrapes); 0 = auto, the CPUs the shards
-    /// do not use ([`flowgate_engine::layout`]). At most [`MAX_IO_THREADS`].
+    /// Threads of the server's async runtime (gRPC, HTTP, scrapes); 0 = auto, one per CPU the
+    /// shards leave, at least 1 ([`flowgate_engine::layout`]). At most [`MAX_IO_THREADS`].
     pub io_threads: usize,
     /// The engine's configuration.
     pub engine: EngineConfig,

@@ -23,13 +23,18 @@ use tonic::{Status, Streaming};
 /// The backend of the in-process flowgate: never contacted, only named in answers.
 pub(crate) const BACKEND: &str = "127.0.0.1:8000";
 
-/// A bare ext_proc server: every message is answered CONTINUE at once (no mutation); the stream
+/// A bare ext_proc server: every message is answered CONTINUE at once (no mutation), except that
+/// with `names_destination` the request headers get the destination header set (what flowgate's
+/// dispatch answer carries, [`flowgate::server::dispatched`]); nothing is kept per stream, which
 /// closes when the client's side does.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct ContinueServer;
+pub struct BareServer {
+    /// Answer the request headers as flowgate's dispatch does (`streams`), not with CONTINUE.
+    pub names_destination: bool,
+}
 
 #[tonic::async_trait]
-impl ExternalProcessor for ContinueServer {
+impl ExternalProcessor for BareServer {
     type ProcessStream = ReceiverStream<Result<ProcessingResponse, Status>>;
 
     async fn process(
@@ -38,10 +43,18 @@ impl ExternalProcessor for ContinueServer {
     ) -> Result<tonic::Response<Self::ProcessStream>, Status> {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(8);
+        let names_destination = self.names_destination;
         tokio::spawn(async move {
             while let Ok(Some(message)) = inbound.message().await {
-                let Some(reply) = continue_reply(&message) else { continue };
-                let response = ProcessingResponse { response: Some(reply), ..Default::default() };
+                let response = match &message.request {
+                    Some(Msg::RequestHeaders(_)) if names_destination => {
+                        flowgate::server::dispatched(BACKEND, vec![], true)
+                    }
+                    _ => match continue_reply(&message) {
+                        Some(reply) => ProcessingResponse { response: Some(reply), ..Default::default() },
+                        None => continue,
+                    },
+                };
                 if tx.send(Ok(response)).await.is_err() {
                     break;
                 }
@@ -82,7 +95,7 @@ pub(super) fn start_baseline() -> io::Result<(Server, SocketAddr)> {
         // Like flowgate's server: no cap on streams per connection.
         let served = tonic::transport::Server::builder()
             .max_concurrent_streams(None)
-            .add_service(ExternalProcessorServer::new(ContinueServer))
+            .add_service(ExternalProcessorServer::new(BareServer::default()))
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stopped.await;
             })

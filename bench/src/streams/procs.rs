@@ -2,22 +2,15 @@
 //! serve` binary and a bare tonic ext_proc server (`flowgate-bench serve-bare`, [`serve_bare`]);
 //! and reading a process's memory from `/proc`.
 
-use crate::extproc::server::BACKEND;
-use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
-    ExternalProcessor, ExternalProcessorServer,
-};
-use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Msg;
-use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
+use crate::extproc::server::BareServer;
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 use serde::Serialize;
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::TcpIncoming;
-use tonic::{Status, Streaming};
 
 /// Longest a server may take from spawn to "listening".
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -27,41 +20,7 @@ const LISTENING: &str = "listening ";
 const FLOWGATE_SERVING: &str = "flowgate serving";
 const GRPC_ADDR_FIELD: &str = "grpc_addr=";
 
-/// A bare ext_proc server: the request headers are answered with the destination header set
-/// (what flowgate's dispatch answer carries, [`flowgate::server::dispatched`]), every other
-/// message with CONTINUE; nothing else is kept per stream.
-#[derive(Clone, Copy, Debug, Default)]
-struct NamingServer;
-
-#[tonic::async_trait]
-impl ExternalProcessor for NamingServer {
-    type ProcessStream = ReceiverStream<Result<ProcessingResponse, Status>>;
-
-    async fn process(
-        &self,
-        request: tonic::Request<Streaming<ProcessingRequest>>,
-    ) -> Result<tonic::Response<Self::ProcessStream>, Status> {
-        let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(8);
-        tokio::spawn(async move {
-            while let Ok(Some(message)) = inbound.message().await {
-                let response = match &message.request {
-                    Some(Msg::RequestHeaders(_)) => flowgate::server::dispatched(BACKEND, vec![], true),
-                    _ => match crate::extproc::server::continue_reply(&message) {
-                        Some(reply) => ProcessingResponse { response: Some(reply), ..Default::default() },
-                        None => continue,
-                    },
-                };
-                if tx.send(Ok(response)).await.is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(tonic::Response::new(ReceiverStream::new(rx)))
-    }
-}
-
-/// `flowgate-bench serve-bare`: serve [`NamingServer`] on `listen` (tonic's defaults, no cap on
+/// `flowgate-bench serve-bare`: serve a [`BareServer`] that names the destination on `listen` (tonic's defaults, no cap on
 /// streams per connection, like flowgate) until stdin closes; prints `listening ADDR` first.
 pub fn serve_bare(listen: &str) -> io::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -77,7 +36,7 @@ pub fn serve_bare(listen: &str) -> io::Result<()> {
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         tonic::transport::Server::builder()
             .max_concurrent_streams(None)
-            .add_service(ExternalProcessorServer::new(NamingServer))
+            .add_service(ExternalProcessorServer::new(BareServer { names_destination: true }))
             .serve_with_incoming_shutdown(incoming, stdin_closed)
             .await
             .map_err(io::Error::other)

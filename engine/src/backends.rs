@@ -30,12 +30,15 @@
 //! what was sent since the last scrape), ties by fewest in flight, then slot order.
 
 use crate::config::{BackendConfig, Detector, SaturationConfig};
-use crate::lease::{CapMode, LeaseRule};
+use crate::lease::{waiting_for_share, LeaseRule};
 pub use crate::load::{Load, ScrapeReading};
 use crate::load::{COUNT_MAX, GENERATIONS};
 use crate::occupancy::{Occupancy, SlotState};
 use crate::sync::{AtomicBool, AtomicF64, AtomicU32, AtomicU64, AtomicUsize, Mutex, Ordering, UnsafeCell};
 use crossbeam_utils::CachePadded;
+
+mod caps;
+pub use caps::Grants;
 
 /// Which backend a scraper is about: its slot and that slot's generation (a reused slot has a new
 /// one, so a scraper that outlived its backend publishes nothing).
@@ -68,7 +71,15 @@ struct Backend {
     /// Its `max_inflight` as configured (the occupancy word's `max` is the lease in cluster
     /// mode). Written by the controller only.
     configured: AtomicU32,
+    /// Cluster mode: this replica's queue share of `queue_depth_threshold`, which the load
+    /// word's waiting count is scaled to ([`crate::lease::waiting_for_share`]); [`WHOLE_QUEUE`]
+    /// standalone. Written by the controller only, each change followed by a rewrite of the load
+    /// word; a scraper reads it before and after publishing and publishes again if it changed.
+    queue_share: AtomicU32,
 }
+
+/// [`Backend::queue_share`] standalone: the whole threshold, whatever it is reloaded to.
+pub(crate) const WHOLE_QUEUE: u32 = u32::MAX;
 
 impl Backend {
     fn free() -> Self {
@@ -81,6 +92,7 @@ impl Backend {
             kv: AtomicF64::new(0.0),
             scraped_ns: AtomicU64::new(u64::MAX),
             configured: AtomicU32::new(0),
+            queue_share: AtomicU32::new(WHOLE_QUEUE),
         }
     }
 
@@ -122,6 +134,10 @@ pub struct BackendState {
     /// Cluster mode: the slots of it this replica may use now (its lease, or the local-mode
     /// share); `None` standalone or uncapped.
     pub lease: Option<u32>,
+    /// Cluster mode with a metrics detector: this replica's share of `queue_depth_threshold`
+    /// (what it may send per scrape is that share of the room; see [`crate::lease`]); `None`
+    /// standalone or without metrics.
+    pub queue_share: Option<u32>,
     /// Requests holding a slot on it.
     pub inflight: u32,
     /// Last scraped waiting count (`None` before the first good scrape).
@@ -132,7 +148,8 @@ pub struct BackendState {
     pub kv_cache_usage: Option<f64>,
     /// Dispatched to it since the last scrape.
     pub sent_since_scrape: u32,
-    /// The detector's score; ≥ 1 = saturated.
+    /// The detector's score; ≥ 1 = saturated (in cluster mode, relative to this replica's queue
+    /// share).
     pub saturation: f64,
     /// Time since the last good scrape, ns (`None` before the first).
     pub metrics_age_ns: Option<u64>,
@@ -482,6 +499,7 @@ impl BackendTable {
             b.kv.store(0.0, Ordering::Relaxed);
             b.scraped_ns.store(u64::MAX, Ordering::Relaxed);
             b.configured.store(max, Ordering::Relaxed);
+            b.queue_share.store(self.queue_share(mode, None), Ordering::Relaxed);
             b.load.store(Load::never_scraped(generation).bits(), Ordering::Release);
             let (cap, leased) = mode.cap(max, None);
             b.occupancy.store(Occupancy::active(max).with_cap(cap, leased).bits(), Ordering::Release);
@@ -513,12 +531,24 @@ impl BackendTable {
         b.scraped_ns.store(now_ns, Ordering::Relaxed);
         let waiting = waiting.ceil().min(COUNT_MAX as f64) as u64;
         let kv_full = kv >= self.rules.kv_threshold.load(Ordering::Relaxed);
-        let fresh = Load::scraped(waiting, kv_full, id.generation);
-        b.load
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
+        loop {
+            // Scale to the queue share, then look again: a controller that changed the share
+            // meanwhile rewrote the word before our CAS (then ours, after it, must redo with the
+            // new share, which its rewrite's release made visible to our CAS) or will rewrite it
+            // after (from the waiting count stored above).
+            let share = b.queue_share.load(Ordering::Acquire);
+            let scaled = waiting_for_share(waiting, share, self.rules.threshold.load(Ordering::Relaxed));
+            let fresh = Load::scraped(scaled, kv_full, id.generation);
+            let published = b.load.fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
                 (Load::from_bits(bits).generation() == id.generation).then_some(fresh.bits())
-            })
-            .is_ok()
+            });
+            if published.is_err() {
+                return false;
+            }
+            if b.queue_share.load(Ordering::Acquire) == share {
+                return true;
+            }
+        }
     }
 
     /// Scraper side: backend `id` had no good scrape within `staleness`: no room until the next.
@@ -528,64 +558,6 @@ impl BackendTable {
             let load = Load::from_bits(bits);
             (load.generation() == id.generation).then_some(load.into_stale().bits())
         });
-    }
-
-    /// The cluster cap rule now.
-    pub fn cap_mode(&self) -> CapMode {
-        self.lease.get()
-    }
-
-    /// Rewrite every capped backend's cap by `mode` (`grant(index, generation)` gives a leased
-    /// backend's grant); `true` if some backend's room grew.
-    fn apply_caps(&self, mode: CapMode, grant: impl Fn(usize, u32) -> Option<u32>) -> bool {
-        let _control = self.control.lock().unwrap_or_else(|p| p.into_inner());
-        self.lease.set(mode);
-        let mut grew = false;
-        for (i, b) in self.used().iter().enumerate() {
-            let max = b.configured.load(Ordering::Relaxed);
-            let granted = grant(i, b.load().generation());
-            let (cap, leased) = mode.cap(max, granted);
-            let changed = b.update_occupancy(|o| {
-                let next = o.with_cap(cap, leased);
-                (o.state() != SlotState::Free && next != o).then_some(next)
-            });
-            if let Ok((before, after)) = changed {
-                grew |= after.room(true) > before.room(true);
-            }
-        }
-        grew
-    }
-
-    /// Cluster side: this replica's leases from a good sync, valid until `deadline_ns` (engine
-    /// clock): backend `id` may hold `slots` (at most its `max_inflight`); a capped backend not
-    /// listed (or whose slot now holds another backend) gets 0 until the next grant. Each cap is
-    /// one CAS on the backend's occupancy word, so dispatch never sees a torn lease. `true` if
-    /// some backend's room grew: the caller wakes whoever may now dispatch.
-    pub fn grant_leases(&self, grants: &[(BackendId, u32)], deadline_ns: u64) -> bool {
-        self.apply_caps(CapMode::Leased { deadline_ns }, |index, generation| {
-            grants
-                .iter()
-                .find(|(id, _)| id.index as usize == index && id.generation == generation)
-                .map(|(_, slots)| *slots)
-        })
-    }
-
-    /// Cluster side: local mode (Redis unreachable): every capped backend
-    /// `max(1, ⌊max_inflight / replicas⌋)`. `true` if some backend's room grew.
-    pub fn local_caps(&self, replicas: u32) -> bool {
-        self.apply_caps(CapMode::Local { replicas }, |_, _| None)
-    }
-
-    /// Cluster side: if leases are on and their deadline is past at `now_ns`, lapse them to local
-    /// mode with `replicas` ([`local_caps`](Self::local_caps)); `true` if they lapsed now.
-    pub fn lapse_leases(&self, now_ns: u64, replicas: u32) -> bool {
-        match self.lease.get() {
-            CapMode::Leased { deadline_ns } if now_ns >= deadline_ns => {
-                self.local_caps(replicas);
-                true
-            }
-            _ => false,
-        }
     }
 
     /// Slot `i`'s load word now.
@@ -619,6 +591,7 @@ impl BackendTable {
                     address: b.address.with(|p| unsafe { (*p).clone() }),
                     max_inflight: b.configured.load(Ordering::Relaxed),
                     lease: occupancy.leased().then_some(occupancy.max()),
+                    queue_share: if rules.metrics { self.queue_share_of(i) } else { None },
                     inflight: occupancy.inflight(),
                     waiting: seen.then(|| b.waiting.load(Ordering::Relaxed)),
                     running: seen.then(|| b.running.load(Ordering::Relaxed)),

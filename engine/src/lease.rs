@@ -12,6 +12,15 @@
 //!
 //! Uncapped backends (`max_inflight: 0`) stay uncapped in every mode.
 //!
+//! **Queue shares.** With a metrics detector, one scrape showing `waiting = w` lets
+//! `queue_depth_threshold − w` requests through (see [`crate::backends`]); with N replicas
+//! scraping the same server that burst would be N-fold. So the same rule shares the threshold `T`
+//! the way it shares `max_inflight`: a replica's *queue share* `s` is its lease of `T` (leased
+//! mode), `max(1, ⌊T / replicas⌋)` (local mode) or all of it (standalone), and it may send
+//! `⌊(T − w)·s / T⌋` per scrape ([`waiting_for_share`]). Σ shares ≤ `T` makes the sends of all
+//! replicas between scrapes at most `T − w`: the burst bound holds pool-wide. The share is applied
+//! by scaling the waiting count in the backend's load word, so dispatch reads nothing new.
+//!
 //! The dispatch path reads none of this: it reads only the occupancy word, which the controller
 //! rewrites by compare-and-swap ([`BackendTable::grant_leases`](crate::backends::BackendTable::grant_leases)).
 //! The mode words here are read by the backend-set controller (reload, discovery) to give a new
@@ -75,6 +84,28 @@ pub fn local_cap(max: u32, replicas: u32) -> u32 {
     (max / replicas.max(1)).max(1)
 }
 
+/// The waiting count that leaves a replica with queue share `share` of `threshold` its part of
+/// the room a scrape showing `waiting` gives: `threshold − ⌊(threshold − waiting)·share /
+/// threshold⌋` (`waiting` itself when the share is the whole threshold or more).
+///
+/// ```
+/// use flowgate_engine::lease::waiting_for_share;
+/// assert_eq!(waiting_for_share(2, 9, 5), 2); // the whole: room 3
+/// assert_eq!(waiting_for_share(0, 2, 5), 3); // room 2 of 5
+/// assert_eq!(waiting_for_share(2, 2, 5), 4); // room ⌊3·2/5⌋ = 1 of 3
+/// assert_eq!(waiting_for_share(7, 2, 5), 5); // no room at all
+/// assert_eq!(waiting_for_share(0, 0, 5), 5); // no share: no room
+/// ```
+pub fn waiting_for_share(waiting: u64, share: u32, threshold: u32) -> u64 {
+    let threshold = u64::from(threshold.max(1));
+    let share = u64::from(share);
+    if share >= threshold {
+        return waiting;
+    }
+    let room = threshold.saturating_sub(waiting);
+    threshold - room * share / threshold
+}
+
 /// The table's mode, in two words: the mode (with its replica count) and the deadline.
 ///
 /// Writers: one controller at a time (the sync task). A reader may see the mode and deadline of
@@ -133,6 +164,28 @@ mod tests {
         assert_eq!(r.get(), CapMode::Local { replicas: 7 });
         r.set(CapMode::Local { replicas: 0 });
         assert_eq!(r.get(), CapMode::Local { replicas: 1 });
+    }
+
+    #[test]
+    fn queue_shares_never_give_more_room_than_the_scrape_left() {
+        for threshold in 1..=12u32 {
+            for waiting in 0..=14u64 {
+                let room = u64::from(threshold).saturating_sub(waiting);
+                // Any split of the threshold into shares: the rooms sum to at most the room.
+                for a in 0..=threshold {
+                    let b = threshold - a;
+                    let rooms: u64 = [a, b]
+                        .iter()
+                        .map(|&s| {
+                            u64::from(threshold)
+                                - waiting_for_share(waiting, s, threshold).min(u64::from(threshold))
+                        })
+                        .sum();
+                    assert!(rooms <= room, "T {threshold} w {waiting} shares {a}+{b}: {rooms} > {room}");
+                }
+                assert_eq!(waiting_for_share(waiting, threshold, threshold), waiting);
+            }
+        }
     }
 
     #[test]

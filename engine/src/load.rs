@@ -91,6 +91,18 @@ impl Load {
         (self.0 >> GENERATION_SHIFT) as u32
     }
 
+    /// The same view with the waiting count replaced (clamped; `sent`, the flags and the
+    /// generation kept): how a cluster queue share is applied between scrapes.
+    ///
+    /// ```
+    /// use flowgate_engine::load::Load;
+    /// let l = Load::scraped(1, false, 3).with_one_more_sent().with_waiting(4);
+    /// assert_eq!((l.waiting(), l.sent(), l.generation()), (4, 1, 3));
+    /// ```
+    pub fn with_waiting(self, waiting: u64) -> Load {
+        Load((self.0 & !(COUNT_MAX << COUNT_BITS)) | (waiting.min(COUNT_MAX) << COUNT_BITS))
+    }
+
     /// The same view, marked stale.
     pub fn into_stale(self) -> Load {
         Load(self.0 | STALE)

@@ -6,7 +6,7 @@
 //! one per thread); tickets resolve to a [`Decision`]; a dispatched decision carries a [`Permit`]
 //! whose drop frees the backend slot.
 
-use crate::backends::{BackendChanges, BackendId, BackendState};
+use crate::backends::{BackendChanges, BackendId, BackendState, Grants};
 use crate::budget::QueueBudget;
 use crate::clock::Clock;
 use crate::config::{ConfigError, EngineConfig};
@@ -300,6 +300,12 @@ impl Engine {
         self.shared.gate.backend_states()
     }
 
+    /// `saturation.queue_depth_threshold` when a metrics detector gates dispatch (what cluster
+    /// queue shares are shares of), `None` otherwise.
+    pub fn queue_depth_threshold(&self) -> Option<u32> {
+        self.shared.gate.backends().queue_depth_threshold()
+    }
+
     /// Scraper side: publish a good scrape of backend `id` (wakes a shard if it made room);
     /// `false` if that backend has left the table.
     pub fn publish_scrape(&self, id: BackendId, reading: ScrapeReading) -> bool {
@@ -311,10 +317,11 @@ impl Engine {
         self.shared.gate.mark_stale(id);
     }
 
-    /// Cluster side: this replica's leases from a good sync, valid until `deadline_ns` on the
-    /// engine clock ([`BackendTable::grant_leases`](crate::backends::BackendTable::grant_leases));
-    /// wakes a shard if a lease grew.
-    pub fn grant_leases(&self, grants: &[(BackendId, u32)], deadline_ns: u64) {
+    /// Cluster side: this replica's leases and queue shares from a good sync, valid until
+    /// `deadline_ns` on the engine clock
+    /// ([`BackendTable::grant_leases`](crate::backends::BackendTable::grant_leases)); wakes a
+    /// shard if one grew.
+    pub fn grant_leases(&self, grants: Grants<'_>, deadline_ns: u64) {
         let gate = &self.shared.gate;
         if gate.backends().grant_leases(grants, deadline_ns) {
             fence(Ordering::SeqCst);

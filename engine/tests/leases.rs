@@ -1,7 +1,7 @@
 //! Cluster mode's hooks: leases on the backend table (`lease.rs`, `backends.rs`) through the gate,
 //! and remote rates on workload entries (`registry.rs`) through the score's penalty input.
 
-use flowgate_engine::backends::BackendId;
+use flowgate_engine::backends::{BackendId, Grants};
 use flowgate_engine::clock::Clock;
 use flowgate_engine::config::{BackendConfig, EngineConfig};
 use flowgate_engine::gate::{Gate, Place, Refusal};
@@ -46,7 +46,10 @@ fn standalone_is_unchanged_and_reports_no_lease() {
 fn a_lease_caps_dispatch_below_max_inflight_and_zero_means_none() {
     let g = gate(&[8, 8]);
     let (a, b) = (id(&g, 0), id(&g, 1));
-    assert!(!g.backends().grant_leases(&[(a, 2), (b, 0)], u64::MAX), "leases only shrank");
+    assert!(
+        !g.backends().grant_leases(Grants { slots: &[(a, 2), (b, 0)], ..Grants::default() }, u64::MAX),
+        "leases only shrank"
+    );
     let places = fill(&g);
     assert_eq!(places.len(), 2);
     assert!(places.iter().all(|p| p.backend == 0));
@@ -57,7 +60,7 @@ fn a_lease_caps_dispatch_below_max_inflight_and_zero_means_none() {
     // Ceilings still see the configured capacity.
     assert_eq!(g.capacity(), 16);
     // A grant above max_inflight is max_inflight; a grown lease says so.
-    assert!(g.backends().grant_leases(&[(a, 2), (b, 100)], u64::MAX));
+    assert!(g.backends().grant_leases(Grants { slots: &[(a, 2), (b, 100)], ..Grants::default() }, u64::MAX));
     assert_eq!(fill(&g).len(), 8);
     for p in places {
         g.release(p);
@@ -70,7 +73,7 @@ fn lowering_below_inflight_keeps_the_places_and_takes_no_new_one() {
     let a = id(&g, 0);
     let places = fill(&g);
     assert_eq!(places.len(), 4);
-    g.backends().grant_leases(&[(a, 1)], u64::MAX);
+    g.backends().grant_leases(Grants { slots: &[(a, 1)], ..Grants::default() }, u64::MAX);
     let mut places = places.into_iter();
     for _ in 0..3 {
         g.release(places.next().unwrap());
@@ -107,7 +110,7 @@ fn local_mode_is_max_over_replicas_at_least_one() {
 fn leases_lapse_to_local_mode_at_their_deadline_and_not_before() {
     let g = gate(&[6]);
     let a = id(&g, 0);
-    g.backends().grant_leases(&[(a, 5)], 1_000);
+    g.backends().grant_leases(Grants { slots: &[(a, 5)], ..Grants::default() }, 1_000);
     assert!(!g.backends().lapse_leases(999, 2));
     assert_eq!(g.backend_states()[0].lease, Some(5));
     assert!(g.backends().lapse_leases(1_000, 2));
@@ -120,16 +123,16 @@ fn leases_lapse_to_local_mode_at_their_deadline_and_not_before() {
 fn a_grant_for_a_reused_slot_does_not_apply_and_new_backends_wait_for_a_grant() {
     let g = gate(&[4]);
     let old = id(&g, 0);
-    g.backends().grant_leases(&[(old, 4)], u64::MAX);
+    g.backends().grant_leases(Grants { slots: &[(old, 4)], ..Grants::default() }, u64::MAX);
     // The backend leaves (idle: freed at once) and another takes its slot: a new generation.
     g.set_backends(&[BackendConfig { address: "10.0.0.9:8000".into(), max_inflight: 4 }]);
     let s = &g.backend_states()[0];
     assert_ne!(s.id, old);
     assert_eq!(s.lease, Some(0), "leased mode: nothing until granted");
-    g.backends().grant_leases(&[(old, 4)], u64::MAX);
+    g.backends().grant_leases(Grants { slots: &[(old, 4)], ..Grants::default() }, u64::MAX);
     assert_eq!(g.backend_states()[0].lease, Some(0), "the old id's grant is not this backend's");
     let new = g.backend_states()[0].id;
-    g.backends().grant_leases(&[(new, 3)], u64::MAX);
+    g.backends().grant_leases(Grants { slots: &[(new, 3)], ..Grants::default() }, u64::MAX);
     assert_eq!(g.backend_states()[0].lease, Some(3));
 }
 
@@ -137,7 +140,7 @@ fn a_grant_for_a_reused_slot_does_not_apply_and_new_backends_wait_for_a_grant() 
 fn a_reload_keeps_the_lease_and_lowers_it_to_a_lower_max() {
     let g = gate(&[8]);
     let a = id(&g, 0);
-    g.backends().grant_leases(&[(a, 5)], u64::MAX);
+    g.backends().grant_leases(Grants { slots: &[(a, 5)], ..Grants::default() }, u64::MAX);
     let changes = g.set_backends(&[BackendConfig { address: "10.0.0.0:8000".into(), max_inflight: 10 }]);
     assert_eq!(changes.updated, vec![a]);
     let s = &g.backend_states()[0];

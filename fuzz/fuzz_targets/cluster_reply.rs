@@ -1,14 +1,16 @@
 //! Fuzz the cluster sync's reply parser (`shim/src/cluster/script.rs`): the reply comes from a
 //! store on the network, so for an arbitrary Redis value and an arbitrary report, `parse_reply`
 //! must never panic, and an `Ok` view must hold exactly the report's backends and workloads in
-//! order, leases within each backend's `max_inflight`, `replicas` in `1..=MAX_REPLICAS`, and
+//! order, leases and queue shares within each budget's `max`, `replicas` in `1..=MAX_REPLICAS`, and
 //! finite rates in `0..=MAX_RATE`.
 //!
 //! Run from the repository root: `bash scripts/fuzz.sh cluster_reply 60`.
 #![no_main]
 
 use arbitrary::Arbitrary;
-use flowgate::cluster::script::{parse_reply, BackendReport, Report, WorkloadReport, MAX_RATE, MAX_REPLICAS};
+use flowgate::cluster::script::{
+    parse_reply, BackendReport, Budget, Report, WorkloadReport, MAX_RATE, MAX_REPLICAS,
+};
 use flowgate_engine::backends::BackendId;
 use libfuzzer_sys::fuzz_target;
 use redis::Value;
@@ -52,8 +54,10 @@ fuzz_target!(|input: Input| {
             .enumerate()
             .map(|(i, &max)| BackendReport {
                 id: BackendId { index: i as u32, generation: 0 },
+                // Odd maxima: a queue share; even ones: slots.
+                budget: if max % 2 == 1 { Budget::Queue } else { Budget::Slots },
                 address: format!("10.0.0.{i}:8000"),
-                max_inflight: max,
+                max,
                 inflight: 0,
                 cap: 0,
                 demand: 0,
@@ -68,10 +72,14 @@ fuzz_target!(|input: Input| {
     let reply = value(input.reply, 0);
     if let Ok(view) = parse_reply(&reply, &report) {
         assert!((1..=MAX_REPLICAS).contains(&view.replicas), "{view:?}");
-        assert_eq!(view.leases.len(), report.backends.len());
-        for ((id, lease), b) in view.leases.iter().zip(&report.backends) {
-            assert_eq!(*id, b.id);
-            assert!(*lease <= b.max_inflight, "{view:?}");
+        for budget in [Budget::Slots, Budget::Queue] {
+            let granted = if budget == Budget::Slots { &view.leases } else { &view.queue_shares };
+            let asked: Vec<&BackendReport> = report.backends.iter().filter(|b| b.budget == budget).collect();
+            assert_eq!(granted.len(), asked.len(), "{view:?}");
+            for ((id, lease), b) in granted.iter().zip(asked) {
+                assert_eq!(*id, b.id);
+                assert!(*lease <= b.max, "{view:?}");
+            }
         }
         assert_eq!(view.remote.len(), report.workloads.len());
         for ((id, r, t), w) in view.remote.iter().zip(&report.workloads) {

@@ -4,6 +4,7 @@
 //! the count are one CAS word), and a grant that makes room wakes a shard sleeping on none.
 #![cfg(flowgate_loom)]
 
+use flowgate_engine::backends::Grants;
 use flowgate_engine::sync::{fence, Ordering};
 use flowgate_loom_tests::{dispatch, gate, model, shard_dispatches_when_room, workload};
 use loom::thread;
@@ -17,7 +18,7 @@ fn a_lowered_lease_is_never_exceeded_by_later_places() {
     model(|| {
         let gate = gate(&[2], 1);
         let id = gate.backend_states()[0].id;
-        gate.backends().grant_leases(&[(id, 2)], u64::MAX);
+        gate.backends().grant_leases(Grants { slots: &[(id, 2)], ..Grants::default() }, u64::MAX);
         let workload = workload();
         let dispatchers: Vec<_> = (0..2)
             .map(|_| {
@@ -28,7 +29,7 @@ fn a_lowered_lease_is_never_exceeded_by_later_places() {
         let sync = {
             let gate = gate.clone();
             thread::spawn(move || {
-                gate.backends().grant_leases(&[(id, 1)], u64::MAX);
+                gate.backends().grant_leases(Grants { slots: &[(id, 1)], ..Grants::default() }, u64::MAX);
                 gate.backends().occupancy(0).inflight()
             })
         };
@@ -51,12 +52,12 @@ fn a_grant_wakes_a_shard_sleeping_on_a_zero_lease() {
     model(|| {
         let gate = gate(&[3], 1);
         let id = gate.backend_states()[0].id;
-        gate.backends().grant_leases(&[(id, 0)], u64::MAX);
+        gate.backends().grant_leases(Grants { slots: &[(id, 0)], ..Grants::default() }, u64::MAX);
         let workload = workload();
         let sync = {
             let gate = gate.clone();
             thread::spawn(move || {
-                if gate.backends().grant_leases(&[(id, 1)], u64::MAX) {
+                if gate.backends().grant_leases(Grants { slots: &[(id, 1)], ..Grants::default() }, u64::MAX) {
                     fence(Ordering::SeqCst);
                     gate.wake_best(None);
                 }

@@ -117,6 +117,10 @@ pub struct BackendJson {
     /// share); `null` standalone and for uncapped backends.
     #[serde(default)]
     pub lease: Option<u32>,
+    /// Cluster mode with a metrics detector: this replica's share of `queue_depth_threshold`
+    /// (it sends at most that share of the room a scrape shows); `null` otherwise.
+    #[serde(default)]
+    pub queue_share: Option<u32>,
     /// Requests waiting in it, last scrape.
     pub waiting: Option<f64>,
     /// Requests running in it, last scrape.
@@ -144,6 +148,7 @@ impl BackendJson {
             inflight: b.inflight,
             max_inflight: b.max_inflight,
             lease: b.lease,
+            queue_share: b.queue_share,
             waiting: b.waiting,
             running: b.running,
             kv_cache_usage: b.kv_cache_usage,

@@ -96,6 +96,7 @@ impl EngineView for StaticView {
                 address: address.clone(),
                 max_inflight: 0,
                 lease: None,
+                queue_share: None,
                 inflight: *inflight,
                 waiting: None,
                 running: None,

@@ -294,3 +294,98 @@ async fn a_frozen_redis_times_syncs_out_and_nothing_stalls() {
         r.assert_conserved(t.sent).await;
     }
 }
+
+/// Open `n` ext_proc streams of workload `chat` on `replica`, request headers sent, answers
+/// unread: they stay open (dispatched or queued) until dropped.
+async fn hold(replica: &Replica, n: usize) -> Vec<impl Sized> {
+    let client = common::connect(replica.grpc).await;
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(common::request_headers(vec![common::context("chat", 3)])).await.unwrap();
+        let stream = client.clone().process(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap();
+        held.push((tx, stream.into_inner()));
+    }
+    held
+}
+
+/// Σ dispatched over `rs`.
+async fn dispatched(rs: &[Replica]) -> f64 {
+    let mut total = 0.0;
+    for r in rs {
+        total += r.metric("flowgate_requests_total{outcome=\"dispatched\"}").await.unwrap_or(0.0);
+    }
+    total
+}
+
+/// Poll until Σ dispatched over `rs` reaches `n`.
+async fn wait_dispatched(rs: &[Replica], n: f64) {
+    let start = Instant::now();
+    while dispatched(rs).await < n {
+        assert!(start.elapsed() < DEADLINE, "Σ dispatched stayed {} < {n}", dispatched(rs).await);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_shares_keep_the_burst_bound_across_three_replicas() {
+    // Metrics gate, threshold 6, the server's queue forced empty: one scrape lets 6 through in
+    // all. With the scrapes then stalled, nothing resets the sent counts: Σ dispatched over the
+    // three replicas must stop at 6 (standalone, each replica sends 6: 18).
+    const THRESHOLD: u32 = 6;
+    let saturation = format!(
+        "saturation:\n  detector: utilization\n  queue_depth_threshold: {THRESHOLD}\n  scrape_interval: 20ms\n  staleness: 1h\n"
+    );
+    let run = |rs: Vec<Replica>, backend: Sim, expected: f64| async move {
+        backend.force(flowgate_sim::Force {
+            waiting: Some(0.0),
+            running: Some(0.0),
+            kv_cache_usage: Some(0.0),
+        });
+        for r in &rs {
+            r.wait_backend("scraped", |b| b["stale"] == false).await;
+        }
+        backend.set_metrics_mode(flowgate_sim::MetricsMode::Stall);
+        let mut held = Vec::new();
+        for r in &rs {
+            held.push(hold(r, 8).await);
+        }
+        wait_dispatched(&rs, expected).await;
+        // Ten sync intervals of rebalancing by demand: nothing more may go.
+        tokio::time::sleep(Duration::from_millis(10 * SYNC_MS)).await; // the observation window
+        let total = dispatched(&rs).await;
+        backend.set_metrics_mode(flowgate_sim::MetricsMode::Ok);
+        wait_dispatched(&rs, 24.0).await; // scrapes again: everything queued goes
+        drop(held);
+        for r in &rs {
+            r.assert_conserved(8).await;
+        }
+        total
+    };
+
+    let redis = Redis::start().await;
+    let backend = sim().await;
+    let mut rs = Vec::new();
+    for i in 0..3 {
+        let name = format!("q{i}");
+        let yaml = replica_yaml(backend.addr(), 0, &cluster(&redis, &name)) + &saturation;
+        rs.push(Replica::spawn(&name, &yaml).await);
+    }
+    for r in &rs {
+        r.wait_connected(3).await;
+        r.wait_backend("queue share", |b| b["queue_share"] == 2).await;
+    }
+    let total = run(rs, backend, f64::from(THRESHOLD)).await;
+    eprintln!("cluster: Σ dispatched between two scrapes {total} of threshold {THRESHOLD}");
+    assert_eq!(total, f64::from(THRESHOLD), "the pool-wide burst bound");
+
+    let backend = sim().await;
+    let mut alone = Vec::new();
+    for i in 0..3 {
+        let yaml = replica_yaml(backend.addr(), 0, "") + &saturation;
+        alone.push(Replica::spawn(&format!("s{i}"), &yaml).await);
+    }
+    let total = run(alone, backend, f64::from(3 * THRESHOLD)).await;
+    eprintln!("standalone: Σ dispatched between two scrapes {total}");
+    assert_eq!(total, f64::from(3 * THRESHOLD), "uncoordinated replicas each send the whole room");
+}

@@ -7,7 +7,7 @@
 //! | key | type | written by | content |
 //! |---|---|---|---|
 //! | `flowgate:{P}:replicas` | sorted set | every replica, its own member | member = replica id, score = when it expires (ms) |
-//! | `flowgate:{P}:r:<id>` | hash | replica `<id>` only | `b:<addr>` = `"held demand"`, `w:<workload>` = `"requests/s tokens/s"`, `t` = last sync (ms) |
+//! | `flowgate:{P}:r:<id>` | hash | replica `<id>` only | `b:<addr>` = `"held demand"` of its slots, `b:q:<addr>` = the same of its queue share, `w:<workload>` = `"requests/s tokens/s"`, `t` = last sync (ms) |
 //!
 //! Both expire `ttl` after the replica's last sync (PEXPIRE), so a dead replica's lease and rates
 //! leave by themselves.
@@ -25,7 +25,8 @@ use redis::Value;
 pub const SYNC_LUA: &str = include_str!("sync.lua");
 /// Workloads published per sync, at most (the highest rates first).
 pub const MAX_PUBLISHED_WORKLOADS: usize = 512;
-/// Backends published per sync, at most (capped ones; the rest get no lease: 0 slots).
+/// Backends published per sync, at most (capped or metrics-gated ones; the rest get no lease:
+/// 0 slots, no queue share). Each gives one or two budgets.
 pub const MAX_PUBLISHED_BACKENDS: usize = 256;
 /// Replicas of one pool the script reads, at most.
 pub const MAX_REPLICAS: u32 = 256;
@@ -58,21 +59,44 @@ impl Keys {
     }
 }
 
-/// One capped backend as this replica sees it.
+/// Which of a backend's budgets a [`BackendReport`] shares. The script shares both the same way
+/// (max-min fair by demand, each grant fitting in what the others hold).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Budget {
+    /// Its `max_inflight` slots (a capped backend).
+    Slots,
+    /// Its `queue_depth_threshold`: what all replicas together may send between scrapes (a
+    /// metrics detector); "in flight" is then this replica's sent-since-scrape.
+    Queue,
+}
+
+/// One budget of one backend as this replica sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendReport {
     /// Its slot (the lease goes back to it).
     pub id: BackendId,
+    /// Which budget.
+    pub budget: Budget,
     /// `ip:port`: how replicas name the same backend.
     pub address: String,
-    /// `max_inflight` (> 0).
-    pub max_inflight: u32,
-    /// This replica's requests on it.
+    /// The budget: `max_inflight` or `queue_depth_threshold` (> 0).
+    pub max: u32,
+    /// What this replica uses of it now: requests on it, or sent since its last scrape.
     pub inflight: u32,
     /// What this replica may use until it applies the reply (its lease or local share).
     pub cap: u32,
-    /// In flight plus queued here: what it would use.
+    /// What it would use: in flight (or sent) plus queued here, at most `max`.
     pub demand: u32,
+}
+
+impl BackendReport {
+    /// The name replicas share this budget under: `ip:port`, or `q:ip:port` for a queue share.
+    pub fn key(&self) -> String {
+        match self.budget {
+            Budget::Slots => self.address.clone(),
+            Budget::Queue => format!("q:{}", self.address),
+        }
+    }
 }
 
 /// One workload's local rates.
@@ -105,8 +129,10 @@ pub struct Report {
 pub struct View {
     /// Live replicas of the pool, this one included (≥ 1).
     pub replicas: u32,
-    /// This replica's lease per reported backend (≤ its `max_inflight`).
+    /// This replica's lease per reported [`Budget::Slots`] (≤ its `max_inflight`), in report order.
     pub leases: Vec<(BackendId, u32)>,
+    /// This replica's share per reported [`Budget::Queue`] (≤ `queue_depth_threshold`).
+    pub queue_shares: Vec<(BackendId, u32)>,
     /// The other replicas' rates of each reported workload: (id, requests/s, tokens/s).
     pub remote: Vec<(Arc<str>, f64, f64)>,
 }
@@ -135,8 +161,8 @@ impl Report {
         let mut a = Vec::with_capacity(2 + self.backends.len() * 5 + self.workloads.len() * 3);
         a.push(self.backends.len().to_string());
         for b in &self.backends {
-            a.push(b.address.clone());
-            a.extend([b.max_inflight, b.inflight, b.cap, b.demand].map(|n| n.to_string()));
+            a.push(b.key());
+            a.extend([b.max, b.inflight, b.cap, b.demand].map(|n| n.to_string()));
         }
         a.push(self.workloads.len().to_string());
         for w in &self.workloads {
@@ -214,7 +240,7 @@ fn kind(v: &Value) -> &'static str {
 }
 
 /// Read the script's reply to `report`: `{replicas, lease × backends, (requests/s, tokens/s) ×
-/// workloads}`. Every lease must be in `0 ..= max_inflight` of its backend, `replicas` in
+/// workloads}`. Every lease must be in `0 ..= max` of its budget, `replicas` in
 /// `1 ..= MAX_REPLICAS`, every rate in `0 ..= MAX_RATE`; anything else is refused whole.
 pub fn parse_reply(reply: &Value, report: &Report) -> Result<View, BadReply> {
     let Value::Array(items) = reply else {
@@ -229,24 +255,27 @@ pub fn parse_reply(reply: &Value, report: &Report) -> Result<View, BadReply> {
     if !(1..=i64::from(MAX_REPLICAS)).contains(&replicas) {
         return Err(BadReply::Element(0, format!("{replicas} replicas, expected 1 ..= {MAX_REPLICAS}")));
     }
-    let mut leases = Vec::with_capacity(nb);
+    let (mut leases, mut queue_shares) = (Vec::with_capacity(nb), Vec::new());
     for (k, b) in report.backends.iter().enumerate() {
         let i = 1 + k;
         let lease = int(&items[i], i)?;
-        if !(0..=i64::from(b.max_inflight)).contains(&lease) {
+        if !(0..=i64::from(b.max)).contains(&lease) {
             return Err(BadReply::Element(
                 i,
-                format!("lease {lease} of {} outside 0 ..= {}", b.address, b.max_inflight),
+                format!("lease {lease} of {} outside 0 ..= {}", b.key(), b.max),
             ));
         }
-        leases.push((b.id, lease as u32));
+        match b.budget {
+            Budget::Slots => leases.push((b.id, lease as u32)),
+            Budget::Queue => queue_shares.push((b.id, lease as u32)),
+        }
     }
     let mut remote = Vec::with_capacity(nw);
     for (k, w) in report.workloads.iter().enumerate() {
         let i = 1 + nb + 2 * k;
         remote.push((w.id.clone(), rate(&items[i], i)?, rate(&items[i + 1], i + 1)?));
     }
-    Ok(View { replicas: replicas as u32, leases, remote })
+    Ok(View { replicas: replicas as u32, leases, queue_shares, remote })
 }
 
 #[cfg(test)]

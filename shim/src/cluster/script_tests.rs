@@ -7,16 +7,18 @@ fn report() -> Report {
         backends: vec![
             BackendReport {
                 id: BackendId { index: 0, generation: 1 },
+                budget: Budget::Slots,
                 address: "10.0.0.1:8000".into(),
-                max_inflight: 4,
+                max: 4,
                 inflight: 1,
                 cap: 2,
                 demand: 3,
             },
             BackendReport {
                 id: BackendId { index: 2, generation: 0 },
+                budget: Budget::Queue,
                 address: "10.0.0.2:8000".into(),
-                max_inflight: 8,
+                max: 8,
                 inflight: 0,
                 cap: 0,
                 demand: 0,
@@ -43,7 +45,7 @@ fn args_follow_the_scripts_layout() {
             "1",
             "2",
             "3",
-            "10.0.0.2:8000",
+            "q:10.0.0.2:8000",
             "8",
             "0",
             "0",
@@ -57,15 +59,13 @@ fn args_follow_the_scripts_layout() {
 }
 
 #[test]
-fn a_good_reply_gives_leases_and_rates_in_report_order() {
+fn a_good_reply_gives_leases_shares_and_rates_in_report_order() {
     let reply =
         Value::Array(vec![Value::Int(3), Value::Int(2), Value::Int(8), bulk("12.5"), bulk("0.000000")]);
     let view = parse_reply(&reply, &report()).unwrap();
     assert_eq!(view.replicas, 3);
-    assert_eq!(
-        view.leases,
-        vec![(BackendId { index: 0, generation: 1 }, 2), (BackendId { index: 2, generation: 0 }, 8)]
-    );
+    assert_eq!(view.leases, vec![(BackendId { index: 0, generation: 1 }, 2)]);
+    assert_eq!(view.queue_shares, vec![(BackendId { index: 2, generation: 0 }, 8)]);
     assert_eq!(view.remote, vec![(Arc::from("chat"), 12.5, 0.0)]);
 }
 
@@ -91,6 +91,7 @@ fn bad_replies_are_refused_whole() {
     assert!(matches!(with(4, bulk("1e300")), Err(BadReply::Element(4, _))));
     assert!(matches!(with(4, Value::BulkString(vec![0xff])), Err(BadReply::Element(4, _))));
     assert!(matches!(with(3, Value::Array(vec![])), Err(BadReply::Element(3, _))));
+    assert!(matches!(with(2, Value::Int(9)), Err(BadReply::Element(2, _))), "share above the threshold");
     assert!(with(3, Value::Int(7)).is_ok(), "an integral rate is a rate");
 }
 

@@ -4,16 +4,18 @@
 -- (its hash and its member of the pool's set), which expire after ttl if it stops syncing.
 --
 -- KEYS[1] pool set     flowgate:{pool}:replicas   member = replica id, score = expiry (ms)
--- KEYS[2] own hash     flowgate:{pool}:r:<id>     b:<addr> = "held demand", w:<id> = "req tok"
+-- KEYS[2] own hash     flowgate:{pool}:r:<id>     b:<budget> = "held demand", w:<id> = "req tok"
 -- ARGV: id, ttl_ms, prefix of replica hashes, max replicas read, local (1: this replica runs in
 --       local mode and will not apply the grant: it holds only what it uses), expected replicas
 --       (E > 0 just after an outage: replicas not back yet run on local shares floor(M/E), kept
 --       free for them),
---       nb, nb x (addr, max_inflight, inflight, cap, demand),
+--       nb, nb x (budget, max, inflight, cap, demand): a budget is a backend's slots ("ip:port",
+--       max = max_inflight) or its queue share ("q:ip:port", max = queue_depth_threshold,
+--       inflight = sent since its last scrape); both are shared by the same rule below,
 --       nw, nw x (workload id, requests/s, tokens/s)
 -- Reply: { live replicas (self included), lease x nb, (requests/s, tokens/s) x nw as strings }
 --
--- Leases, per backend with max_inflight M: every live replica's target is a max-min fair share of
+-- Leases, per budget of size M: every live replica's target is a max-min fair share of
 -- M capped by its demand (in flight + queued), computed the same way by every replica from the
 -- reports; what no one demands is split evenly. This replica is granted
 -- min(target, M - sum of the others' held) (possibly below its in-flight count: a saturated

@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use flowgate_engine::backends::Grants;
 use flowgate_engine::runtime::Engine;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Value;
@@ -29,7 +30,7 @@ use super::config::ClusterConfig;
 use super::metrics::{ClusterMetrics, SyncResult};
 use super::mode::{Machine, Mode, Step};
 use super::script::{
-    parse_reply, BackendReport, Keys, Report, View, WorkloadReport, MAX_PUBLISHED_BACKENDS,
+    parse_reply, BackendReport, Budget, Keys, Report, View, WorkloadReport, MAX_PUBLISHED_BACKENDS,
     MAX_PUBLISHED_WORKLOADS, MAX_WORKLOAD_ID_BYTES, SYNC_LUA,
 };
 
@@ -66,7 +67,8 @@ impl Sync {
         self.metrics.set_replicas(m.replicas());
         match step {
             Step::Apply => {
-                self.engine.grant_leases(&view.leases, sent_ns + self.lease_ns());
+                let grants = Grants { slots: &view.leases, queue: &view.queue_shares };
+                self.engine.grant_leases(grants, sent_ns + self.lease_ns());
                 let remote: HashMap<&str, (f64, f64)> =
                     view.remote.iter().map(|(id, r, t)| (&**id, (*r, *t))).collect();
                 self.engine.registry().set_remote_rates(|id| remote.get(id).copied());
@@ -108,29 +110,43 @@ impl Sync {
     }
 }
 
-/// What this replica publishes now: its capped backends (in flight, cap, demand = in flight +
-/// queued, at most `max_inflight`) and its busiest workloads' local rates.
+/// What this replica publishes now: its capped backends' slots (in flight, cap, demand = in
+/// flight + queued, at most `max_inflight`), with a metrics detector their queue shares too (sent
+/// since the scrape, share, demand = sent + queued, at most the threshold), and its busiest
+/// workloads' local rates.
 pub fn report(engine: &Engine) -> Report {
     let queued = engine.stats().queued;
-    let backends = engine
+    let threshold = engine.queue_depth_threshold();
+    let mut backends = Vec::new();
+    for b in engine
         .backend_states()
         .into_iter()
-        .filter(|b| b.max_inflight > 0)
+        .filter(|b| b.max_inflight > 0 || b.queue_share.is_some())
         .take(MAX_PUBLISHED_BACKENDS)
-        .map(|b| {
-            // A draining backend wants nothing new, but its places still count.
-            let wanted = if b.draining { 0 } else { queued };
-            let demand = (u64::from(b.inflight) + wanted).min(u64::from(b.max_inflight)) as u32;
-            BackendReport {
-                id: b.id,
-                cap: b.lease.unwrap_or(b.max_inflight),
-                address: b.address,
-                max_inflight: b.max_inflight,
-                inflight: b.inflight,
-                demand,
-            }
-        })
-        .collect();
+    {
+        // A draining backend wants nothing new, but its places still count.
+        let wanted = if b.draining { 0 } else { queued };
+        let budget = |budget, max: u32, used: u32, cap: u32| BackendReport {
+            id: b.id,
+            budget,
+            address: b.address.clone(),
+            max,
+            inflight: used,
+            cap,
+            demand: (u64::from(used) + wanted).min(u64::from(max)) as u32,
+        };
+        if b.max_inflight > 0 {
+            backends.push(budget(
+                Budget::Slots,
+                b.max_inflight,
+                b.inflight,
+                b.lease.unwrap_or(b.max_inflight),
+            ));
+        }
+        if let (Some(share), Some(threshold)) = (b.queue_share, threshold) {
+            backends.push(budget(Budget::Queue, threshold, b.sent_since_scrape.min(threshold), share));
+        }
+    }
     let mut workloads: Vec<WorkloadReport> = engine
         .registry()
         .workloads()
@@ -157,7 +173,7 @@ pub fn start(
 ) -> Vec<JoinHandle<()>> {
     let sync =
         Arc::new(Sync { engine, metrics, machine: Mutex::new(Machine::default()), config: config.clone() });
-    sync.engine.grant_leases(&[], sync.engine.now_ns() + sync.lease_ns());
+    sync.engine.grant_leases(Grants::default(), sync.engine.now_ns() + sync.lease_ns());
     sync.metrics.set_connected(false);
     sync.metrics.set_replicas(1);
     vec![tokio::spawn(sync_loop(sync.clone(), stop.clone())), tokio::spawn(lapse_loop(sync, stop))]

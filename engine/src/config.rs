@@ -3,6 +3,7 @@
 //! The shim turns the operator's YAML into an [`EngineConfig`]; tests and benches build one directly.
 //! [`EngineConfig::validate`] refuses impossible values instead of silently defaulting them.
 
+pub use crate::config_error::ConfigError;
 use crate::quota_rule::{first_match, Quota, MAX_QUOTAS};
 use std::time::Duration;
 
@@ -348,23 +349,6 @@ impl Default for EngineConfig {
         }
     }
 }
-
-/// One reason a configuration is refused: the field's path and what is wrong with it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigError {
-    /// Dotted path of the offending field, e.g. `scoring.wait_cap`.
-    pub path: String,
-    /// Why it is refused.
-    pub reason: String,
-}
-
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.path, self.reason)
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 impl EngineConfig {
     /// Every problem with this configuration (empty = valid).

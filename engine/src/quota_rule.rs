@@ -1,7 +1,7 @@
 //! Per-workload quotas as configured (`workloads.quotas`): which workloads a rule covers, its
 //! limits, and what happens to a request over them.
 
-use crate::config::ConfigError;
+use crate::config_error::ConfigError;
 
 /// Most quota rules one configuration may hold.
 pub const MAX_QUOTAS: usize = 1024;

@@ -272,13 +272,23 @@ impl BackendTable {
         self.backends[i].address.with(|p| unsafe { (*p).as_str() })
     }
 
-    /// Σ `max_inflight` of the capped `Active` backends (what slot ceilings are fractions of;
-    /// configured values, not leases).
+    /// Σ `max_inflight` of the capped `Active` backends (configured values, not leases).
     pub fn capacity(&self) -> u64 {
         self.used()
             .iter()
             .filter(|b| b.occupancy().state() == SlotState::Active)
             .map(|b| u64::from(b.configured.load(Ordering::Relaxed)))
+            .sum()
+    }
+
+    /// Σ caps of the capped `Active` backends: their `max_inflight`, or in cluster mode this
+    /// replica's lease (or local share) of it. What criticality ceilings are fractions of.
+    pub fn usable_capacity(&self) -> u64 {
+        self.used()
+            .iter()
+            .map(|b| b.occupancy())
+            .filter(|o| o.state() == SlotState::Active)
+            .map(|o| u64::from(o.max()))
             .sum()
     }
 

@@ -15,7 +15,7 @@
 //! heads. A SeqCst fence on each side means at least one of them sees the other (`loom-tests`
 //! checks both hand-offs).
 
-use crate::backends::{BackendChanges, BackendId, BackendState, BackendTable};
+use crate::backends::{BackendChanges, BackendId, BackendState, BackendTable, Grants};
 use crate::clock::Clock;
 use crate::config::{BackendConfig, EngineConfig, SaturationConfig};
 use crate::doorbell::Doorbell;
@@ -165,11 +165,11 @@ impl Gate {
         gate
     }
 
-    /// Turn the ceiling fractions into slot counts for the current capacity (control side: after
-    /// the backend set or the fractions change).
+    /// Turn the ceiling fractions into slot counts for the current usable capacity (control side:
+    /// after the backend set, the fractions or, in cluster mode, the leases change).
     fn recompute_ceilings(&self) {
         let fractions = *self.ceiling_fractions.lock().unwrap_or_else(|p| p.into_inner());
-        let capacity = self.backends.capacity() as i64;
+        let capacity = self.backends.usable_capacity() as i64;
         for (slots, c) in self.ceiling_slots.iter().zip(fractions) {
             slots.store(((c * capacity as f64).ceil() as i64).clamp(1, capacity.max(1)), Ordering::Relaxed);
         }
@@ -186,6 +186,31 @@ impl Gate {
         fence(Ordering::SeqCst);
         self.wake_best(None);
         changes
+    }
+
+    /// Cluster side: [`BackendTable::grant_leases`], then the ceilings for the new leases (they
+    /// are fractions of what this replica may use). `true` if some room grew; the caller fences
+    /// and wakes.
+    pub fn grant_leases(&self, grants: Grants<'_>, deadline_ns: u64) -> bool {
+        let grew = self.backends.grant_leases(grants, deadline_ns);
+        self.recompute_ceilings();
+        grew
+    }
+
+    /// Cluster side: [`BackendTable::local_caps`], then the ceilings. `true` if some room grew.
+    pub fn local_caps(&self, replicas: u32) -> bool {
+        let grew = self.backends.local_caps(replicas);
+        self.recompute_ceilings();
+        grew
+    }
+
+    /// Cluster side: [`BackendTable::lapse_leases`] now, then the ceilings if they lapsed.
+    pub fn lapse_leases(&self, replicas: u32) -> bool {
+        let lapsed = self.backends.lapse_leases(self.clock.now_ns(), replicas);
+        if lapsed {
+            self.recompute_ceilings();
+        }
+        lapsed
     }
 
     /// Controller side: new ceiling fractions and detector rules (a reload); wakes the best

@@ -323,7 +323,7 @@ impl Engine {
     /// shard if one grew.
     pub fn grant_leases(&self, grants: Grants<'_>, deadline_ns: u64) {
         let gate = &self.shared.gate;
-        if gate.backends().grant_leases(grants, deadline_ns) {
+        if gate.grant_leases(grants, deadline_ns) {
             fence(Ordering::SeqCst);
             gate.wake_best(None);
         }
@@ -333,7 +333,7 @@ impl Engine {
     /// shard if that made room.
     pub fn local_caps(&self, replicas: u32) {
         let gate = &self.shared.gate;
-        if gate.backends().local_caps(replicas) {
+        if gate.local_caps(replicas) {
             fence(Ordering::SeqCst);
             gate.wake_best(None);
         }
@@ -343,7 +343,7 @@ impl Engine {
     /// tick, whatever Redis does); `true` if they lapsed now.
     pub fn lapse_leases(&self, replicas: u32) -> bool {
         let gate = &self.shared.gate;
-        let lapsed = gate.backends().lapse_leases(gate.clock().now_ns(), replicas);
+        let lapsed = gate.lapse_leases(replicas);
         if lapsed {
             fence(Ordering::SeqCst);
             gate.wake_best(None);

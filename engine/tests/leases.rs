@@ -154,6 +154,36 @@ fn a_reload_keeps_the_lease_and_lowers_it_to_a_lower_max() {
 }
 
 #[test]
+fn criticality_ceilings_are_fractions_of_the_lease() {
+    let mut config = EngineConfig {
+        backends: vec![BackendConfig { address: "10.0.0.0:8000".into(), max_inflight: 8 }],
+        ..EngineConfig::default()
+    };
+    config.ceilings = [0.5, 1.0, 1.0, 1.0, 1.0];
+    let g = Gate::new(&config, 1, Clock::new());
+    let a = id(&g, 0);
+    // A lease of 4 of the 8 slots: criticality 1 may hold ⌈0.5 · 4⌉ = 2, not ⌈0.5 · 8⌉ = 4.
+    g.grant_leases(Grants { slots: &[(a, 4)], ..Grants::default() }, u64::MAX);
+    let mut held = Vec::new();
+    while let Ok(p) = g.try_acquire(1) {
+        held.push(p);
+        assert!(held.len() <= 8);
+    }
+    assert_eq!(held.len(), 2, "criticality 1 held past half the lease");
+    assert_eq!(g.try_acquire(1).err(), Some(Refusal::Ceiling));
+    held.extend([g.try_acquire(5).unwrap(), g.try_acquire(5).unwrap()]);
+    assert_eq!(g.try_acquire(5).err(), Some(Refusal::NoRoom), "the lease caps the rest");
+    // Local mode over 4 replicas: 2 slots, of which criticality 1 may hold ⌈0.5 · 2⌉ = 1.
+    for p in held.drain(..) {
+        g.release(p);
+    }
+    g.local_caps(4);
+    held.push(g.try_acquire(1).unwrap());
+    assert_eq!(g.try_acquire(1).err(), Some(Refusal::Ceiling));
+    assert!(g.try_acquire(5).is_ok());
+}
+
+#[test]
 fn remote_rates_add_to_the_penalty_and_show_in_snapshots() {
     use flowgate_engine::config::{ScoringConfig, WorkloadConfig};
     use flowgate_engine::registry::{hash_workload_id, RateWindow, WorkloadTable};

@@ -109,8 +109,8 @@ impl ClusterLoad {
             flood_s: if quick { 1.0 } else { 3.0 },
             tput_workers: self.tput_workers,
             connections: self.connections,
-            rounds: rounds.unwrap_or(if quick { 8 } else { 20 }),
-            round_s: if quick { 0.4 } else { 1.0 },
+            rounds: rounds.unwrap_or(if quick { 10 } else { 40 }),
+            round_s: if quick { 0.3 } else { 0.5 },
         };
         let positive = s.replicas >= 2
             && s.max_inflight >= 1
@@ -309,7 +309,10 @@ fn print_table(r: &ClusterReport) {
     t.row(vec![
         format!("throughput ≥ {TARGET_THROUGHPUT_RATIO}× standalone"),
         format!("{:.0} req/s ({:.3}×)", r.throughput.cluster_median_per_s, r.throughput.ratio),
-        format!("standalone {:.0} req/s", r.throughput.standalone_median_per_s),
+        format!(
+            "standalone {:.0} req/s; side by side {:.3}×",
+            r.throughput.standalone_median_per_s, r.throughput.side_by_side_ratio
+        ),
         verdict(r.targets.throughput),
     ]);
     let sc = &c.sync_cost;

@@ -10,6 +10,7 @@ use flowgate_bench::{baseline, latency, report, scenarios, throughput};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod cluster;
 mod extproc;
 mod pool;
 mod scrape_cost;
@@ -208,6 +209,14 @@ enum Command {
         common: Common,
         #[command(flatten)]
         streams: streams::StreamsLoad,
+    },
+    /// Cluster mode: peak concurrency vs max_inflight (connected, Redis down, standalone), a
+    /// flood's rate on B vs A, per-replica throughput vs standalone, sync cost.
+    Cluster {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        cluster: cluster::ClusterLoad,
     },
     /// (internal) a bare tonic ext_proc server that only names a destination; used by `streams`.
     #[command(hide = true)]
@@ -497,6 +506,7 @@ fn main() -> ExitCode {
         | Command::Pool { common, .. }
         | Command::Streams { common, .. }
         | Command::Layouts { common, .. }
+        | Command::Cluster { common, .. }
         | Command::All { common, .. } => *common,
         Command::ServeBare { listen } => {
             return match streams::procs::serve_bare(listen) {
@@ -548,6 +558,10 @@ fn main() -> ExitCode {
         Command::Streams { common, streams } => {
             streams.options(common.quick).and_then(|o| streams::run(&o, &out)).map(|_| vec!["streams"])
         }
+        Command::Cluster { common, cluster } => cluster
+            .settings(common.quick, common.seconds, common.rounds)
+            .and_then(|s| cluster::run(&s, &out))
+            .map(|_| vec!["cluster"]),
         Command::ServePage | Command::ServeBare { .. } => unreachable!("handled above"),
         Command::Pool { common, pool } => {
             pool_options(common, pool).and_then(|o| pool::run(&o, &out)).map(|_| vec!["pool"])

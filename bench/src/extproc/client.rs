@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
-pub(super) type Client = ExternalProcessorClient<Channel>;
+pub(crate) type Client = ExternalProcessorClient<Channel>;
 
 /// Distinct workload ids in the mix.
 const WORKLOADS: usize = 16;
@@ -32,7 +32,11 @@ fn header(key: &str, value: &[u8]) -> HeaderValue {
 pub fn request_headers(w: usize, k: usize) -> ProcessingRequest {
     let id = (w * 7 + k) % WORKLOADS;
     let criticality = 1 + (w + k) % 5;
-    let context = format!(r#"{{"workload_id":"tenant-{id}","criticality":{criticality}}}"#);
+    context_headers(&format!(r#"{{"workload_id":"tenant-{id}","criticality":{criticality}}}"#))
+}
+
+/// The `request_headers` message of a request carrying `x-workload-context: context`.
+pub(crate) fn context_headers(context: &str) -> ProcessingRequest {
     let headers = vec![
         header(":method", b"POST"),
         header(":path", b"/v1/chat/completions"),
@@ -100,10 +104,21 @@ pub fn classify(answer: &ProcessingResponse, want_destination: bool) -> Result<(
 }
 
 /// One request through one stream; when its headers answer came.
-pub(super) async fn one_request(
+pub(crate) async fn one_request(
     client: &mut Client,
     first: ProcessingRequest,
     want_destination: bool,
+) -> Result<(Instant, Instant), Failure> {
+    request_holding(client, first, want_destination, async || Ok(())).await
+}
+
+/// [`one_request`], running `hold` between the headers answer and the release (as Envoy sends
+/// the request upstream meanwhile); a `hold` error fails the request after its release.
+pub(crate) async fn request_holding(
+    client: &mut Client,
+    first: ProcessingRequest,
+    want_destination: bool,
+    hold: impl AsyncFnOnce() -> Result<(), String>,
 ) -> Result<(Instant, Instant), Failure> {
     let failed = |what: &str, e: &dyn std::fmt::Display| Failure::Failed(format!("{what}: {e}"));
     let (tx, rx) = mpsc::channel(4);
@@ -118,6 +133,7 @@ pub(super) async fn one_request(
         .ok_or_else(|| Failure::Failed("stream ended before the headers answer".into()))?;
     let answered = Instant::now();
     classify(&answer, want_destination)?;
+    let held = hold().await;
     tx.send(response_headers()).await.map_err(|_| Failure::Failed("request side closed early".into()))?;
     match answers.message().await {
         Ok(Some(ProcessingResponse { response: Some(Reply::ResponseHeaders(_)), .. })) => {}
@@ -125,7 +141,7 @@ pub(super) async fn one_request(
     }
     drop(tx);
     match answers.message().await {
-        Ok(None) => Ok((sent, answered)),
+        Ok(None) => held.map(|()| (sent, answered)).map_err(Failure::Failed),
         other => Err(Failure::Failed(format!("stream end: {other:?}"))),
     }
 }

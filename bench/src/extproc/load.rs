@@ -195,7 +195,7 @@ pub(super) fn phase(
     (m, window)
 }
 
-pub(super) async fn connect(url: String, n: usize) -> Result<Vec<Client>, tonic::transport::Error> {
+pub(crate) async fn connect(url: String, n: usize) -> Result<Vec<Client>, tonic::transport::Error> {
     let endpoint = Endpoint::from_shared(url)?.tcp_nodelay(true).connect_timeout(Duration::from_secs(5));
     let mut clients = Vec::with_capacity(n);
     for _ in 0..n {
@@ -205,7 +205,7 @@ pub(super) async fn connect(url: String, n: usize) -> Result<Vec<Client>, tonic:
     Ok(clients)
 }
 
-pub(super) fn url(addr: &str) -> String {
+pub(crate) fn url(addr: &str) -> String {
     if addr.contains("://") {
         addr.to_string()
     } else {

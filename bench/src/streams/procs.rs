@@ -45,7 +45,7 @@ pub fn serve_bare(listen: &str) -> io::Result<()> {
 
 /// A server process under measurement.
 pub struct Server {
-    child: Child,
+    pub(crate) child: Child,
     /// Its ext_proc address, `host:port`.
     pub addr: String,
 }
@@ -77,7 +77,7 @@ impl Drop for Server {
 
 /// Forward each line of `from` to `lines` until it ends (the reader must keep draining a child's
 /// pipe so that its logging never blocks).
-fn forward_lines(from: impl io::Read + Send + 'static, lines: std_mpsc::Sender<String>) {
+pub(crate) fn forward_lines(from: impl io::Read + Send + 'static, lines: std_mpsc::Sender<String>) {
     std::thread::spawn(move || {
         for line in BufReader::new(from).lines() {
             let Ok(line) = line else { break };
@@ -87,7 +87,7 @@ fn forward_lines(from: impl io::Read + Send + 'static, lines: std_mpsc::Sender<S
 }
 
 /// Wait (bounded) for the line `parse` accepts; the address it returns.
-fn await_address(
+pub(crate) fn await_address(
     what: &str,
     lines: &std_mpsc::Receiver<String>,
     parse: impl Fn(&str) -> Option<String>,
@@ -123,6 +123,16 @@ pub fn flowgate_addr(line: &str) -> Option<String> {
 
 /// Start `flowgate serve --config config` on loopback ports of its choosing.
 pub fn start_flowgate(bin: &Path, config: &Path, env: &[(String, String)]) -> io::Result<Server> {
+    spawn_flowgate(bin, config, env, flowgate_addr)
+}
+
+/// [`start_flowgate`], its [`Server::addr`] being what `parse` takes from the log line it accepts.
+pub(crate) fn spawn_flowgate(
+    bin: &Path,
+    config: &Path,
+    env: &[(String, String)],
+    parse: impl Fn(&str) -> Option<String>,
+) -> io::Result<Server> {
     let mut child = Command::new(bin)
         .args(["serve", "--config"])
         .arg(config)
@@ -138,7 +148,7 @@ pub fn start_flowgate(bin: &Path, config: &Path, env: &[(String, String)]) -> io
     forward_lines(child.stderr.take().expect("piped"), tx);
     // From here on the child is killed on every path (Server's drop).
     let mut server = Server { child, addr: String::new() };
-    server.addr = await_address("flowgate serve", &rx, flowgate_addr)?;
+    server.addr = await_address("flowgate serve", &rx, parse)?;
     Ok(server)
 }
 

@@ -14,6 +14,7 @@ mod extproc;
 mod pool;
 mod scrape_cost;
 mod streams;
+mod usage_cost;
 
 /// The allocator `flowgate serve` ships with, for every implementation measured here alike.
 #[global_allocator]
@@ -208,6 +209,13 @@ enum Command {
         common: Common,
         #[command(flatten)]
         streams: streams::StreamsLoad,
+    },
+    /// CPU usage accounting adds to the ext_proc path: metered vs unmetered streamed responses.
+    UsageCost {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        load: usage_cost::UsageCostLoad,
     },
     /// (internal) a bare tonic ext_proc server that only names a destination; used by `streams`.
     #[command(hide = true)]
@@ -497,6 +505,7 @@ fn main() -> ExitCode {
         | Command::Pool { common, .. }
         | Command::Streams { common, .. }
         | Command::Layouts { common, .. }
+        | Command::UsageCost { common, .. }
         | Command::All { common, .. } => *common,
         Command::ServeBare { listen } => {
             return match streams::procs::serve_bare(listen) {
@@ -547,6 +556,10 @@ fn main() -> ExitCode {
         }
         Command::Streams { common, streams } => {
             streams.options(common.quick).and_then(|o| streams::run(&o, &out)).map(|_| vec!["streams"])
+        }
+        Command::UsageCost { common, load } => {
+            let o = load.options(common.quick, common.seconds, common.rounds);
+            usage_cost::run(&o, &out).map(|_| vec!["usage_cost"])
         }
         Command::ServePage | Command::ServeBare { .. } => unreachable!("handled above"),
         Command::Pool { common, pool } => {

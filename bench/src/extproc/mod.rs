@@ -10,7 +10,7 @@
 
 pub(crate) mod client;
 pub mod layouts;
-mod load;
+pub(crate) mod load;
 pub(crate) mod server;
 
 use client::Client;

@@ -18,6 +18,11 @@ pub fn process_s() -> Option<f64> {
     read_stat("/proc/self/stat")
 }
 
+/// CPU seconds used so far by process `pid`, exited threads included.
+pub fn pid_s(pid: u32) -> Option<f64> {
+    read_stat(&format!("/proc/{pid}/stat"))
+}
+
 /// utime + stime of a `stat` file, in seconds.
 fn read_stat(path: &str) -> Option<f64> {
     let text = std::fs::read_to_string(path).ok()?;

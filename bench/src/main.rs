@@ -15,6 +15,7 @@ mod extproc;
 mod pool;
 mod scrape_cost;
 mod streams;
+mod usage_cost;
 
 /// The allocator `flowgate serve` ships with, for every implementation measured here alike.
 #[global_allocator]
@@ -217,6 +218,13 @@ enum Command {
         common: Common,
         #[command(flatten)]
         cluster: cluster::ClusterLoad,
+    },
+    /// CPU usage accounting adds to the ext_proc path: metered vs unmetered streamed responses.
+    UsageCost {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        load: usage_cost::UsageCostLoad,
     },
     /// (internal) a bare tonic ext_proc server that only names a destination; used by `streams`.
     #[command(hide = true)]
@@ -507,6 +515,7 @@ fn main() -> ExitCode {
         | Command::Streams { common, .. }
         | Command::Layouts { common, .. }
         | Command::Cluster { common, .. }
+        | Command::UsageCost { common, .. }
         | Command::All { common, .. } => *common,
         Command::ServeBare { listen } => {
             return match streams::procs::serve_bare(listen) {
@@ -562,6 +571,10 @@ fn main() -> ExitCode {
             .settings(common.quick, common.seconds, common.rounds)
             .and_then(|s| cluster::run(&s, &out))
             .map(|_| vec!["cluster"]),
+        Command::UsageCost { common, load } => {
+            let o = load.options(common.quick, common.seconds, common.rounds);
+            usage_cost::run(&o, &out).map(|_| vec!["usage_cost"])
+        }
         Command::ServePage | Command::ServeBare { .. } => unreachable!("handled above"),
         Command::Pool { common, pool } => {
             pool_options(common, pool).and_then(|o| pool::run(&o, &out)).map(|_| vec!["pool"])

@@ -4,7 +4,7 @@
 //! what flowgate let through), then release the slot and close the stream. Without a backend
 //! request it is the bare dispatch + release round of `extproc`'s client.
 
-use crate::extproc::client::{context_headers, request_holding, Client, Failure};
+use crate::extproc::client::{request_headers_with, request_holding, response_headers, Client, Failure};
 use crate::extproc::load::{connect, url};
 use envoy_types::pb::envoy::service::ext_proc::v3::ProcessingRequest;
 use std::io;
@@ -59,7 +59,7 @@ pub struct Load {
 
 /// `{"workload_id": workload, "criticality": 3}` as a `request_headers` message.
 pub fn workload_headers(workload: &str) -> ProcessingRequest {
-    context_headers(&format!(r#"{{"workload_id":"{workload}","criticality":3}}"#))
+    request_headers_with(&format!(r#"{{"workload_id":"{workload}","criticality":3}}"#), &[])
 }
 
 /// `POST /v1/completions` of `max_tokens` tokens for `workload`; `Ok` on a 200.
@@ -89,10 +89,12 @@ async fn worker(
             Some(up) => complete(up, &workload).await,
             None => Ok(()),
         };
-        let outcome =
-            tokio::time::timeout(REQUEST_TIMEOUT, request_holding(&mut client, first.clone(), true, hold))
-                .await
-                .unwrap_or_else(|_| Err(Failure::Failed(format!("no answer within {REQUEST_TIMEOUT:?}"))));
+        let outcome = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            request_holding(&mut client, first.clone(), &[response_headers()], true, hold),
+        )
+        .await
+        .unwrap_or_else(|_| Err(Failure::Failed(format!("no answer within {REQUEST_TIMEOUT:?}"))));
         match outcome {
             Ok(_) => t.completed += 1,
             Err(Failure::NotDispatched(m)) => {

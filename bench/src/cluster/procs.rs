@@ -5,7 +5,7 @@
 //! with a deadline.
 
 use super::http::{exchange, get};
-use crate::streams::procs::{await_address, forward_lines, spawn_flowgate, Server};
+use crate::streams::procs::{await_address, forward_lines, start_flowgate, Server};
 use flowgate::metrics::sample;
 use flowgate_sim::SimStats;
 use std::io;
@@ -67,7 +67,10 @@ impl Redis {
             .map_err(|e| {
                 io::Error::other(format!("cannot run redis-server ({e}): install it with scripts/redis.sh"))
             })?;
-        let redis = Redis { proc: Some(Server { child, addr: format!("127.0.0.1:{port}") }), port };
+        let redis = Redis {
+            proc: Some(Server { child, addr: format!("127.0.0.1:{port}"), metrics_addr: None }),
+            port,
+        };
         let start = Instant::now();
         while redis.ping().await.is_err() {
             if start.elapsed() > DEADLINE {
@@ -149,7 +152,7 @@ impl SimProc {
             .map_err(|e| io::Error::other(format!("cannot run {}: {e}", bin.display())))?;
         let (tx, rx) = std_mpsc::channel();
         forward_lines(child.stderr.take().expect("piped"), tx);
-        let mut proc = Server { child, addr: String::new() };
+        let mut proc = Server { child, addr: String::new(), metrics_addr: None };
         proc.addr = await_address("flowgate-sim", &rx, |l| {
             l.strip_prefix(SIM_LISTENING).map(|a| a.trim().to_string())
         })?;
@@ -220,18 +223,6 @@ pub fn cluster_lines(redis: &Redis, pool: &str, replica_id: &str, sync_interval_
     )
 }
 
-/// The ext_proc and metrics addresses in `flowgate serve`'s "flowgate serving" line, space-separated.
-fn serving_addrs(line: &str) -> Option<String> {
-    let field = |key: &str| {
-        let at = line.find(key)? + key.len();
-        line[at..].split_whitespace().next()?.parse::<SocketAddr>().ok()
-    };
-    if !line.contains("flowgate serving") {
-        return None;
-    }
-    Some(format!("{} {}", field("grpc_addr=")?, field("metrics_addr=")?))
-}
-
 /// One `flowgate serve` process.
 pub struct Replica {
     proc: Option<Server>,
@@ -248,14 +239,18 @@ impl Replica {
     pub fn start(bin: &Path, dir: &Path, name: &str, yaml: &str) -> io::Result<Replica> {
         let config = dir.join(format!("cluster-{name}.yaml"));
         std::fs::write(&config, yaml)?;
-        let proc = spawn_flowgate(bin, &config, &[], serving_addrs)?;
+        let proc = start_flowgate(bin, &config, &[])?;
         let _ = std::fs::remove_file(&config);
-        let mut addrs = proc.addr.split(' ').map(|a| a.parse::<SocketAddr>());
-        match (addrs.next(), addrs.next()) {
-            (Some(Ok(grpc)), Some(Ok(metrics))) => {
+        let grpc = proc.addr.parse::<SocketAddr>();
+        let metrics = proc.metrics_addr.as_deref().map(str::parse::<SocketAddr>);
+        match (grpc, metrics) {
+            (Ok(grpc), Some(Ok(metrics))) => {
                 Ok(Replica { proc: Some(proc), name: name.to_string(), grpc, metrics })
             }
-            _ => Err(io::Error::other(format!("{name}: unreadable serving line {:?}", proc.addr))),
+            _ => Err(io::Error::other(format!(
+                "{name}: unreadable serving line ({:?}, {:?})",
+                proc.addr, proc.metrics_addr
+            ))),
         }
     }
 
@@ -339,13 +334,6 @@ mod tests {
         let line = "calls=120,usec=37560,usec_per_call=313.00,rejected_calls=0,failed_calls=0";
         assert_eq!(CommandStats::parse(line), Some(CommandStats { calls: 120, usec: 37560 }));
         assert_eq!(CommandStats::parse("usec=1"), None);
-    }
-
-    #[test]
-    fn the_serving_line_gives_both_addresses() {
-        let line = "INFO flowgate::serve: flowgate serving grpc_addr=127.0.0.1:41234 metrics_addr=127.0.0.1:41235 tls=false";
-        assert_eq!(serving_addrs(line).as_deref(), Some("127.0.0.1:41234 127.0.0.1:41235"));
-        assert_eq!(serving_addrs("flowgate serving grpc_addr=127.0.0.1:1"), None);
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! Each request is what Envoy does for one HTTP request: open a `Process` stream, send
 //! `request_headers` carrying an `x-workload-context` (mixed workload ids and criticalities),
 //! await the headers answer — **the measured latency is send → headers answer**, stream opening
-//! included — then send `response_headers` with `end_of_stream` (flowgate releases the slot),
-//! await its CONTINUE, close the request side and await the end of the stream.
+//! included — then send the response's messages one at a time, each answered before the next (by
+//! default only `response_headers` with `end_of_stream`: flowgate releases the slot), close the
+//! request side and await the end of the stream.
 
 use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
@@ -17,13 +18,15 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
+use tonic::Streaming;
 
 pub(crate) type Client = ExternalProcessorClient<Channel>;
 
 /// Distinct workload ids in the mix.
 const WORKLOADS: usize = 16;
 
-fn header(key: &str, value: &[u8]) -> HeaderValue {
+/// A header with a raw value, as Envoy sends it.
+pub(crate) fn header(key: &str, value: &[u8]) -> HeaderValue {
     HeaderValue { key: key.into(), raw_value: value.to_vec(), ..Default::default() }
 }
 
@@ -32,18 +35,20 @@ fn header(key: &str, value: &[u8]) -> HeaderValue {
 pub fn request_headers(w: usize, k: usize) -> ProcessingRequest {
     let id = (w * 7 + k) % WORKLOADS;
     let criticality = 1 + (w + k) % 5;
-    context_headers(&format!(r#"{{"workload_id":"tenant-{id}","criticality":{criticality}}}"#))
+    request_headers_with(&format!(r#"{{"workload_id":"tenant-{id}","criticality":{criticality}}}"#), &[])
 }
 
-/// The `request_headers` message of a request carrying `x-workload-context: context`.
-pub(crate) fn context_headers(context: &str) -> ProcessingRequest {
-    let headers = vec![
+/// The `request_headers` message of a chat completion with workload context `context` (the
+/// `x-workload-context` value) and the `extra` headers.
+pub(crate) fn request_headers_with(context: &str, extra: &[HeaderValue]) -> ProcessingRequest {
+    let mut headers = vec![
         header(":method", b"POST"),
         header(":path", b"/v1/chat/completions"),
         header(":authority", b"llm.local"),
         header("content-type", b"application/json"),
         header("x-workload-context", context.as_bytes()),
     ];
+    headers.extend_from_slice(extra);
     ProcessingRequest {
         request: Some(Msg::RequestHeaders(HttpHeaders {
             headers: Some(HeaderMap { headers }),
@@ -55,11 +60,18 @@ pub(crate) fn context_headers(context: &str) -> ProcessingRequest {
 }
 
 /// The `response_headers` message that ends the HTTP response (and frees flowgate's slot).
-fn response_headers() -> ProcessingRequest {
+pub(crate) fn response_headers() -> ProcessingRequest {
+    response_headers_of(None, true)
+}
+
+/// A `200` `response_headers` message with `content_type`, ending the response or not.
+pub(crate) fn response_headers_of(content_type: Option<&str>, end_of_stream: bool) -> ProcessingRequest {
+    let mut headers = vec![header(":status", b"200")];
+    headers.extend(content_type.map(|c| header("content-type", c.as_bytes())));
     ProcessingRequest {
         request: Some(Msg::ResponseHeaders(HttpHeaders {
-            headers: Some(HeaderMap { headers: vec![header(":status", b"200")] }),
-            end_of_stream: true,
+            headers: Some(HeaderMap { headers }),
+            end_of_stream,
             ..Default::default()
         })),
         ..Default::default()
@@ -103,24 +115,26 @@ pub fn classify(answer: &ProcessingResponse, want_destination: bool) -> Result<(
     }
 }
 
-/// One request through one stream; when its headers answer came.
-pub(crate) async fn one_request(
-    client: &mut Client,
-    first: ProcessingRequest,
-    want_destination: bool,
-) -> Result<(Instant, Instant), Failure> {
-    request_holding(client, first, want_destination, async || Ok(())).await
+/// A stream whose request headers have been answered.
+pub(crate) struct Opened {
+    /// The request side: what the client sends next.
+    pub(crate) tx: mpsc::Sender<ProcessingRequest>,
+    /// The answers still to come.
+    pub(crate) answers: Streaming<ProcessingResponse>,
+    /// When the request headers were sent.
+    pub(crate) sent: Instant,
+    /// When their answer came.
+    pub(crate) answered: Instant,
+    /// The headers answer.
+    pub(crate) answer: ProcessingResponse,
 }
 
-/// [`one_request`], running `hold` between the headers answer and the release (as Envoy sends
-/// the request upstream meanwhile); a `hold` error fails the request after its release.
-pub(crate) async fn request_holding(
-    client: &mut Client,
-    first: ProcessingRequest,
-    want_destination: bool,
-    hold: impl AsyncFnOnce() -> Result<(), String>,
-) -> Result<(Instant, Instant), Failure> {
-    let failed = |what: &str, e: &dyn std::fmt::Display| Failure::Failed(format!("{what}: {e}"));
+fn failed(what: &str, e: &dyn std::fmt::Display) -> Failure {
+    Failure::Failed(format!("{what}: {e}"))
+}
+
+/// Open a stream with `first` (the request headers) and await their answer (not checked).
+pub(crate) async fn open(client: &mut Client, first: ProcessingRequest) -> Result<Opened, Failure> {
     let (tx, rx) = mpsc::channel(4);
     let sent = Instant::now();
     tx.try_send(first).expect("a fresh channel has room");
@@ -131,13 +145,51 @@ pub(crate) async fn request_holding(
         .await
         .map_err(|s| failed("headers answer", &s))?
         .ok_or_else(|| Failure::Failed("stream ended before the headers answer".into()))?;
-    let answered = Instant::now();
+    Ok(Opened { tx, answers, sent, answered: Instant::now(), answer })
+}
+
+/// Whether `reply` answers `message` (the same phase: response body for response body, ...).
+fn answers_message(message: &ProcessingRequest, reply: &ProcessingResponse) -> bool {
+    matches!(
+        (&message.request, &reply.response),
+        (Some(Msg::RequestHeaders(_)), Some(Reply::RequestHeaders(_)))
+            | (Some(Msg::RequestBody(_)), Some(Reply::RequestBody(_)))
+            | (Some(Msg::RequestTrailers(_)), Some(Reply::RequestTrailers(_)))
+            | (Some(Msg::ResponseHeaders(_)), Some(Reply::ResponseHeaders(_)))
+            | (Some(Msg::ResponseBody(_)), Some(Reply::ResponseBody(_)))
+            | (Some(Msg::ResponseTrailers(_)), Some(Reply::ResponseTrailers(_)))
+    )
+}
+
+/// One request through one stream: `first`, its (checked) answer, then each of `after`, each
+/// answered before the next; when the headers answer came.
+pub(crate) async fn one_request(
+    client: &mut Client,
+    first: ProcessingRequest,
+    after: &[ProcessingRequest],
+    want_destination: bool,
+) -> Result<(Instant, Instant), Failure> {
+    request_holding(client, first, after, want_destination, async || Ok(())).await
+}
+
+/// [`one_request`], running `hold` between the headers answer and the rest (as Envoy sends the
+/// request upstream meanwhile); a `hold` error fails the request after its release.
+pub(crate) async fn request_holding(
+    client: &mut Client,
+    first: ProcessingRequest,
+    after: &[ProcessingRequest],
+    want_destination: bool,
+    hold: impl AsyncFnOnce() -> Result<(), String>,
+) -> Result<(Instant, Instant), Failure> {
+    let Opened { tx, mut answers, sent, answered, answer } = open(client, first).await?;
     classify(&answer, want_destination)?;
     let held = hold().await;
-    tx.send(response_headers()).await.map_err(|_| Failure::Failed("request side closed early".into()))?;
-    match answers.message().await {
-        Ok(Some(ProcessingResponse { response: Some(Reply::ResponseHeaders(_)), .. })) => {}
-        other => return Err(Failure::Failed(format!("response headers answer: {other:?}"))),
+    for message in after {
+        tx.send(message.clone()).await.map_err(|_| Failure::Failed("request side closed early".into()))?;
+        match answers.message().await {
+            Ok(Some(reply)) if answers_message(message, &reply) => {}
+            other => return Err(Failure::Failed(format!("answer to a response message: {other:?}"))),
+        }
     }
     drop(tx);
     match answers.message().await {

@@ -7,10 +7,11 @@
 //! includes the client's own lag (pacer oversleep, a busy worker, a busy client runtime), i.e. it
 //! does not hide coordinated omission.
 
-use super::client::{one_request, request_headers, Client, Failure};
+use super::client::{one_request, request_headers, response_headers, Client, Failure};
 use envoy_types::pb::envoy::service::ext_proc::v3::ProcessingRequest;
 use flowgate_bench::report::timed_bar;
 use flowgate_bench::stats::Hist;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
@@ -24,14 +25,14 @@ const DRAIN_GRACE: Duration = Duration::from_secs(1);
 
 /// Requests by fate.
 #[derive(Default)]
-pub(super) struct Tally {
-    pub(super) scheduled: u64,
-    pub(super) completed: u64,
-    pub(super) failed: u64,
-    pub(super) not_dispatched: u64,
-    pub(super) skipped: u64,
+pub(crate) struct Tally {
+    pub(crate) scheduled: u64,
+    pub(crate) completed: u64,
+    pub(crate) failed: u64,
+    pub(crate) not_dispatched: u64,
+    pub(crate) skipped: u64,
     last_done: Option<Instant>,
-    pub(super) first_error: Option<String>,
+    pub(crate) first_error: Option<String>,
 }
 
 impl Tally {
@@ -59,11 +60,11 @@ struct WorkerRecord {
 
 /// A phase's (or a server's) figures.
 #[derive(Default)]
-pub(super) struct Measured {
-    pub(super) tally: Tally,
-    pub(super) latency: Hist,
-    pub(super) from_schedule: Hist,
-    pub(super) send_lag: Hist,
+pub(crate) struct Measured {
+    pub(crate) tally: Tally,
+    pub(crate) latency: Hist,
+    pub(crate) from_schedule: Hist,
+    pub(crate) send_lag: Hist,
 }
 
 impl Measured {
@@ -76,11 +77,33 @@ impl Measured {
         self.tally.merge(w.tally);
     }
 
-    pub(super) fn merge(&mut self, o: Measured) {
+    pub(crate) fn merge(&mut self, o: Measured) {
         self.latency.add(&o.latency);
         self.from_schedule.add(&o.from_schedule);
         self.send_lag.add(&o.send_lag);
         self.tally.merge(o.tally);
+    }
+}
+
+/// What every request of a phase sends, and what its headers answer must be.
+pub(crate) struct Exchange {
+    /// The request-headers messages: worker `w` cycles through `headers[w % headers.len()]`.
+    pub(crate) headers: Vec<Vec<ProcessingRequest>>,
+    /// The response's messages, sent after the headers answer one at a time, each answered
+    /// before the next.
+    pub(crate) after: Arc<[ProcessingRequest]>,
+    /// The headers answer must name a destination (flowgate's dispatch).
+    pub(crate) want_destination: bool,
+}
+
+impl Exchange {
+    /// The `extproc` bench's: per worker 8 requests of the 16-workload mix, a body-less response.
+    fn workload_mix(streams: usize, want_destination: bool) -> Exchange {
+        Exchange {
+            headers: (0..streams).map(|w| (0..8).map(|k| request_headers(w, k)).collect()).collect(),
+            after: Arc::new([response_headers()]),
+            want_destination,
+        }
     }
 }
 
@@ -89,6 +112,7 @@ async fn worker(
     mut client: Client,
     mut tokens: mpsc::UnboundedReceiver<Instant>,
     requests: Vec<ProcessingRequest>,
+    after: Arc<[ProcessingRequest]>,
     want_destination: bool,
     stop_at: Instant,
 ) -> WorkerRecord {
@@ -104,7 +128,7 @@ async fn worker(
         let first = requests[k % requests.len()].clone();
         k += 1;
         let outcome =
-            tokio::time::timeout(REQUEST_TIMEOUT, one_request(&mut client, first, want_destination))
+            tokio::time::timeout(REQUEST_TIMEOUT, one_request(&mut client, first, &after, want_destination))
                 .await
                 .unwrap_or_else(|_| Err(Failure::Failed(format!("no answer within {REQUEST_TIMEOUT:?}"))));
         match outcome {
@@ -140,12 +164,27 @@ pub fn schedule(i: u64, rate: f64) -> Duration {
     Duration::from_secs_f64(i as f64 / rate)
 }
 
-/// Offer `rate` requests/s for `dur` over `streams` workers sharing `clients`; returns the tally
-/// and the load window (start → max(end of schedule, last completion)).
+/// Offer `rate` requests/s of the 16-workload mix for `dur` over `streams` workers sharing
+/// `clients` ([`exchange_phase`]).
 pub(super) fn phase(
     client_rt: &Runtime,
     clients: &[Client],
     want_destination: bool,
+    rate: f64,
+    streams: usize,
+    dur: Duration,
+    label: &str,
+) -> (Measured, Duration) {
+    let exchange = Exchange::workload_mix(streams, want_destination);
+    exchange_phase(client_rt, clients, &exchange, rate, streams, dur, label)
+}
+
+/// Offer `rate` requests/s of `exchange` for `dur` over `streams` workers sharing `clients`;
+/// returns the tally and the load window (start → max(end of schedule, last completion)).
+pub(crate) fn exchange_phase(
+    client_rt: &Runtime,
+    clients: &[Client],
+    exchange: &Exchange,
     rate: f64,
     streams: usize,
     dur: Duration,
@@ -159,9 +198,11 @@ pub(super) fn phase(
     let mut handles = Vec::with_capacity(streams);
     for w in 0..streams {
         let (tx, rx) = mpsc::unbounded_channel();
-        let requests = (0..8).map(|k| request_headers(w, k)).collect();
+        let requests = exchange.headers[w % exchange.headers.len()].clone();
         let client = clients[w % clients.len()].clone();
-        handles.push(client_rt.spawn(worker(client, rx, requests, want_destination, stop_at)));
+        let after = exchange.after.clone();
+        let want = exchange.want_destination;
+        handles.push(client_rt.spawn(worker(client, rx, requests, after, want, stop_at)));
         senders.push(tx);
     }
     let bar = timed_bar(label, dur);
@@ -195,6 +236,7 @@ pub(super) fn phase(
     (m, window)
 }
 
+/// `n` clients to `url`, each on its own HTTP/2 connection.
 pub(crate) async fn connect(url: String, n: usize) -> Result<Vec<Client>, tonic::transport::Error> {
     let endpoint = Endpoint::from_shared(url)?.tcp_nodelay(true).connect_timeout(Duration::from_secs(5));
     let mut clients = Vec::with_capacity(n);
@@ -205,6 +247,7 @@ pub(crate) async fn connect(url: String, n: usize) -> Result<Vec<Client>, tonic:
     Ok(clients)
 }
 
+/// `addr` as a URL (`http://` unless it has a scheme).
 pub(crate) fn url(addr: &str) -> String {
     if addr.contains("://") {
         addr.to_string()

@@ -19,6 +19,7 @@ const LISTENING: &str = "listening ";
 /// The line `flowgate serve` logs once it serves, and the field holding the ext_proc address.
 const FLOWGATE_SERVING: &str = "flowgate serving";
 const GRPC_ADDR_FIELD: &str = "grpc_addr=";
+const METRICS_ADDR_FIELD: &str = "metrics_addr=";
 
 /// `flowgate-bench serve-bare`: serve a [`BareServer`] that names the destination on `listen` (tonic's defaults, no cap on
 /// streams per connection, like flowgate) until stdin closes; prints `listening ADDR` first.
@@ -48,6 +49,8 @@ pub struct Server {
     pub(crate) child: Child,
     /// Its ext_proc address, `host:port`.
     pub addr: String,
+    /// Its metrics (and workload API) address, `host:port` (flowgate only).
+    pub metrics_addr: Option<String>,
 }
 
 impl Server {
@@ -113,26 +116,21 @@ pub(crate) fn await_address(
 
 /// The ext_proc address in `flowgate serve`'s "flowgate serving" log line.
 pub fn flowgate_addr(line: &str) -> Option<String> {
+    serving_field(line, GRPC_ADDR_FIELD)
+}
+
+/// The address in field `field` (`name=`) of the "flowgate serving" log line.
+fn serving_field(line: &str, field: &str) -> Option<String> {
     if !line.contains(FLOWGATE_SERVING) {
         return None;
     }
-    let at = line.find(GRPC_ADDR_FIELD)? + GRPC_ADDR_FIELD.len();
+    let at = line.find(field)? + field.len();
     let addr = line[at..].split_whitespace().next()?;
     addr.parse::<std::net::SocketAddr>().ok().map(|a| a.to_string())
 }
 
 /// Start `flowgate serve --config config` on loopback ports of its choosing.
 pub fn start_flowgate(bin: &Path, config: &Path, env: &[(String, String)]) -> io::Result<Server> {
-    spawn_flowgate(bin, config, env, flowgate_addr)
-}
-
-/// [`start_flowgate`], its [`Server::addr`] being what `parse` takes from the log line it accepts.
-pub(crate) fn spawn_flowgate(
-    bin: &Path,
-    config: &Path,
-    env: &[(String, String)],
-    parse: impl Fn(&str) -> Option<String>,
-) -> io::Result<Server> {
     let mut child = Command::new(bin)
         .args(["serve", "--config"])
         .arg(config)
@@ -147,8 +145,10 @@ pub(crate) fn spawn_flowgate(
     let (tx, rx) = std_mpsc::channel();
     forward_lines(child.stderr.take().expect("piped"), tx);
     // From here on the child is killed on every path (Server's drop).
-    let mut server = Server { child, addr: String::new() };
-    server.addr = await_address("flowgate serve", &rx, parse)?;
+    let mut server = Server { child, addr: String::new(), metrics_addr: None };
+    let line = await_address("flowgate serve", &rx, |l| flowgate_addr(l).map(|_| l.to_string()))?;
+    server.metrics_addr = serving_field(&line, METRICS_ADDR_FIELD);
+    server.addr = flowgate_addr(&line).unwrap_or_default();
     Ok(server)
 }
 
@@ -163,7 +163,7 @@ pub fn start_bare(env: &[(String, String)]) -> io::Result<Server> {
         .spawn()?;
     let (tx, rx) = std_mpsc::channel();
     forward_lines(child.stdout.take().expect("piped"), tx);
-    let mut server = Server { child, addr: String::new() };
+    let mut server = Server { child, addr: String::new(), metrics_addr: None };
     server.addr =
         await_address("serve-bare", &rx, |l| l.strip_prefix(LISTENING).map(|a| a.trim().to_string()))?;
     Ok(server)
@@ -232,6 +232,7 @@ mod tests {
     fn the_serving_line_gives_the_address() {
         let line = "2026-12-01T19:00:00.000Z  INFO flowgate::serve: flowgate serving grpc_addr=127.0.0.1:41234 metrics_addr=127.0.0.1:41235 tls=false";
         assert_eq!(flowgate_addr(line).as_deref(), Some("127.0.0.1:41234"));
+        assert_eq!(serving_field(line, METRICS_ADDR_FIELD).as_deref(), Some("127.0.0.1:41235"));
         assert_eq!(flowgate_addr("INFO starting grpc_addr=127.0.0.1:1"), None);
         assert_eq!(flowgate_addr("flowgate serving grpc_addr=nonsense"), None);
     }

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod cluster;
+mod envoy_modes;
 mod extproc;
 mod pool;
 mod scrape_cost;
@@ -217,6 +218,14 @@ enum Command {
         common: Common,
         #[command(flatten)]
         cluster: cluster::ClusterLoad,
+    },
+    /// Requests/s through a real Envoy with and without the response-body mode override (64-chunk
+    /// streams from flowgate-sim): workload `plain` (override) vs `metered` (every chunk read).
+    EnvoyModes {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        envoy: envoy_modes::EnvoyModesLoad,
     },
     /// (internal) a bare tonic ext_proc server that only names a destination; used by `streams`.
     #[command(hide = true)]
@@ -505,6 +514,7 @@ fn main() -> ExitCode {
         | Command::ScrapeCost { common, .. }
         | Command::Pool { common, .. }
         | Command::Streams { common, .. }
+        | Command::EnvoyModes { common, .. }
         | Command::Layouts { common, .. }
         | Command::Cluster { common, .. }
         | Command::All { common, .. } => *common,
@@ -562,6 +572,10 @@ fn main() -> ExitCode {
             .settings(common.quick, common.seconds, common.rounds)
             .and_then(|s| cluster::run(&s, &out))
             .map(|_| vec!["cluster"]),
+        Command::EnvoyModes { common, envoy } => envoy
+            .options(common.quick, common.seconds, common.rounds)
+            .and_then(|o| envoy_modes::run(&o, &out))
+            .map(|_| vec!["envoy_modes"]),
         Command::ServePage | Command::ServeBare { .. } => unreachable!("handled above"),
         Command::Pool { common, pool } => {
             pool_options(common, pool).and_then(|o| pool::run(&o, &out)).map(|_| vec!["pool"])

@@ -18,8 +18,8 @@ pub fn process_s() -> Option<f64> {
     read_stat("/proc/self/stat")
 }
 
-/// utime + stime of a `stat` file, in seconds.
-fn read_stat(path: &str) -> Option<f64> {
+/// utime + stime of a `stat` file (`/proc/PID/stat`, any process's), in seconds.
+pub fn read_stat(path: &str) -> Option<f64> {
     let text = std::fs::read_to_string(path).ok()?;
     // The command name may hold spaces or parentheses: fields are counted after the last ')'.
     let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();

@@ -8,8 +8,9 @@
 //! client ([`client`]) sends streamed 64-chunk completions through Envoy over keep-alive
 //! connections, in rounds alternating between `metered` (every chunk read) and `plain` (the
 //! override), after one warm-up round of each. Reported per workload: requests/s (median over
-//! its rounds), latency, and Envoy's ext_proc messages per request; the target is plain /
-//! metered ≥ [`TARGET_RATIO`] in the same run.
+//! its rounds), latency, Envoy's ext_proc messages per request, and the CPU per request of
+//! flowgate, Envoy and the sim (`/proc/PID/stat`); the target is plain / metered ≥
+//! [`TARGET_RATIO`] in the same run.
 //!
 //! Checks that each phase did what it claims ([`observe`]), any failing one a broken harness:
 //! every response 200 and complete (`data: [DONE]`); flowgate's tokens charged to `metered` equal
@@ -249,15 +250,19 @@ pub fn run(o: &Options, out_dir: &Path) -> io::Result<EnvoyModesReport> {
             let mine: Vec<&Round> = rounds.iter().filter(|r| &r.workload == w).collect();
             let rates: Vec<f64> = mine.iter().map(|r| r.req_per_s).collect();
             let requests: u64 = mine.iter().map(|r| r.requests).sum();
-            let msgs: f64 = mine.iter().map(|r| r.counters.ext_proc_msgs_sent).sum();
+            let sum = |f: fn(&Counters) -> f64| mine.iter().map(|r| f(&r.counters)).sum::<f64>();
+            let per_request = |total: f64| total / requests.max(1) as f64;
             Phase {
                 workload: w.clone(),
                 median_req_per_s: median(&rates),
                 round_req_per_s: rates,
                 requests,
                 latency: if h.is_empty() { Summary::default() } else { h.summary() },
-                ext_proc_msgs_per_request: msgs / requests.max(1) as f64,
-                usage_reported: mine.iter().map(|r| r.counters.usage_reported).sum(),
+                ext_proc_msgs_per_request: per_request(sum(|c| c.ext_proc_msgs_sent)),
+                usage_reported: sum(|c| c.usage_reported),
+                flowgate_cpu_us_per_request: per_request(sum(|c| c.flowgate_cpu_s) * 1e6),
+                envoy_cpu_us_per_request: per_request(sum(|c| c.envoy_cpu_s) * 1e6),
+                sim_cpu_us_per_request: per_request(sum(|c| c.sim_cpu_s) * 1e6),
             }
         })
         .collect();

@@ -5,6 +5,7 @@
 use super::client;
 use super::stack::{Stack, LISTENER};
 use flowgate::http::WorkloadJson;
+use flowgate_bench::cpu::read_stat;
 use flowgate_sim::SimStats;
 use serde::Serialize;
 use std::io;
@@ -25,6 +26,12 @@ pub struct Counters {
     pub usage_estimated: f64,
     /// Envoy's ext_proc messages sent on the bench listener.
     pub ext_proc_msgs_sent: f64,
+    /// CPU seconds used by the flowgate process (`/proc/PID/stat`, 10 ms ticks).
+    pub flowgate_cpu_s: f64,
+    /// ... by Envoy.
+    pub envoy_cpu_s: f64,
+    /// ... by the sim.
+    pub sim_cpu_s: f64,
 }
 
 impl Counters {
@@ -34,6 +41,9 @@ impl Counters {
             usage_reported: self.usage_reported - before.usage_reported,
             usage_estimated: self.usage_estimated - before.usage_estimated,
             ext_proc_msgs_sent: self.ext_proc_msgs_sent - before.ext_proc_msgs_sent,
+            flowgate_cpu_s: self.flowgate_cpu_s - before.flowgate_cpu_s,
+            envoy_cpu_s: self.envoy_cpu_s - before.envoy_cpu_s,
+            sim_cpu_s: self.sim_cpu_s - before.sim_cpu_s,
         }
     }
 }
@@ -66,7 +76,12 @@ fn missing(what: &str) -> io::Error {
     io::Error::other(format!("envoy-modes: {what} missing"))
 }
 
-/// Read all three counters now.
+/// CPU seconds used so far by process `pid`.
+fn cpu_s(pid: u32, what: &str) -> io::Result<f64> {
+    read_stat(&format!("/proc/{pid}/stat")).ok_or_else(|| missing(&format!("/proc/{pid}/stat of {what}")))
+}
+
+/// Read all the counters now.
 pub async fn counters(stack: &Stack) -> io::Result<Counters> {
     let page = client::get_text(stack.metrics, "/metrics").await?;
     let stats = client::get_text(stack.admin, "/stats?filter=ext_proc").await?;
@@ -75,6 +90,9 @@ pub async fn counters(stack: &Stack) -> io::Result<Counters> {
         usage_estimated: prometheus_sum(&page, USAGE_ESTIMATED).ok_or_else(|| missing(USAGE_ESTIMATED))?,
         ext_proc_msgs_sent: envoy_stat(&stats, LISTENER, EXT_PROC_MSGS_SENT)
             .ok_or_else(|| missing("envoy ext_proc stream_msgs_sent"))?,
+        flowgate_cpu_s: cpu_s(stack.flowgate.pid(), "flowgate")?,
+        envoy_cpu_s: cpu_s(stack.envoy.pid(), "envoy")?,
+        sim_cpu_s: cpu_s(stack.sim.pid(), "flowgate-sim")?,
     })
 }
 
@@ -103,8 +121,17 @@ mod tests {
         let stats = "http.ingress_bench.ext_proc.stream_msgs_sent: 130\nhttp.ingress_bench.ext_proc.streams_started: 2\n";
         assert_eq!(envoy_stat(stats, "bench", "stream_msgs_sent"), Some(130.0));
         assert_eq!(envoy_stat(stats, "other", "stream_msgs_sent"), None);
-        let d = Counters { usage_reported: 5.0, usage_estimated: 1.0, ext_proc_msgs_sent: 100.0 }
-            .since(Counters { usage_reported: 2.0, usage_estimated: 1.0, ext_proc_msgs_sent: 40.0 });
-        assert_eq!(d, Counters { usage_reported: 3.0, usage_estimated: 0.0, ext_proc_msgs_sent: 60.0 });
+        let c = |usage_reported, ext_proc_msgs_sent, flowgate_cpu_s| Counters {
+            usage_reported,
+            usage_estimated: 1.0,
+            ext_proc_msgs_sent,
+            flowgate_cpu_s,
+            envoy_cpu_s: 2.0,
+            sim_cpu_s: 3.0,
+        };
+        let d = c(5.0, 100.0, 1.5).since(c(2.0, 40.0, 1.0));
+        assert_eq!((d.usage_reported, d.usage_estimated, d.ext_proc_msgs_sent), (3.0, 0.0, 60.0));
+        assert_eq!((d.flowgate_cpu_s, d.envoy_cpu_s, d.sim_cpu_s), (0.5, 0.0, 0.0));
+        assert!(cpu_s(std::process::id(), "self").is_ok());
     }
 }

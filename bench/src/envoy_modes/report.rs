@@ -59,6 +59,12 @@ pub struct Phase {
     pub ext_proc_msgs_per_request: f64,
     /// flowgate's `flowgate_usage_reported_total` growth over its rounds.
     pub usage_reported: f64,
+    /// flowgate's CPU per request, µs (10 ms ticks over its rounds).
+    pub flowgate_cpu_us_per_request: f64,
+    /// Envoy's CPU per request, µs.
+    pub envoy_cpu_us_per_request: f64,
+    /// The sim's CPU per request, µs.
+    pub sim_cpu_us_per_request: f64,
 }
 
 /// Whether each phase did what it claims (each `false` one breaks the run).
@@ -207,6 +213,9 @@ pub fn print(r: &EnvoyModesReport) {
             flowgate_bench::report::ms(p.latency.p50_ms),
             flowgate_bench::report::ms(p.latency.p99_ms),
             format!("{:.1}", p.ext_proc_msgs_per_request),
+            format!("{:.0}", p.flowgate_cpu_us_per_request),
+            format!("{:.0}", p.envoy_cpu_us_per_request),
+            format!("{:.0}", p.sim_cpu_us_per_request),
         ]);
     }
     println!(
@@ -252,6 +261,9 @@ mod tests {
             latency: Summary::default(),
             ext_proc_msgs_per_request: msgs,
             usage_reported: 0.0,
+            flowgate_cpu_us_per_request: 0.0,
+            envoy_cpu_us_per_request: 0.0,
+            sim_cpu_us_per_request: 0.0,
         }
     }
 
@@ -278,7 +290,7 @@ mod tests {
                 .insert(id.into(), WorkloadStats { requests: 10, prompt_tokens: 30, completion_tokens: 640 });
         }
         let phases = [phase(METERED, 20.0), phase(PLAIN, 2.0)];
-        let totals = Counters { usage_reported: 10.0, usage_estimated: 0.0, ext_proc_msgs_sent: 220.0 };
+        let totals = Counters { usage_reported: 10.0, ext_proc_msgs_sent: 220.0, ..Counters::default() };
         let good = [workload(METERED, 30, 640)];
         let c = Checks::evaluate(&phases, &[], totals, 10, &good, &sim);
         assert_eq!(c.problem(), None);

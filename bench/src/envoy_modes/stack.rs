@@ -33,7 +33,6 @@ const BACKEND_MAX_INFLIGHT: u32 = 100_000;
 const METERED_TOKENS_PER_MINUTE: u64 = 1_000_000_000_000;
 
 /// The running stack. Dropped in field order: Envoy first, then flowgate, then the sim.
-#[expect(dead_code, reason = "the processes are held only to be killed on drop")]
 pub struct Stack {
     /// Envoy (its `addr` is the listener).
     pub envoy: Server,

@@ -268,6 +268,8 @@ pub fn run(o: &Options, out_dir: &Path) -> io::Result<EnvoyModesReport> {
         .collect();
     let rate = |w: &str| phases.iter().find(|p| p.workload == w).map_or(0.0, |p| p.median_req_per_s);
     let ratio = if rate(METERED) > 0.0 { rate(PLAIN) / rate(METERED) } else { 0.0 };
+    let cpu = |w: &str| phases.iter().find(|p| p.workload == w).map_or(0.0, Phase::stack_cpu_us_per_request);
+    let cpu_ratio = if cpu(PLAIN) > 0.0 { cpu(METERED) / cpu(PLAIN) } else { 0.0 };
     let checks = Checks::evaluate(&phases, &rounds, totals, metered_sent, &workloads, &sim);
     let report = EnvoyModesReport {
         run: RunInfo::now(o.quick),
@@ -281,6 +283,7 @@ pub fn run(o: &Options, out_dir: &Path) -> io::Result<EnvoyModesReport> {
         rounds,
         phases,
         ratio,
+        cpu_ratio,
         target_ratio: TARGET_RATIO,
         target_met: ratio >= TARGET_RATIO,
         checks,

@@ -67,6 +67,13 @@ pub struct Phase {
     pub sim_cpu_us_per_request: f64,
 }
 
+impl Phase {
+    /// CPU per request of flowgate, Envoy and the sim together, µs.
+    pub fn stack_cpu_us_per_request(&self) -> f64 {
+        self.flowgate_cpu_us_per_request + self.envoy_cpu_us_per_request + self.sim_cpu_us_per_request
+    }
+}
+
 /// Whether each phase did what it claims (each `false` one breaks the run).
 #[derive(Debug, Serialize)]
 pub struct Checks {
@@ -185,6 +192,10 @@ pub struct EnvoyModesReport {
     pub phases: Vec<Phase>,
     /// plain / metered median requests/s.
     pub ratio: f64,
+    /// metered / plain CPU per request of flowgate, Envoy and the sim together: the requests/s
+    /// ratio to expect when those three alone fill the cores (a steadier figure than the
+    /// requests/s ratio on a shared machine).
+    pub cpu_ratio: f64,
     /// The target ratio.
     pub target_ratio: f64,
     /// Whether this run met it.
@@ -203,6 +214,9 @@ pub fn print(r: &EnvoyModesReport) {
         "p50",
         "p99",
         "ext_proc msgs/req",
+        "CPU µs/req: flowgate",
+        "envoy",
+        "sim",
     ]);
     for p in &r.phases {
         t.row(vec![
@@ -238,6 +252,10 @@ pub fn print(r: &EnvoyModesReport) {
         c.metered_sent,
         c.usage_counted_for_metered_only,
         c.override_honoured,
+    );
+    println!(
+        "stack CPU per request metered / plain: {:.2}x (the requests/s ratio if flowgate, Envoy and the sim alone fill the cores)",
+        r.cpu_ratio
     );
     println!(
         "plain / metered requests/s: {:.2}x (target ≥ {:.1}x): {}",

@@ -221,7 +221,7 @@ pub fn cluster_lines(redis: &Redis, pool: &str, replica_id: &str, sync_interval_
 }
 
 /// The ext_proc and metrics addresses in `flowgate serve`'s "flowgate serving" line, space-separated.
-fn serving_addrs(line: &str) -> Option<String> {
+pub(crate) fn serving_addrs(line: &str) -> Option<String> {
     let field = |key: &str| {
         let at = line.find(key)? + key.len();
         line[at..].split_whitespace().next()?.parse::<SocketAddr>().ok()

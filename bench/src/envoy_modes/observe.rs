@@ -5,6 +5,7 @@
 use super::client;
 use super::stack::{Stack, LISTENER};
 use flowgate::http::WorkloadJson;
+use flowgate::metrics::sample;
 use flowgate_bench::cpu::read_stat;
 use flowgate_sim::SimStats;
 use serde::Serialize;
@@ -48,23 +49,6 @@ impl Counters {
     }
 }
 
-/// The sum of the samples of `name` (any labels) on a Prometheus text page; `None` if absent.
-pub fn prometheus_sum(page: &str, name: &str) -> Option<f64> {
-    let mut found = None;
-    for line in page.lines().filter(|l| !l.starts_with('#')) {
-        let Some(rest) = line.strip_prefix(name) else { continue };
-        let value = match rest.chars().next() {
-            Some('{') => rest.rsplit_once('}').map(|(_, v)| v),
-            Some(' ') => Some(rest),
-            _ => None,
-        };
-        if let Some(v) = value.and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok()) {
-            found = Some(found.unwrap_or(0.0) + v);
-        }
-    }
-    found
-}
-
 /// The value of the Envoy stat `http.ingress_<listener>.ext_proc.<stat>` on an admin `/stats`
 /// text page (`name: value` lines).
 pub fn envoy_stat(page: &str, listener: &str, stat: &str) -> Option<f64> {
@@ -86,8 +70,8 @@ pub async fn counters(stack: &Stack) -> io::Result<Counters> {
     let page = client::get_text(stack.metrics, "/metrics").await?;
     let stats = client::get_text(stack.admin, "/stats?filter=ext_proc").await?;
     Ok(Counters {
-        usage_reported: prometheus_sum(&page, USAGE_REPORTED).ok_or_else(|| missing(USAGE_REPORTED))?,
-        usage_estimated: prometheus_sum(&page, USAGE_ESTIMATED).ok_or_else(|| missing(USAGE_ESTIMATED))?,
+        usage_reported: sample(&page, USAGE_REPORTED).ok_or_else(|| missing(USAGE_REPORTED))?,
+        usage_estimated: sample(&page, USAGE_ESTIMATED).ok_or_else(|| missing(USAGE_ESTIMATED))?,
         ext_proc_msgs_sent: envoy_stat(&stats, LISTENER, EXT_PROC_MSGS_SENT)
             .ok_or_else(|| missing("envoy ext_proc stream_msgs_sent"))?,
         flowgate_cpu_s: cpu_s(stack.flowgate.pid(), "flowgate")?,
@@ -114,10 +98,9 @@ mod tests {
 
     #[test]
     fn counters_are_read_from_both_pages() {
-        let page = "# HELP flowgate_usage_reported x\n# TYPE flowgate_usage_reported counter\nflowgate_usage_reported_total 12\nflowgate_usage_reported_total_other 5\nx{a=\"1\"} 2\n";
-        assert_eq!(prometheus_sum(page, USAGE_REPORTED), Some(12.0));
-        assert_eq!(prometheus_sum("y{a=\"1\"} 2\ny{a=\"2\"} 3\n", "y"), Some(5.0));
-        assert_eq!(prometheus_sum(page, USAGE_ESTIMATED), None);
+        let page = "# TYPE flowgate_usage_reported counter\nflowgate_usage_reported_total_other 5\nflowgate_usage_reported_total 12\n";
+        assert_eq!(sample(page, USAGE_REPORTED), Some(12.0));
+        assert_eq!(sample(page, USAGE_ESTIMATED), None);
         let stats = "http.ingress_bench.ext_proc.stream_msgs_sent: 130\nhttp.ingress_bench.ext_proc.streams_started: 2\n";
         assert_eq!(envoy_stat(stats, "bench", "stream_msgs_sent"), Some(130.0));
         assert_eq!(envoy_stat(stats, "other", "stream_msgs_sent"), None);

@@ -5,9 +5,10 @@
 
 use super::template::{self, Ports};
 use super::{client, Options};
+use crate::cluster::procs::{free_port, serving_addrs};
 use crate::streams::procs::{self, Server};
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc as std_mpsc;
@@ -25,8 +26,6 @@ const ENVOY_READY_TIMEOUT: Duration = Duration::from_secs(30);
 const ENVOY_READY_POLL: Duration = Duration::from_millis(50);
 /// What `flowgate-sim` prints on stderr once it listens, followed by the address.
 const SIM_LISTENING: &str = "flowgate-sim listening on ";
-/// The field of flowgate's serving line holding its HTTP (metrics, workload API) address.
-const METRICS_ADDR_FIELD: &str = "metrics_addr=";
 /// Slots of the sim backend: far above any load here, so `max_inflight` never binds.
 const BACKEND_MAX_INFLIGHT: u32 = 100_000;
 /// `metered`'s token quota per minute: huge, so it never binds, but a token rule all the same.
@@ -89,24 +88,11 @@ fn parse_addr(what: &str, addr: &str) -> io::Result<SocketAddr> {
     addr.trim().parse().map_err(|_| io::Error::other(format!("{what}: bad address {addr:?}")))
 }
 
-/// A loopback port free now (Envoy's config needs fixed ports; the e2e picks them the same way).
-fn free_port() -> io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// flowgate's config: the sim as its one backend, and a token quota on `metered` only.
 pub fn flowgate_config(sim: SocketAddr) -> String {
     format!(
         "backends:\n  - address: {sim}\n    max_inflight: {BACKEND_MAX_INFLIGHT}\nworkloads:\n  quotas:\n    - workload_id: {METERED}\n      tokens_per_minute: {METERED_TOKENS_PER_MINUTE}\n"
     )
-}
-
-/// Both addresses of flowgate's serving line, `GRPC METRICS`.
-fn flowgate_addrs(line: &str) -> Option<String> {
-    let grpc = procs::flowgate_addr(line)?;
-    let at = line.find(METRICS_ADDR_FIELD)? + METRICS_ADDR_FIELD.len();
-    let metrics = line[at..].split_whitespace().next()?.parse::<SocketAddr>().ok()?;
-    Some(format!("{grpc} {metrics}"))
 }
 
 fn start_sim(o: &Options) -> io::Result<Server> {
@@ -124,7 +110,7 @@ fn start_flowgate(o: &Options, config: &Path) -> io::Result<(Server, SocketAddr)
         .arg(config)
         .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
         .env("RUST_LOG", "info");
-    let mut server = spawn_listening("flowgate serve", cmd, flowgate_addrs)?;
+    let mut server = spawn_listening("flowgate serve", cmd, serving_addrs)?;
     let (grpc, metrics) =
         server.addr.split_once(' ').map(|(g, m)| (g.to_string(), m.to_string())).unwrap_or_default();
     server.addr = grpc;
@@ -215,13 +201,6 @@ impl Stack {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_serving_line_gives_both_addresses() {
-        let line = "2026-12-01T19:00:00.000Z  INFO flowgate::serve: flowgate serving grpc_addr=127.0.0.1:41234 metrics_addr=127.0.0.1:41235 tls=false";
-        assert_eq!(flowgate_addrs(line).as_deref(), Some("127.0.0.1:41234 127.0.0.1:41235"));
-        assert_eq!(flowgate_addrs("flowgate serving grpc_addr=127.0.0.1:1"), None);
-    }
 
     #[test]
     fn only_metered_has_a_token_quota() {

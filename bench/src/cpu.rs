@@ -24,7 +24,7 @@ pub fn pid_s(pid: u32) -> Option<f64> {
 }
 
 /// utime + stime of a `stat` file, in seconds.
-fn read_stat(path: &str) -> Option<f64> {
+pub fn read_stat(path: &str) -> Option<f64> {
     let text = std::fs::read_to_string(path).ok()?;
     // The command name may hold spaces or parentheses: fields are counted after the last ')'.
     let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();

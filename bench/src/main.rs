@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod cluster;
+mod envoy_modes;
 mod extproc;
 mod pool;
 mod scrape_cost;
@@ -225,6 +226,14 @@ enum Command {
         common: Common,
         #[command(flatten)]
         load: usage_cost::UsageCostLoad,
+    },
+    /// Requests/s through a real Envoy with and without the response-body mode override (64-chunk
+    /// streams from flowgate-sim): workload `plain` (override) vs `metered` (every chunk read).
+    EnvoyModes {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        envoy: envoy_modes::EnvoyModesLoad,
     },
     /// (internal) a bare tonic ext_proc server that only names a destination; used by `streams`.
     #[command(hide = true)]
@@ -513,6 +522,7 @@ fn main() -> ExitCode {
         | Command::ScrapeCost { common, .. }
         | Command::Pool { common, .. }
         | Command::Streams { common, .. }
+        | Command::EnvoyModes { common, .. }
         | Command::Layouts { common, .. }
         | Command::Cluster { common, .. }
         | Command::UsageCost { common, .. }
@@ -575,6 +585,10 @@ fn main() -> ExitCode {
             let o = load.options(common.quick, common.seconds, common.rounds);
             usage_cost::run(&o, &out).map(|_| vec!["usage_cost"])
         }
+        Command::EnvoyModes { common, envoy } => envoy
+            .options(common.quick, common.seconds, common.rounds)
+            .and_then(|o| envoy_modes::run(&o, &out))
+            .map(|_| vec!["envoy_modes"]),
         Command::ServePage | Command::ServeBare { .. } => unreachable!("handled above"),
         Command::Pool { common, pool } => {
             pool_options(common, pool).and_then(|o| pool::run(&o, &out)).map(|_| vec!["pool"])

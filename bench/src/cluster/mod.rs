@@ -18,7 +18,7 @@
 mod capacity;
 mod http;
 mod load;
-mod procs;
+pub(crate) mod procs;
 mod rates;
 mod tput;
 

@@ -19,7 +19,7 @@ const LISTENING: &str = "listening ";
 /// The line `flowgate serve` logs once it serves, and the field holding the ext_proc address.
 const FLOWGATE_SERVING: &str = "flowgate serving";
 const GRPC_ADDR_FIELD: &str = "grpc_addr=";
-const METRICS_ADDR_FIELD: &str = "metrics_addr=";
+pub(crate) const METRICS_ADDR_FIELD: &str = "metrics_addr=";
 
 /// `flowgate-bench serve-bare`: serve a [`BareServer`] that names the destination on `listen` (tonic's defaults, no cap on
 /// streams per connection, like flowgate) until stdin closes; prints `listening ADDR` first.
@@ -120,7 +120,7 @@ pub fn flowgate_addr(line: &str) -> Option<String> {
 }
 
 /// The address in field `field` (`name=`) of the "flowgate serving" log line.
-fn serving_field(line: &str, field: &str) -> Option<String> {
+pub(crate) fn serving_field(line: &str, field: &str) -> Option<String> {
     if !line.contains(FLOWGATE_SERVING) {
         return None;
     }

@@ -23,8 +23,13 @@
 //! message per read from the upstream socket: once the machine is busy, several events arrive
 //! per read, so a metered request costs fewer than 64 round trips (the table shows how many).
 //! The sim's decode step defaults to 1 ms (tokio's timer tick: a shorter step only makes bursts
-//! of several tokens per tick, which coalesce all the more), and 64 connections keep the stack,
-//! not the sim, the bottleneck (64 × 64 ms would allow 1000 requests/s).
+//! of several tokens per tick, which coalesce all the more).
+//!
+//! **The gateway's CPU, not the sim's latency.** A closed loop of C connections through a 64-token
+//! answer (~100 ms) cannot exceed C / 0.1 s requests/s; at C = 64 both phases sat at that bound
+//! (1.03×). So C defaults to 256, and with two or more CPUs Envoy and flowgate run on the first
+//! and the sim and the client on the others (`--no-split-cpus` to share them), as a gateway and a
+//! model server would on machines of their own: requests/s then measures what the gateway pays.
 
 pub mod client;
 pub mod observe;
@@ -63,8 +68,9 @@ pub struct EnvoyModesLoad {
     /// The `flowgate-sim` binary (default: the one beside flowgate-bench).
     #[arg(long, value_name = "PATH")]
     sim_bin: Option<PathBuf>,
-    /// Concurrent client connections (one request in flight each).
-    #[arg(long, default_value_t = 64)]
+    /// Concurrent client connections (one request in flight each): enough that the gateway's CPU,
+    /// not the sim's 64-token latency, bounds requests/s (64 leave both phases latency-bound).
+    #[arg(long, default_value_t = 256)]
     connections: usize,
     /// Tokens per response, one SSE chunk each.
     #[arg(long, default_value_t = 64)]
@@ -78,6 +84,11 @@ pub struct EnvoyModesLoad {
     /// Envoy worker threads (--concurrency).
     #[arg(long, default_value_t = 2)]
     envoy_concurrency: usize,
+    /// Do not split the CPUs (by default, with 2 or more allowed CPUs, Envoy and flowgate get the
+    /// first one and the sim and this client the others, as a gateway and a model server on
+    /// machines of their own: requests/s then measures the gateway's cost, not the sim's).
+    #[arg(long)]
+    no_split_cpus: bool,
 }
 
 /// What to run.
@@ -107,6 +118,8 @@ pub struct Options {
     pub max_num_seqs: usize,
     /// Envoy's worker threads.
     pub envoy_concurrency: usize,
+    /// CPUs of Envoy and flowgate, and of the sim and the client (`None`: not split).
+    pub cpus: Option<(Vec<usize>, Vec<usize>)>,
 }
 
 impl EnvoyModesLoad {
@@ -138,6 +151,11 @@ impl EnvoyModesLoad {
             decode_step_ms: self.decode_step_ms,
             max_num_seqs: self.max_num_seqs,
             envoy_concurrency: self.envoy_concurrency,
+            cpus: {
+                let allowed = flowgate_engine::layout::allowed_cpus();
+                (!self.no_split_cpus && allowed.len() >= 2)
+                    .then(|| (allowed[..1].to_vec(), allowed[1..].to_vec()))
+            },
         };
         if o.connections == 0
             || o.max_tokens == 0
@@ -232,7 +250,11 @@ async fn measure(stack: &Stack, o: &Options) -> io::Result<(Vec<Round>, Vec<(Str
 /// Run the `envoy-modes` subcommand.
 pub fn run(o: &Options, out_dir: &Path) -> io::Result<EnvoyModesReport> {
     std::fs::create_dir_all(out_dir)?;
-    // One client thread: the client is not measured, and it leaves the stack the cores.
+    // One client thread: the client is not measured, and it leaves the stack the cores. With the
+    // CPUs split it runs beside the sim, off the gateway's CPU (threads inherit the affinity).
+    if let Some((_, backend)) = &o.cpus {
+        flowgate_engine::layout::pin_current_thread(backend)?;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let stack = Stack::start(o, out_dir, &rt)?;
     let started = Instant::now();
@@ -278,6 +300,7 @@ pub fn run(o: &Options, out_dir: &Path) -> io::Result<EnvoyModesReport> {
         seconds_per_round: o.seconds,
         rounds_per_workload: o.rounds,
         envoy_concurrency: o.envoy_concurrency,
+        cpus: o.cpus.clone(),
         decode_step_ms: o.decode_step_ms,
         measured_s,
         rounds,

@@ -182,6 +182,8 @@ pub struct EnvoyModesReport {
     pub rounds_per_workload: usize,
     /// Envoy's worker threads.
     pub envoy_concurrency: usize,
+    /// CPUs Envoy and flowgate ran on, and those of the sim and the client (`null`: not split).
+    pub cpus: Option<(Vec<usize>, Vec<usize>)>,
     /// The sim's decode step, ms.
     pub decode_step_ms: f64,
     /// Wall time from the stack being up to the last reading, s.
@@ -233,11 +235,15 @@ pub fn print(r: &EnvoyModesReport) {
         ]);
     }
     println!(
-        "\n== envoy-modes (through Envoy, {} connections, {}-chunk SSE responses from flowgate-sim, {} x {:.1} s rounds each, alternating) ==\n{}",
+        "\n== envoy-modes (through Envoy, {} connections, {}-chunk SSE responses from flowgate-sim, {} x {:.1} s rounds each, alternating; {}) ==\n{}",
         r.connections,
         r.max_tokens,
         r.rounds_per_workload,
         r.seconds_per_round,
+        match &r.cpus {
+            Some((gateway, backend)) => format!("Envoy + flowgate on CPUs {gateway:?}, sim + client on {backend:?}"),
+            None => "CPUs shared".to_string(),
+        },
         t.render()
     );
     let c = &r.checks;

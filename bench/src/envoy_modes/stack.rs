@@ -66,6 +66,17 @@ fn die_with_parent(cmd: &mut Command) {
     }
 }
 
+/// Make `cmd`'s child run on `cpus` only.
+fn pin(cmd: &mut Command, cpus: Vec<usize>) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs between fork and exec; `pin_current_thread` builds a `cpu_set_t`
+    // on the stack and calls sched_setaffinity(2), async-signal-safe; `cpus` was allocated before
+    // the fork and is only read.
+    unsafe {
+        cmd.pre_exec(move || flowgate_engine::layout::pin_current_thread(&cpus));
+    }
+}
+
 /// Spawn `cmd` with its stderr drained for good; the lines, for whoever waits on one.
 fn spawn(what: &str, mut cmd: Command) -> io::Result<(Server, std_mpsc::Receiver<String>)> {
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
@@ -102,6 +113,9 @@ fn start_sim(o: &Options) -> io::Result<Server> {
         .args(["--decode-step-ms", &o.decode_step_ms.to_string()])
         .args(["--max-num-seqs", &o.max_num_seqs.to_string(), "--max-waiting", &o.max_num_seqs.to_string()])
         .env("RUST_LOG", "warn");
+    if let Some((_, backend)) = &o.cpus {
+        pin(&mut cmd, backend.clone());
+    }
     spawn_listening("flowgate-sim", cmd, |l| l.strip_prefix(SIM_LISTENING).map(str::to_string))
 }
 
@@ -111,6 +125,9 @@ fn start_flowgate(o: &Options, config: &Path) -> io::Result<(Server, SocketAddr)
         .arg(config)
         .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
         .env("RUST_LOG", "info");
+    if let Some((gateway, _)) = &o.cpus {
+        pin(&mut cmd, gateway.clone());
+    }
     let serving = |l: &str| Some(format!("{} {}", flowgate_addr(l)?, serving_field(l, METRICS_ADDR_FIELD)?));
     let mut server = spawn_listening("flowgate serve", cmd, serving)?;
     let (grpc, metrics) =
@@ -134,6 +151,9 @@ fn start_envoy(
         .arg(config)
         .args(["--disable-hot-restart", "--log-level", "warn"])
         .args(["--concurrency", &o.envoy_concurrency.to_string()]);
+    if let Some((gateway, _)) = &o.cpus {
+        pin(&mut cmd, gateway.clone());
+    }
     // Envoy prints no address line: it is ready when its admin `/ready` says LIVE.
     let (mut envoy, lines) = spawn("envoy", cmd)?;
     let tail = || {

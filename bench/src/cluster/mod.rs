@@ -301,7 +301,7 @@ fn print_table(r: &ClusterReport) {
         format!(
             "flood {:.0} req/s on A; B/A during it: median {:.3}, min {:.3}",
             r.rates.flood_rate_per_s,
-            tput::median(&r.rates.during_flood_b_over_a),
+            flowgate_bench::stats::median(&r.rates.during_flood_b_over_a),
             r.rates.during_flood_b_over_a.iter().copied().fold(f64::NAN, f64::min)
         ),
         verdict(r.targets.rate_on_b),

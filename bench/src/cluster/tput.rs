@@ -6,6 +6,7 @@
 use super::load::Load;
 use super::procs::Replica;
 use super::Settings;
+use flowgate_bench::stats::median;
 use serde::Serialize;
 use std::io;
 use std::time::Duration;
@@ -39,17 +40,6 @@ pub struct Throughput {
     pub side_by_side_ratio: f64,
     /// Requests that failed or were refused (0 in a sound run).
     pub failed: u64,
-}
-
-/// The median of `xs` (0 when empty).
-pub fn median(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
 }
 
 /// Load every replica of `rs` at once for a round; each one's completed/s, and the failures.
@@ -122,14 +112,4 @@ pub async fn run(cluster: &Replica, alone: &Replica, s: &Settings) -> io::Result
         side_by_side_ratios: side,
         failed,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn medians() {
-        assert_eq!(super::median(&[]), 0.0);
-        assert_eq!(super::median(&[3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(super::median(&[4.0, 1.0]), 2.5);
-    }
 }

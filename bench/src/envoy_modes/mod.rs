@@ -38,6 +38,7 @@ pub mod stack;
 pub mod template;
 
 use flowgate_bench::report::RunInfo;
+use flowgate_bench::stats::median;
 use flowgate_bench::stats::{Hist, Summary};
 use observe::Counters;
 use report::{Checks, EnvoyModesReport, Phase, Round};
@@ -184,16 +185,6 @@ pub fn round_order(i: usize) -> [&'static str; 2] {
         [METERED, PLAIN]
     } else {
         [PLAIN, METERED]
-    }
-}
-
-fn median(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
 }
 

@@ -27,6 +27,7 @@ use crate::extproc::load::{connect, exchange_phase, url, Exchange, Measured};
 use crate::streams::procs;
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
 use flowgate_bench::report::{self, RunInfo, Table};
+use flowgate_bench::stats::median;
 use flowgate_bench::stats::Summary;
 use serde::Serialize;
 use std::io;
@@ -440,17 +441,6 @@ pub fn run(o: &Options, out_dir: &Path) -> io::Result<UsageCostReport> {
     print_table(&report);
     check(&report).map_err(broken)?;
     Ok(report)
-}
-
-/// The median of `xs` (0 for none).
-fn median(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
 }
 
 /// flowgate's CPU seconds from `/proc/PID/stat` (0 when unreadable: only a cross-check).

@@ -173,8 +173,10 @@ impl Gate {
         for (slots, c) in self.ceiling_slots.iter().zip(fractions) {
             slots.store(((c * capacity as f64).ceil() as i64).clamp(1, capacity.max(1)), Ordering::Relaxed);
         }
-        // Validation allows ceilings below 1 only when every backend has enforced slots.
-        let on = fractions.iter().any(|c| *c < 1.0) && capacity > 0;
+        // Validation allows ceilings below 1 only when every backend has enforced slots. On by the
+        // configured capacity, not the lease: a lease of 0 (before the first grant) keeps them on,
+        // so a grant that makes room is never briefly open to every criticality.
+        let on = fractions.iter().any(|c| *c < 1.0) && self.backends.capacity() > 0;
         self.ceilings.store(on, Ordering::Release);
     }
 

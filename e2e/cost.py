@@ -31,10 +31,15 @@ Checks (prefix "cost"), run by `phase(harness, lib)` where lib is the run_e2e mo
 import threading
 import json
 import os
+import time
 
 STREAMED = [(40, 8), (400, 24), (1200, 64), (10, 1), (700, 40), (90, 12)]  # (prompt bytes, max_tokens)
 JSONS = [(30, 5), (500, 30), (2000, 16), (64, 64)]
 WORKLOADS = ("cost-stream", "cost-json")
+# How long a counter may take to show a charge made at the response's end. One poll takes ~3 ms;
+# one CI run timed out at the old 5 s bound without saying what it had read, so the checks now
+# wait longer and report the last counters they saw.
+COUNTER_WAIT_S = 20
 QUOTAS = """  quotas:
     - workload_id: cost-capped
       requests_per_minute: 2
@@ -91,6 +96,22 @@ class Cost:
                 got["queued"] = v
         return got
 
+    def counters_when(self, pred, timeout_s=COUNTER_WAIT_S):
+        """Poll /metrics until pred(counters) holds or timeout_s passes: the last counters read
+        (empty if none could be) and the last error, for the check's verdict and detail."""
+        deadline = time.monotonic() + timeout_s
+        last, err = {}, None
+        while True:
+            try:
+                last, err = self.counters(), None
+                if pred(last):
+                    return last, None
+            except Exception as e:  # a slow or refused /metrics: retried until the deadline
+                err = e
+            if time.monotonic() >= deadline:
+                return last, err
+            time.sleep(0.02)  # poll interval of a counter read, not a substitute for a signal
+
     def workload(self, wid):
         return self.lib.get_json(self.metrics, f"/api/v1/workload/{wid}/metrics")
 
@@ -122,20 +143,17 @@ class Cost:
             f"{wid}: {sim[wid]['prompt_tokens']}/{sim[wid]['completion_tokens']} tokens" for wid in WORKLOADS)
         self.h.check("cost2 workload API token counts == flowgate-sim's per workload", not problems, detail)
 
-        after, _ = lib.wait_until(
-            "usage counters moved",
-            lambda: (lambda c: (c, None) if c.get("flowgate_usage_reported_total", 0)
-                     - before.get("flowgate_usage_reported_total", 0) >= n else None)(self.counters()), 5)
-        rep = after["flowgate_usage_reported_total"] - before.get("flowgate_usage_reported_total", 0)
-        est = after["flowgate_usage_estimated_total"] - before.get("flowgate_usage_estimated_total", 0)
+        def moved(c, name):
+            return c.get(name, 0) - before.get(name, 0)
+
+        after, err = self.counters_when(lambda c: moved(c, "flowgate_usage_reported_total") >= n)
+        rep = moved(after, "flowgate_usage_reported_total")
+        est = moved(after, "flowgate_usage_estimated_total")
         self.h.check(f"cost3 flowgate_usage_reported_total +{n}, estimated +0", rep == n and est == 0,
-                     f"reported +{rep:.0f}, estimated +{est:.0f}")
+                     f"reported +{rep:.0f}, estimated +{est:.0f}" + (f" (last /metrics error: {err!r})" if err else ""))
 
         st, _, body = self.send("cost-nousage", 200, 20, stream=True, include_usage=False)
-        est_after, _ = lib.wait_until(
-            "estimated usage counted",
-            lambda: (lambda c: (c, None) if c.get("flowgate_usage_estimated_total", 0) >= est + 1
-                     + before.get("flowgate_usage_estimated_total", 0) else None)(self.counters()), 5)
+        self.counters_when(lambda c: moved(c, "flowgate_usage_estimated_total") >= est + 1)
         w = self.workload("cost-nousage")
         truth = lib.get_json(self.sim, "/admin/stats")["per_workload"].get("cost-nousage")
         self.h.check("cost4 a stream without a usage event is charged an estimate",
@@ -147,11 +165,10 @@ class Cost:
         self.quota_reject()
         self.quota_queue()
 
-        end, _ = lib.wait_until(
-            "cost: nothing in flight",
-            lambda: (lambda c: (c, None) if c.get("inflight", 1) == 0 and c.get("queued", 1) == 0
-                     else None)(self.counters()), 5)
-        self.h.check("cost7 afterwards inflight 0 and queue 0", True, f"{end}")
+        end, err = self.counters_when(lambda c: c.get("inflight", 1) == 0 and c.get("queued", 1) == 0)
+        self.h.check("cost7 afterwards inflight 0 and queue 0",
+                     end.get("inflight", 1) == 0 and end.get("queued", 1) == 0,
+                     f"{end}" + (f" (last /metrics error: {err!r})" if err else ""))
 
     def quota_reject(self):
         got = [self.send("cost-capped", 20, 2, stream=False) for _ in range(3)]

@@ -334,6 +334,7 @@ class Harness:
         os.makedirs(self.workdir)
         self.procs = Procs(self.workdir)
         self.results = []  # (name, ok, detail)
+        self.started = time.monotonic()
         (self.admin_port, self.up_a, self.up_b, self.l_main, self.l_small,
          self.fg_main_grpc, self.fg_main_metrics, self.fg_small_grpc,
          self.fg_small_metrics, self.sim_a, self.sim_b, self.l_sat, self.fg_sat_grpc,
@@ -352,6 +353,7 @@ class Harness:
 
     def run_phase(self, title, fn):
         print(f"--- {title}", flush=True)
+        started = time.monotonic()
         try:
             fn()
         except GlobalTimeout:
@@ -362,6 +364,8 @@ class Harness:
             self.check(f"{title}: unexpected error", False, repr(e))
         finally:
             self.release_all_holds()
+            # Phase times, so a run that nears --deadline shows where its time went.
+            print(f"    ({title}: {time.monotonic() - started:.1f} s)", flush=True)
 
     # -- processes -----------------------------------------------------------
     def start_upstreams(self):
@@ -1324,7 +1328,11 @@ def main():
     if not h.results:
         h.results.append(("no checks ran", False, ""))
     failed = sum(1 for r in h.results if not r[1])
-    print(f"{passed} passed, {failed} failed", flush=True)
+    # The failed checks again, after the log tails, so the last lines of a run name them.
+    for name, ok, detail in h.results:
+        if not ok:
+            print(f"[FAIL] {name}" + (f" -- {detail[:400]}" if detail else ""), flush=True)
+    print(f"{passed} passed, {failed} failed in {time.monotonic() - h.started:.0f} s", flush=True)
     return 1 if failed else 0
 
 

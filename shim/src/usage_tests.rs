@@ -379,3 +379,45 @@ proptest! {
         prop_assert_eq!(read_chunks(BodyKind::Json, split_at(json, &at), None), whole);
     }
 }
+
+#[test]
+fn plain_events_are_only_those_that_cannot_carry_a_usage_object() {
+    let plain = |e: &str| plain_event(e.as_bytes());
+    let delta = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}";
+    assert_eq!(
+        plain(&format!("{delta}\n\nrest")),
+        Some(PlainEvent { len: delta.len() + 2, after_cr: false })
+    );
+    assert_eq!(plain(&format!("{delta}\r\n\r\n")), Some(PlainEvent { len: delta.len() + 3, after_cr: true }));
+    assert_eq!(plain(&format!("{delta}\r\r")), Some(PlainEvent { len: delta.len() + 2, after_cr: true }));
+    assert_eq!(plain("data: [DONE]\n\n"), Some(PlainEvent { len: 14, after_cr: false }));
+    // A `{` after `"usage"`, a backslash anywhere, or an event that may go on: scanned.
+    assert_eq!(plain("data: {\"usage\":{\"prompt_tokens\":1}}\n\n"), None);
+    assert_eq!(plain("data: {\"usage\" junk : {\"prompt_tokens\":1}}\n\n"), None);
+    assert_eq!(plain("data: {\"\\u0075sage\":null}\n\n"), None);
+    assert_eq!(plain(&format!("{delta}\ndata: more\n\n")), None);
+    assert_eq!(plain(&format!("{delta}\n")), None, "the blank line is in the next chunk");
+    assert_eq!(plain(&format!("{delta}\r")), None, "CR LF or CR: not known yet");
+    assert_eq!(plain("event: x\n\n"), None);
+}
+
+#[test]
+fn passing_over_plain_events_reads_what_scanning_them_reads() {
+    // The same streams whole (plain events passed over) and a byte at a time (every event
+    // scanned: no line end is ever in the chunk with its start).
+    let streams = [
+        VLLM_STREAM.to_string(),
+        VLLM_STREAM.replace('\n', "\r\n"),
+        VLLM_STREAM.replace('\n', "\r"),
+        "data: {\"usage\":{\"prompt_tokens\":4}}\n\ndata: {\"usage\":null}\n\n".to_string(),
+        "data: {\"usage\" junk : {\"prompt_tokens\":4}}\n\ndata: {}\n\n".to_string(),
+        "data: {\"a\":1,\n\ndata: \"usage\":{\"prompt_tokens\":2}}\n\n".to_string(),
+        "data: {\"a\":1,\r\n\r\n\ndata: {\"usage\":{\"prompt_tokens\":3}}\r\n\r\n".to_string(),
+    ];
+    for body in &streams {
+        let whole = read(BodyKind::Sse, body.as_bytes());
+        let bytewise = read_chunks(BodyKind::Sse, body.as_bytes().chunks(1), None);
+        assert_eq!(whole, bytewise, "{body:?}");
+    }
+    assert_eq!(read(BodyKind::Sse, streams[3].as_bytes()), reported(4, 0), "a later null leaves it standing");
+}

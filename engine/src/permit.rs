@@ -3,6 +3,7 @@
 
 use crate::gate::{Gate, Place};
 use crate::registry::WorkloadEntry;
+use crate::sync::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// A held backend slot. Dropping it frees the slot, releases the workload's active count and wakes
@@ -13,12 +14,17 @@ pub struct Permit {
     /// so the backend's slot cannot be freed or rewritten meanwhile.
     place: Place,
     workload: Arc<WorkloadEntry>,
+    /// Weighted tokens reserved from the workload's token quota for this request
+    /// ([`QuotaState::reserve`](crate::quota::QuotaState::reserve)); settled once, by the charge
+    /// (which takes it, leaving 0) or else by the drop (which gives it back).
+    reserved_tokens: AtomicU64,
 }
 
 impl Permit {
-    /// Wrap a slot reserved by [`Gate::try_acquire`] for a request of `workload`.
-    pub fn new(gate: Arc<Gate>, place: Place, workload: Arc<WorkloadEntry>) -> Self {
-        Self { gate, place, workload }
+    /// Wrap a slot reserved by [`Gate::try_acquire`] for a request of `workload` that reserved
+    /// `reserved_tokens` of its token quota (0 if none).
+    pub fn new(gate: Arc<Gate>, place: Place, workload: Arc<WorkloadEntry>, reserved_tokens: u64) -> Self {
+        Self { gate, place, workload, reserved_tokens: AtomicU64::new(reserved_tokens) }
     }
 
     /// Slot index of the chosen backend in the backend table.
@@ -40,12 +46,20 @@ impl Permit {
     /// Charge the request's usage to its workload (token totals, token rate, VTC counter), now;
     /// returns the weighted cost. Call once, when the usage is known (the response's end).
     pub fn charge(&self, prompt_tokens: u64, completion_tokens: u64) -> u64 {
-        self.workload.charge(self.gate.clock().coarse_now_ns(), prompt_tokens, completion_tokens)
+        let reserved = self.reserved_tokens.swap(0, Ordering::Relaxed);
+        self.workload.charge_reserved(
+            self.gate.clock().coarse_now_ns(),
+            prompt_tokens,
+            completion_tokens,
+            reserved,
+        )
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
+        // Never charged: its reservation goes back (a request whose usage nobody read).
+        self.workload.quota().give_back(self.reserved_tokens.swap(0, Ordering::Relaxed));
         // Last activity needs ms, not ns: the coarse clock spares the caller a clock read.
         self.workload.release(self.gate.clock().coarse_now_ns());
         self.gate.release(self.place);

@@ -5,8 +5,16 @@
 //! one minute's allowance ([`QUOTA_WINDOW_NS`]) and is full while `tat ≤ now`. A request costs
 //! `60 s / requests_per_minute` of it, a weighted token `60 s / tokens_per_minute`; taking advances
 //! `tat` to `max(tat, now) + cost`. A request may go while the bucket has room: requests while
-//! `max(tat, now) + interval ≤ now + 60 s`, tokens while `tat < now + 60 s` (their cost is known
-//! only afterwards, so the token bucket may end in debt by the requests in flight when it ran out).
+//! `max(tat, now) + interval ≤ now + 60 s`, tokens while `tat < now + 60 s`.
+//!
+//! **Token reservations.** A request's token cost is known only when its response ends, so
+//! each request taken under a token limit reserves the workload's mean cost so far
+//! ([`reserve`](QuotaState::reserve)), and its charge settles the difference
+//! ([`settle`](QuotaState::settle): more taken, or the excess given back); a request that never
+//! dispatches or is never charged gives its reservation back. Requests in flight then count
+//! against the bucket before their costs are known, and the bucket's debt when it runs out is at
+//! most one request's cost plus how far the costs in flight stray from the mean (without
+//! reservations: the whole cost of every request in flight).
 //!
 //! **Who writes what.** The owning shard binds the rule, counts its queued requests, takes from
 //! the request bucket and parks; permits charge the token bucket from any thread (a CAS loop) and
@@ -20,6 +28,9 @@ use crate::sync::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 pub const QUOTA_WINDOW_NS: u64 = 60_000_000_000;
 /// The `rule` value of a workload no rule covers.
 const NO_RULE: u32 = u32::MAX;
+/// The newest cost's weight in a workload's mean cost (the reservation per request): the mean
+/// follows a change of request sizes within about eight requests.
+pub const MEAN_COST_WEIGHT: f64 = 1.0 / 8.0;
 
 /// Why a request must wait for its workload's quota.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,6 +77,10 @@ pub struct QuotaState {
     token_tat_ns: AtomicU64,
     /// Quota time per weighted token, ns (f64 bits); 0 when no rule limits tokens.
     ns_per_token: AtomicU64,
+    /// Weighted tokens per request reserved under a token limit (f64 bits): the mean of the
+    /// costs charged so far, the newest weighing [`MEAN_COST_WEIGHT`]; 0 before the first.
+    /// Any thread (a charge) updates it.
+    mean_cost: AtomicU64,
     /// Its queued requests wait on the quota (keyed parked). Shard writes, permits read.
     parked: AtomicBool,
 }
@@ -79,6 +94,7 @@ impl Default for QuotaState {
             request_tat_ns: AtomicU64::new(0),
             token_tat_ns: AtomicU64::new(0),
             ns_per_token: AtomicU64::new(0f64.to_bits()),
+            mean_cost: AtomicU64::new(0f64.to_bits()),
             parked: AtomicBool::new(false),
         }
     }
@@ -178,15 +194,61 @@ impl QuotaState {
     /// Charge `cost` weighted tokens at `now_ns` to the token bucket (any thread; nothing when no
     /// rule limits tokens).
     pub fn charge(&self, cost: u64, now_ns: u64) {
-        let per_token = f64::from_bits(self.ns_per_token.load(Ordering::Relaxed));
-        if per_token == 0.0 || cost == 0 {
+        let Some(spend) = self.quota_ns(cost) else { return };
+        self.move_token_tat(|tat| tat.max(now_ns).saturating_add(spend));
+    }
+
+    /// Take the workload's mean cost from the token bucket at `now_ns` for a request about to
+    /// hold a slot (after [`check`](Self::check) allowed it); returns the weighted tokens
+    /// reserved, for its [`settle`](Self::settle) or [`give_back`](Self::give_back). 0 when no
+    /// rule limits tokens or before the first charge.
+    pub fn reserve(&self, now_ns: u64) -> u64 {
+        if self.quota_ns(1).is_none() {
+            return 0;
+        }
+        let mean = f64::from_bits(self.mean_cost.load(Ordering::Relaxed));
+        let reserved = mean.round() as u64; // saturates
+        self.charge(reserved, now_ns);
+        reserved
+    }
+
+    /// A request that reserved `reserved` weighted tokens cost `cost`: take the rest, or give the
+    /// excess back, and fold `cost` into the mean (any thread).
+    pub fn settle(&self, reserved: u64, cost: u64, now_ns: u64) {
+        if self.quota_ns(1).is_none() {
             return;
         }
-        let spend = (cost as f64 * per_token).ceil() as u64; // saturates
+        let _ = self.mean_cost.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+            let mean = f64::from_bits(bits);
+            let next = if mean == 0.0 { cost as f64 } else { mean + (cost as f64 - mean) * MEAN_COST_WEIGHT };
+            Some(next.to_bits())
+        });
+        match cost.checked_sub(reserved) {
+            Some(more) => self.charge(more, now_ns),
+            None => self.give_back(reserved - cost),
+        }
+    }
+
+    /// Return `tokens` reserved and not spent to the token bucket (any thread): a request that
+    /// left the queue without dispatching, or finished without a charge.
+    pub fn give_back(&self, tokens: u64) {
+        let Some(spend) = self.quota_ns(tokens) else { return };
+        // Below `now` the bucket is full either way: every reader takes `max(tat, now)`.
+        self.move_token_tat(|tat| tat.saturating_sub(spend));
+    }
+
+    /// Quota time of `tokens` weighted tokens, ns; `None` when no rule limits tokens or for 0.
+    fn quota_ns(&self, tokens: u64) -> Option<u64> {
+        let per_token = f64::from_bits(self.ns_per_token.load(Ordering::Relaxed));
+        (per_token != 0.0 && tokens != 0).then(|| (tokens as f64 * per_token).ceil() as u64)
+        // saturates
+    }
+
+    /// Move the token bucket's `tat` by `f` (a CAS loop: permits on any thread move it).
+    fn move_token_tat(&self, f: impl Fn(u64) -> u64) {
         let mut tat = self.token_tat_ns.load(Ordering::Relaxed);
         loop {
-            let next = tat.max(now_ns).saturating_add(spend);
-            match self.token_tat_ns.compare_exchange_weak(tat, next, Ordering::Release, Ordering::Relaxed) {
+            match self.token_tat_ns.compare_exchange_weak(tat, f(tat), Ordering::Release, Ordering::Relaxed) {
                 Ok(_) => return,
                 Err(seen) => tat = seen,
             }
@@ -281,11 +343,65 @@ mod tests {
     }
 
     #[test]
+    fn requests_in_flight_hold_their_mean_cost_so_the_debt_is_their_spread() {
+        let q = quota(None, None, Some(6000)); // 10 ms per token: 6000 in the minute
+        let s = QuotaState::default();
+        s.bind(Some(0), Some(&q), 0);
+        let now = 10 * S;
+        // Nothing charged yet: nothing to reserve.
+        assert_eq!(s.reserve(now), 0);
+        s.settle(0, 1000, now);
+        assert_eq!(s.remaining(&q, now).tokens, Some(5000));
+        // Five more of the same size go out before any is charged: each holds 1000, so the
+        // bucket is empty after them and a sixth waits, rather than six costs landing later.
+        let held: Vec<u64> = (0..5).map(|_| s.reserve(now)).collect();
+        assert_eq!(held, [1000; 5]);
+        assert!(matches!(s.check(&q, 0, now), Err(Wait::Until(_))));
+        // They cost 1000, 1200, 800, 1000 and 1000: the bucket ends where their costs put it.
+        for (r, cost) in held.into_iter().zip([1000, 1200, 800, 1000, 1000]) {
+            s.settle(r, cost, now);
+        }
+        assert_eq!(s.remaining(&q, now).tokens, Some(0));
+        assert_eq!(s.check(&q, 0, now + 10 * S), Ok(()), "10 s later: 1000 tokens back");
+    }
+
+    #[test]
+    fn an_unspent_reservation_goes_back_whole() {
+        let q = quota(None, None, Some(6000));
+        let s = QuotaState::default();
+        s.bind(Some(0), Some(&q), 0);
+        s.settle(0, 600, 0);
+        let r = s.reserve(0);
+        assert_eq!((r, s.remaining(&q, 0).tokens), (600, Some(4800)));
+        s.give_back(r);
+        assert_eq!(s.remaining(&q, 0).tokens, Some(5400));
+        // A cheaper request than reserved gives the excess back.
+        let r = s.reserve(0);
+        s.settle(r, 100, 0);
+        assert_eq!(s.remaining(&q, 0).tokens, Some(5300));
+    }
+
+    #[test]
+    fn the_mean_follows_the_costs() {
+        let q = quota(None, None, Some(6000));
+        let s = QuotaState::default();
+        s.bind(Some(0), Some(&q), 0);
+        s.settle(0, 100, 0);
+        for _ in 0..40 {
+            s.settle(0, 900, 0);
+        }
+        let r = s.reserve(0);
+        assert!((890..=900).contains(&r), "mean {r}");
+    }
+
+    #[test]
     fn no_token_rule_charges_nothing() {
         let q = quota(Some(1), None, None);
         let s = QuotaState::default();
         s.bind(Some(0), Some(&q), 0);
         s.charge(1 << 30, 0);
+        s.settle(0, 1 << 30, 0);
+        assert_eq!(s.reserve(0), 0);
         assert_eq!(s.check(&q, 0, 0), Ok(()));
         assert_eq!(s.remaining(&q, 0), Remaining::default());
     }

@@ -214,12 +214,24 @@ impl WorkloadEntry {
     /// assert_eq!(s.token_rate_per_s, 2.0); // 120 weighted tokens over the 60 s window
     /// ```
     pub fn charge(&self, now_ns: u64, prompt_tokens: u64, completion_tokens: u64) -> u64 {
+        self.charge_reserved(now_ns, prompt_tokens, completion_tokens, 0)
+    }
+
+    /// [`charge`](Self::charge) for a request that reserved `reserved_tokens` of its token quota
+    /// ([`QuotaState::reserve`]): the quota is settled against the reservation.
+    pub fn charge_reserved(
+        &self,
+        now_ns: u64,
+        prompt_tokens: u64,
+        completion_tokens: u64,
+        reserved_tokens: u64,
+    ) -> u64 {
         let cost = self.prices.weigh(prompt_tokens, completion_tokens);
         self.prompt_tokens.fetch_add(prompt_tokens, Ordering::Relaxed);
         self.completion_tokens.fetch_add(completion_tokens, Ordering::Relaxed);
         self.tokens.charge(now_ns / self.window.bucket_ns, cost);
         self.served.fetch_add(cost, Ordering::Relaxed);
-        self.quota.charge(cost, now_ns);
+        self.quota.settle(reserved_tokens, cost, now_ns);
         cost
     }
 

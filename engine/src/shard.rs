@@ -67,6 +67,9 @@ pub struct Queued<C> {
     pub deadline_ns: u64,
     /// Criticality 1..=5.
     pub criticality: u8,
+    /// Weighted tokens it reserved from its workload's token quota at admission (a `reject`
+    /// quota), 0 if none: handed to its permit at dispatch, given back if it leaves otherwise.
+    pub reserved_tokens: u64,
 }
 
 /// A request leaving the shard, with its one outcome.
@@ -87,6 +90,9 @@ pub struct Done<C> {
     pub quota_retry_ns: Option<u64>,
     /// Dispatched under a quota: what is left of it.
     pub remaining: Option<Remaining>,
+    /// Dispatched under a token quota: the weighted tokens reserved for it, which its permit's
+    /// charge settles (or its drop gives back). 0 for every other outcome.
+    pub reserved_tokens: u64,
 }
 
 /// `retry-after` of a quota refusal for `max_inflight` (when a slot frees is unknown).
@@ -305,6 +311,7 @@ impl<C> Shard<C> {
             queued_ns: now_ns.saturating_sub(arrived_ns),
             quota_retry_ns,
             remaining: None,
+            reserved_tokens: 0,
         };
         let reject = |outcome, completion| refuse(outcome, completion, None);
         // 2. Too late already: refuse without queueing.
@@ -366,15 +373,17 @@ impl<C> Shard<C> {
             sink(self.leave(victim.value, victim.bytes, Outcome::EvictedDisplaced, now_ns));
         }
         // 4. Queued: the request is active until its outcome (or its permit) releases it.
+        let mut reserved_tokens = 0;
         if takes_quota {
             let quota = self.table.quota_of(&workload).expect("bound above");
             workload.quota().take(quota, now_ns);
+            reserved_tokens = workload.quota().reserve(now_ns);
         }
         workload.acquire();
         workload.quota().count_queued(1);
         self.earliest_deadline_ns = self.earliest_deadline_ns.min(deadline_ns);
         let parked = key.is_parked().then(|| workload.clone());
-        let queued = Queued { completion, workload, arrived_ns, deadline_ns, criticality };
+        let queued = Queued { completion, workload, arrived_ns, deadline_ns, criticality, reserved_tokens };
         let handle = self.heap.push(key, bytes, queued);
         if let Some(workload) = parked {
             self.park_handle(workload, handle);
@@ -497,9 +506,11 @@ impl<C> Shard<C> {
         let q = entry.value;
         let state = q.workload.quota();
         state.count_queued(-1);
+        let mut reserved_tokens = q.reserved_tokens;
         let remaining = self.table.quota_of(&q.workload).map(|quota| {
             if QuotaState::queues(quota) {
                 state.take(quota, now_ns);
+                reserved_tokens += state.reserve(now_ns);
             }
             state.remaining(quota, now_ns)
         });
@@ -511,6 +522,7 @@ impl<C> Shard<C> {
             queued_ns: now_ns.saturating_sub(q.arrived_ns),
             quota_retry_ns: None,
             remaining,
+            reserved_tokens,
         })
     }
 
@@ -580,11 +592,13 @@ impl<C> Shard<C> {
         self.earliest_deadline_ns = u64::MAX;
     }
 
-    /// A queued request leaves without dispatch: give back its budget and its active count.
+    /// A queued request leaves without dispatch: give back its budget, its active count and the
+    /// tokens it reserved.
     fn leave(&self, q: Queued<C>, bytes: u64, outcome: Outcome, now_ns: u64) -> Done<C> {
         debug_assert_ne!(outcome, Outcome::Dispatched);
         self.budget.release(bytes);
         q.workload.quota().count_queued(-1);
+        q.workload.quota().give_back(q.reserved_tokens);
         q.workload.release(now_ns);
         Done {
             completion: q.completion,
@@ -594,6 +608,7 @@ impl<C> Shard<C> {
             queued_ns: now_ns.saturating_sub(q.arrived_ns),
             quota_retry_ns: None,
             remaining: None,
+            reserved_tokens: 0,
         }
     }
 }

@@ -320,7 +320,7 @@ impl Worker {
                 }
             };
             let done = self.shard.dispatch_next(now).expect("head exists");
-            let permit = Permit::new(gate.clone(), backend, done.workload.clone());
+            let permit = Permit::new(gate.clone(), backend, done.workload.clone(), done.reserved_tokens);
             let decision = Decision {
                 outcome: Outcome::Dispatched,
                 permit: Some(permit),

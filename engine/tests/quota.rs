@@ -44,6 +44,8 @@ struct Harness {
     /// Dispatched and not released yet (the permits), by id.
     in_flight: HashMap<u64, Arc<WorkloadEntry>>,
     dispatched: Vec<(u64, String, u64)>,
+    /// The token reservation each dispatch carried (what its permit would settle), by id.
+    reserved: HashMap<u64, u64>,
 }
 
 impl Harness {
@@ -53,7 +55,14 @@ impl Harness {
         c.queue.ttl = Duration::from_secs(600);
         let budget = Arc::new(QueueBudget::new(c.queue.max_requests, c.queue.max_bytes));
         let shard = Shard::new(&c, 0, 1, budget, Arc::new(AtomicUsize::new(0)));
-        Self { shard, next_id: 0, refused: HashMap::new(), in_flight: HashMap::new(), dispatched: Vec::new() }
+        Self {
+            shard,
+            next_id: 0,
+            refused: HashMap::new(),
+            in_flight: HashMap::new(),
+            dispatched: Vec::new(),
+            reserved: HashMap::new(),
+        }
     }
 
     fn submit(&mut self, workload: &str, criticality: u8, now: u64) -> (u64, Admission) {
@@ -87,6 +96,7 @@ impl Harness {
             let d = self.shard.dispatch_next(now).unwrap();
             assert_eq!(d.outcome, Outcome::Dispatched);
             self.dispatched.push((d.completion, d.workload.id().to_string(), now));
+            self.reserved.insert(d.completion, d.reserved_tokens);
             assert!(self.in_flight.insert(d.completion, d.workload).is_none());
             ids.push(d.completion);
         }
@@ -303,5 +313,76 @@ proptest! {
         seen.sort_unstable();
         seen.dedup();
         prop_assert_eq!(seen.len() as u64, submitted, "an id had two outcomes");
+    }
+}
+
+/// One step of the token-bucket property run.
+#[derive(Clone, Debug)]
+enum TokenStep {
+    Submit,
+    Dispatch,
+    /// Charge and release the in-flight request at this index (of the sorted ids).
+    Finish(usize),
+    Advance(u32),
+}
+
+fn token_step() -> impl Strategy<Value = TokenStep> {
+    prop_oneof![
+        4 => Just(TokenStep::Submit),
+        3 => Just(TokenStep::Dispatch),
+        3 => any::<usize>().prop_map(TokenStep::Finish),
+        2 => (0u32..20_000).prop_map(TokenStep::Advance),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// `t` (queue, 10 000 tokens per minute, no other limit) sends requests of one cost `cost`
+    /// into 6 slots, several in flight at once, each charged only when it finishes. After its
+    /// first request's cost is known, the costs dispatched over any span T stay within
+    /// `10 000 × (1 + T / 60 s)` plus one request: every request in flight holds its reservation.
+    #[test]
+    fn tokens_per_minute_exceed_the_limit_by_at_most_one_request(
+        cost in 100u64..3_000,
+        steps in proptest::collection::vec(token_step(), 1..300),
+    ) {
+        const TPM: u64 = 10_000;
+        let mut h = Harness::new(vec![quota("t", None, None, Some(TPM), OnExceed::Queue)]);
+        // The first request's cost is known before any other goes (the mean starts there).
+        let (first, _) = h.submit("t", 3, 0);
+        prop_assert_eq!(h.dispatch(6, 0), vec![first]);
+        h.in_flight[&first].charge(0, cost, 0);
+        h.release(first, 0);
+        let mut now = 0u64;
+        for s in steps {
+            match s {
+                TokenStep::Submit => { h.submit("t", 3, now); }
+                TokenStep::Dispatch => { h.dispatch(6, now); }
+                TokenStep::Finish(i) => {
+                    let mut ids: Vec<u64> = h.in_flight.keys().copied().collect();
+                    ids.sort_unstable();
+                    if !ids.is_empty() {
+                        let id = ids[i % ids.len()];
+                        h.in_flight[&id].charge_reserved(now, cost, 0, h.reserved[&id]);
+                        h.release(id, now);
+                    }
+                }
+                TokenStep::Advance(ms) => {
+                    now += u64::from(ms) * MS;
+                    if now >= h.shard.quota_recheck_ns() {
+                        h.shard.wake_quotas(now);
+                    }
+                }
+            }
+        }
+        let times: Vec<u64> = h.dispatched.iter().skip(1).map(|d| d.2).collect();
+        for (i, &t1) in times.iter().enumerate() {
+            for (j, &t2) in times.iter().enumerate().skip(i) {
+                let tokens = (j - i + 1) as f64 * cost as f64;
+                let bound = TPM as f64 * (1.0 + (t2 - t1) as f64 / QUOTA_WINDOW_NS as f64) + cost as f64;
+                prop_assert!(tokens <= bound + 1e-6, "{tokens} tokens dispatched in {} ms", (t2 - t1) / MS);
+            }
+        }
     }
 }

@@ -126,7 +126,7 @@ pub fn workload() -> Arc<WorkloadEntry> {
 pub fn dispatch(gate: &Arc<Gate>, workload: &Arc<WorkloadEntry>) -> Option<Permit> {
     let place = gate.try_acquire(3).ok()?;
     workload.acquire_as_shard();
-    Some(Permit::new(gate.clone(), place, workload.clone()))
+    Some(Permit::new(gate.clone(), place, workload.clone(), 0))
 }
 
 /// A shard with one request queued (head score `head`) as `worker.rs` runs it on its own thread:

@@ -46,7 +46,7 @@ fn parking_races_the_release_of_a_permit_without_losing_the_wake_up() {
         shard.settle_head(0);
         let first = shard.dispatch_next(0).expect("under quota");
         let place = gate.try_acquire(3).expect("a free slot");
-        let permit = Permit::new(gate.clone(), place, first.workload.clone());
+        let permit = Permit::new(gate.clone(), place, first.workload.clone(), 0);
         let holder = thread::spawn(move || drop(permit));
 
         // The shard looks at the second meanwhile.

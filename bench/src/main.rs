@@ -420,7 +420,7 @@ fn validate(dir: &Path, name: &str) -> Result<(), String> {
             if !quotas.is_null() {
                 let runs = quotas["runs"].as_array().map_or(&[][..], Vec::as_slice);
                 let max = quotas["scenario"]["pinned_max_inflight"].as_u64().unwrap_or(0);
-                if runs.len() != 3
+                if runs.len() != flowgate_bench::scenarios::quota_isolation::RUNS.len()
                     || !runs.iter().all(|r| {
                         r["failed"].as_u64() == Some(0)
                             && r["records"] == r["submitted"]
@@ -432,7 +432,7 @@ fn validate(dir: &Path, name: &str) -> Result<(), String> {
                     || quotas["comparison"].as_array().is_none_or(Vec::is_empty)
                 {
                     return bad(
-                        "quota_isolation needs its 3 runs, every workload served, no failures, pinned within its max_inflight",
+                        "quota_isolation needs its 4 runs, every workload served, no failures, pinned within its max_inflight",
                     );
                 }
             }

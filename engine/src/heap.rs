@@ -370,6 +370,14 @@ impl<K: Ord + Copy, T> MaxMinHeap<K, T> {
         Some((self.heap[pos].0, slot.value.as_ref()?))
     }
 
+    /// The value of the item `handle` names, to change in place (its key stays: see
+    /// [`rekey`](Self::rekey)), or `None` if the handle is stale or foreign.
+    #[inline]
+    pub fn value_mut(&mut self, handle: Handle) -> Option<&mut T> {
+        self.position(handle)?;
+        self.slab[handle.index as usize].value.as_mut()
+    }
+
     /// Whether `handle` names an item of this heap.
     #[inline]
     pub fn contains(&self, handle: Handle) -> bool {

@@ -63,6 +63,10 @@ pub struct Queued<C> {
     pub workload: Arc<WorkloadEntry>,
     /// Submission time, ns since epoch.
     pub arrived_ns: u64,
+    /// Where its wait for aging starts, ns since epoch: its arrival, or when it was last
+    /// unparked. Time parked behind its own workload's quota does not age it (else it would come
+    /// back ahead of everyone who waited for capacity meanwhile, and the quota would not isolate).
+    pub aging_from_ns: u64,
     /// Eviction time for TTL, ns since epoch.
     pub deadline_ns: u64,
     /// Criticality 1..=5.
@@ -383,7 +387,15 @@ impl<C> Shard<C> {
         workload.quota().count_queued(1);
         self.earliest_deadline_ns = self.earliest_deadline_ns.min(deadline_ns);
         let parked = key.is_parked().then(|| workload.clone());
-        let queued = Queued { completion, workload, arrived_ns, deadline_ns, criticality, reserved_tokens };
+        let queued = Queued {
+            completion,
+            workload,
+            arrived_ns,
+            aging_from_ns: arrived_ns,
+            deadline_ns,
+            criticality,
+            reserved_tokens,
+        };
         let handle = self.heap.push(key, bytes, queued);
         if let Some(workload) = parked {
             self.park_handle(workload, handle);
@@ -481,13 +493,15 @@ impl<C> Shard<C> {
             };
             let mut woken = 0;
             p.handles.retain(|&h| {
-                let Some((key, q)) = heap.get(h) else { return false };
+                let Some((key, _)) = heap.get(h) else { return false };
                 if woken >= allowance {
                     return true;
                 }
                 woken += 1;
-                let fresh =
-                    scorer.key(q.arrived_ns, now_ns, q.criticality, q.workload.cached_pressure(), key.seq);
+                // Back in the queue as of now: its wait on its own quota does not age it.
+                let q = heap.value_mut(h).expect("live handle");
+                q.aging_from_ns = now_ns;
+                let fresh = scorer.key(now_ns, now_ns, q.criticality, q.workload.cached_pressure(), key.seq);
                 heap.rekey(h, fresh.unparked()).expect("live handle");
                 false
             });
@@ -560,7 +574,7 @@ impl<C> Shard<C> {
                 }
                 earliest = earliest.min(q.deadline_ns);
                 let rate = q.workload.cached_pressure();
-                let key = scorer.key(q.arrived_ns, now_ns, q.criticality, rate, old.unparked().seq);
+                let key = scorer.key(q.aging_from_ns, now_ns, q.criticality, rate, old.unparked().seq);
                 Some(if old.is_parked() { key.parked() } else { key })
             },
             |entry| expired.push((entry.value, entry.bytes)),

@@ -162,6 +162,32 @@ fn queue_parks_the_workload_at_its_limit_and_others_go_first() {
 }
 
 #[test]
+fn time_parked_on_its_own_quota_does_not_age_a_request() {
+    let mut h = Harness::new(vec![quota("a", Some(1), None, None, OnExceed::Queue)]);
+    // Equal criticality and no rate penalty: the order is the aging alone.
+    let mut c = EngineConfig::default();
+    c.workloads.quotas = vec![quota("a", Some(1), None, None, OnExceed::Queue)];
+    c.queue.ttl = Duration::from_secs(600);
+    c.scoring.rate_weight = 0.0;
+    h.shard.reconfigure(&c);
+    let (a1, _) = h.submit("a", 3, 0);
+    let (a2, _) = h.submit("a", 3, 0);
+    let (b0, _) = h.submit("b", 3, 0);
+    let (b00, _) = h.submit("b", 3, 0);
+    assert_eq!(h.dispatch(2, 0), [a1, b0], "a2 parks on a's quota");
+    // b1 waits 10 s for capacity; a2 has waited 20 s, all of it on its own quota.
+    let (b1, _) = h.submit("b", 3, 10 * S);
+    h.release(a1, 20 * S);
+    h.shard.rescore(20 * S, &mut |d| panic!("{:?} left", d.outcome));
+    // b00 (20 s for capacity) first, then b1 (10 s) ahead of a2 (0 s since its unpark).
+    assert_eq!(h.dispatch(2, 20 * S), [b00]);
+    h.release(b0, 20 * S);
+    assert_eq!(h.dispatch(2, 20 * S), [b1], "a2's parked time did not age it past b1");
+    h.release(b00, 21 * S);
+    assert_eq!(h.dispatch(2, 21 * S), [a2]);
+}
+
+#[test]
 fn queue_by_rate_unparks_when_the_bucket_refills() {
     let mut h = Harness::new(vec![quota("a", None, Some(1), None, OnExceed::Queue)]);
     let (a1, _) = h.submit("a", 3, 0);

@@ -233,7 +233,8 @@ pub fn run_one(sc: &QuotaScenario, run: Run) -> io::Result<QuotaRunData> {
                 Arrivals::ClosedLoop { clients } => {
                     debug_assert_eq!(i, 0, "only pinned is closed-loop");
                     pinned.extend(
-                        (0..clients).map(|_| tokio::spawn(pinned_client(ctx.clone(), stop_rx.clone()))),
+                        (0..sc.pinned_clients(run, clients))
+                            .map(|_| tokio::spawn(pinned_client(ctx.clone(), stop_rx.clone()))),
                     );
                 }
                 Arrivals::Poisson { rate_per_s, seed } => {

@@ -90,10 +90,14 @@ pub enum Run {
     /// A reference beyond the two runs: `pinned` absent and the pool short of the
     /// `max_inflight` slots the quota grants it (perfect isolation behind a fixed reservation).
     Reserved,
+    /// `pinned` uses its quota without a backlog: `max_inflight` closed-loop clients, so it
+    /// holds the slots the quota grants it and never has a request over it. Against
+    /// [`Run::WithPinned`] this isolates what the quota must hide: the flood's excess.
+    WithinQuota,
 }
 
 /// Every run, in report order.
-pub const RUNS: [Run; 3] = [Run::WithPinned, Run::WithoutPinned, Run::Reserved];
+pub const RUNS: [Run; 4] = [Run::WithPinned, Run::WithoutPinned, Run::Reserved, Run::WithinQuota];
 
 impl Run {
     /// Short name for tables.
@@ -102,6 +106,7 @@ impl Run {
             Run::WithPinned => "with pinned",
             Run::WithoutPinned => "without pinned",
             Run::Reserved => "reserved",
+            Run::WithinQuota => "pinned within quota",
         }
     }
 }
@@ -182,7 +187,7 @@ impl QuotaScenario {
         QuotaScenario {
             name: NAME.into(),
             description: format!(
-                "pinned floods ({clients} closed-loop clients) under a queue quota of max_inflight {pinned_max_inflight} of {slots} slots, beside 3 workloads of {rate_per_s:.0} req/s each (Poisson), all criticality 3; run with and without pinned (and a reserved-slots reference): the others' waits"
+                "pinned floods ({clients} closed-loop clients) under a queue quota of max_inflight {pinned_max_inflight} of {slots} slots, beside 3 workloads of {rate_per_s:.0} req/s each (Poisson), all criticality 3; run with and without pinned, with pinned using its quota without a backlog, and a reserved-slots reference: the others' waits"
             ),
             workloads,
             pinned_max_inflight,
@@ -231,13 +236,23 @@ impl QuotaScenario {
         }
     }
 
-    /// Whether workload `i` takes part in `run` (`pinned`, index 0, only in [`Run::WithPinned`]).
+    /// Whether workload `i` takes part in `run` (`pinned`, index 0, only in [`Run::WithPinned`]
+    /// and [`Run::WithinQuota`]).
     pub fn present(&self, run: Run, i: usize) -> bool {
-        i != 0 || run == Run::WithPinned
+        i != 0 || matches!(run, Run::WithPinned | Run::WithinQuota)
+    }
+
+    /// `pinned`'s closed-loop clients in `run`, of `clients` configured: its `max_inflight` in
+    /// [`Run::WithinQuota`].
+    pub fn pinned_clients(&self, run: Run, clients: usize) -> usize {
+        match run {
+            Run::WithinQuota => self.pinned_max_inflight as usize,
+            _ => clients,
+        }
     }
 }
 
-/// Run both runs of `sc`, one after the other (so neither takes CPU from the other).
+/// Run every run of `sc`, one after the other (so none takes CPU from another).
 pub fn run(sc: &QuotaScenario) -> std::io::Result<Vec<QuotaRunData>> {
     let per_run = sc.duration_s + 0.5;
     let bar = report::timed_bar(
@@ -316,9 +331,10 @@ mod tests {
         assert!(datas[0].pinned_peak_inflight >= 1, "pinned was served");
         assert_eq!(datas[1].pinned_peak_inflight, 0);
         assert!(datas[2].sim.max_in_system_seen <= u64::from(sc.slots - sc.pinned_max_inflight));
+        assert!(datas[3].pinned_peak_inflight >= 1, "pinned was served within its quota");
         let report = analyse(&sc, &datas);
         let runs: Vec<&str> = report.runs.iter().map(|r| r.run.label()).collect();
-        assert_eq!(runs, ["with pinned", "without pinned", "reserved"]);
+        assert_eq!(runs, ["with pinned", "without pinned", "reserved", "pinned within quota"]);
         assert_eq!(report.comparison.len(), sc.workloads.len() - 1);
         assert!(render(&report).contains("without pinned"));
     }

@@ -9,6 +9,7 @@ pub mod latency;
 pub mod measurement;
 pub mod plot;
 pub mod report;
+pub mod scaling_efficiency;
 pub mod scenarios;
 pub mod stats;
 pub mod throughput;

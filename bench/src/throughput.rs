@@ -13,6 +13,7 @@ use crate::cpu;
 use crate::driver::{balanced_ids, submit, Rng, Tracker};
 use crate::measurement::{req_per_s_of, Measurement, ScalingPoint, SetChanges};
 use crate::report::{self, ratio, si, sleep_with, timed_bar, RunInfo, Table};
+use crate::scaling_efficiency::{self, ScalingEfficiency};
 use flowgate_engine::Outcome;
 use serde::Serialize;
 use std::path::Path;
@@ -298,6 +299,8 @@ pub struct ThroughputReport {
     pub ratios: Vec<RatioRow>,
     /// flowgate with a changing backend set against a fixed one, per mode (same run).
     pub churn: Vec<ChurnRow>,
+    /// Queue CPU per request of each shard count against 1 shard, per mode (same run).
+    pub scaling: Vec<ScalingEfficiency>,
     /// Targets from the issues.
     pub targets: Vec<Target>,
 }
@@ -380,7 +383,18 @@ pub fn run(opts: &Options, out_dir: &Path) -> std::io::Result<ThroughputReport> 
         .fold(f64::INFINITY, f64::min);
     let churn = churn_rows(&results, n);
     let churn_worst = churn.iter().map(|c| c.ratio).fold(f64::INFINITY, f64::min);
+    let scaling: Vec<ScalingEfficiency> = ["low_load", "saturation", "deep_queue"]
+        .iter()
+        .filter_map(|mode| scaling_efficiency::of(&results, mode, n))
+        .collect();
+    let sat_efficiency = scaling.iter().find(|e| e.mode == "saturation").map(|e| e.efficiency);
     let targets = vec![
+        Target {
+            name: format!("saturation: queue CPU per request, {n} shards vs 1 (scaling efficiency)"),
+            target: "≤ 1.1x (≥ 0.9)".into(),
+            value: sat_efficiency.map_or("-".into(), |e| format!("{:.2}x ({e:.2})", 1.0 / e)),
+            met: sat_efficiency.is_some_and(|e| e >= 1.0 / 1.1),
+        },
         Target {
             name: format!(
                 "changing backend set (every {} ms) vs fixed, {n} shards, worst free-capacity mode",
@@ -430,6 +444,7 @@ pub fn run(opts: &Options, out_dir: &Path) -> std::io::Result<ThroughputReport> 
         results,
         ratios,
         churn,
+        scaling,
         targets,
     };
     report::write_json(out_dir, "throughput", &report)?;
@@ -467,6 +482,7 @@ pub fn render(r: &ThroughputReport) -> String {
         ]);
     }
     let mut s = format!("\n== throughput (submit → dispatch → release) ==\n{}", t.render());
+    s.push_str(&scaling_efficiency::render(&r.scaling));
     if !r.churn.is_empty() {
         let mut c = Table::new(&[
             "mode",

@@ -28,6 +28,7 @@ pub mod load;
 pub mod occupancy;
 pub mod outcome;
 pub mod permit;
+pub mod queued;
 pub mod quota;
 pub mod quota_rule;
 pub mod registry;

@@ -4,7 +4,8 @@ use super::*;
 use crate::view::StaticView;
 use flowgate_engine::clock::Clock;
 use flowgate_engine::config::WorkloadConfig;
-use flowgate_engine::registry::{hash_workload_id, RateWindow, RegistryView, WorkloadTable};
+use flowgate_engine::registry::{hash_workload_id, RateWindow, WorkloadTable};
+use flowgate_engine::registry_view::RegistryView;
 use flowgate_engine::runtime::EngineStats;
 use std::sync::atomic::AtomicUsize;
 

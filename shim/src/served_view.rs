@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use flowgate_engine::backends::BackendState;
 use flowgate_engine::layout::Layout;
-use flowgate_engine::registry::RegistryView;
+use flowgate_engine::registry_view::RegistryView;
 use flowgate_engine::runtime::{Engine, EngineStats};
 use flowgate_engine::Outcome;
 

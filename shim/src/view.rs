@@ -3,7 +3,7 @@
 
 use flowgate_engine::backends::{BackendId, BackendState};
 use flowgate_engine::layout::Layout;
-use flowgate_engine::registry::RegistryView;
+use flowgate_engine::registry_view::RegistryView;
 use flowgate_engine::runtime::{Engine, EngineStats};
 use flowgate_engine::Outcome;
 

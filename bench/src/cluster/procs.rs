@@ -5,14 +5,13 @@
 //! with a deadline.
 
 use super::http::{exchange, get};
-use crate::streams::procs::{await_address, forward_lines, start_flowgate, Server};
+use crate::streams::procs::{sim_addr, spawn_listening, start_flowgate, Server};
 use flowgate::metrics::sample;
 use flowgate_sim::SimStats;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -20,9 +19,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub const DEADLINE: Duration = Duration::from_secs(20);
 /// Pause between two polls.
 const POLL: Duration = Duration::from_millis(5);
-/// What `flowgate-sim` prints on stderr once it listens, followed by the address.
-const SIM_LISTENING: &str = "flowgate-sim listening on ";
-
 /// A free loopback port (bound, then released).
 pub fn free_port() -> io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -136,26 +132,16 @@ pub struct SimProc {
 impl SimProc {
     /// Start `bin` on a free port with `max_num_seqs` (and as many waiting) and `decode_step_ms`.
     pub fn start(bin: &Path, max_num_seqs: usize, decode_step_ms: f64) -> io::Result<SimProc> {
-        let mut child = Command::new(bin)
-            .args(["--listen", "127.0.0.1:0", "--max-num-seqs", &max_num_seqs.to_string()])
+        let mut cmd = Command::new(bin);
+        cmd.args(["--listen", "127.0.0.1:0", "--max-num-seqs", &max_num_seqs.to_string()])
             .args([
                 "--max-waiting",
                 &max_num_seqs.to_string(),
                 "--decode-step-ms",
                 &decode_step_ms.to_string(),
             ])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| io::Error::other(format!("cannot run {}: {e}", bin.display())))?;
-        let (tx, rx) = std_mpsc::channel();
-        forward_lines(child.stderr.take().expect("piped"), tx);
-        let mut proc = Server { child, addr: String::new(), metrics_addr: None };
-        proc.addr = await_address("flowgate-sim", &rx, |l| {
-            l.strip_prefix(SIM_LISTENING).map(|a| a.trim().to_string())
-        })?;
+            .env("RUST_LOG", "warn");
+        let proc = spawn_listening("flowgate-sim", cmd, sim_addr)?;
         let addr = proc.addr.parse().map_err(|e| io::Error::other(format!("flowgate-sim address: {e}")))?;
         Ok(SimProc { _proc: proc, addr })
     }

@@ -7,12 +7,10 @@ use super::template::{self, Ports};
 use super::{client, Options};
 use crate::cluster::procs::free_port;
 use crate::streams::procs::{self, Server};
-use crate::streams::procs::{flowgate_addr, serving_field, METRICS_ADDR_FIELD};
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc as std_mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The workload with a token quota: every response is read chunk by chunk for its usage.
@@ -26,7 +24,6 @@ const ENVOY_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often `/ready` is polled while Envoy starts (a readiness poll, not synchronisation).
 const ENVOY_READY_POLL: Duration = Duration::from_millis(50);
 /// What `flowgate-sim` prints on stderr once it listens, followed by the address.
-const SIM_LISTENING: &str = "flowgate-sim listening on ";
 /// Slots of the sim backend: far above any load here, so `max_inflight` never binds.
 const BACKEND_MAX_INFLIGHT: u32 = 100_000;
 /// `metered`'s token quota per minute: huge, so it never binds, but a token rule all the same.
@@ -77,25 +74,6 @@ fn pin(cmd: &mut Command, cpus: Vec<usize>) {
     }
 }
 
-/// Spawn `cmd` with its stderr drained for good; the lines, for whoever waits on one.
-fn spawn(what: &str, mut cmd: Command) -> io::Result<(Server, std_mpsc::Receiver<String>)> {
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-    die_with_parent(&mut cmd);
-    let mut child = cmd.spawn().map_err(|e| io::Error::other(format!("cannot run {what}: {e}")))?;
-    let (tx, rx) = std_mpsc::channel();
-    let stderr = child.stderr.take().ok_or_else(|| io::Error::other(format!("{what}: no stderr pipe")))?;
-    procs::forward_lines(stderr, tx);
-    // From here on the child is killed on every path (Server's drop).
-    Ok((Server { child, addr: String::new(), metrics_addr: None }, rx))
-}
-
-/// Spawn `cmd` and wait for the stderr line `parse` accepts: its address.
-fn spawn_listening(what: &str, cmd: Command, parse: impl Fn(&str) -> Option<String>) -> io::Result<Server> {
-    let (mut server, lines) = spawn(what, cmd)?;
-    server.addr = procs::await_address(what, &lines, parse)?;
-    Ok(server)
-}
-
 fn parse_addr(what: &str, addr: &str) -> io::Result<SocketAddr> {
     addr.trim().parse().map_err(|_| io::Error::other(format!("{what}: bad address {addr:?}")))
 }
@@ -116,7 +94,8 @@ fn start_sim(o: &Options) -> io::Result<Server> {
     if let Some((_, backend)) = &o.cpus {
         pin(&mut cmd, backend.clone());
     }
-    spawn_listening("flowgate-sim", cmd, |l| l.strip_prefix(SIM_LISTENING).map(str::to_string))
+    die_with_parent(&mut cmd);
+    procs::spawn_listening("flowgate-sim", cmd, procs::sim_addr)
 }
 
 fn start_flowgate(o: &Options, config: &Path) -> io::Result<(Server, SocketAddr)> {
@@ -128,11 +107,9 @@ fn start_flowgate(o: &Options, config: &Path) -> io::Result<(Server, SocketAddr)
     if let Some((gateway, _)) = &o.cpus {
         pin(&mut cmd, gateway.clone());
     }
-    let serving = |l: &str| Some(format!("{} {}", flowgate_addr(l)?, serving_field(l, METRICS_ADDR_FIELD)?));
-    let mut server = spawn_listening("flowgate serve", cmd, serving)?;
-    let (grpc, metrics) =
-        server.addr.split_once(' ').map(|(g, m)| (g.to_string(), m.to_string())).unwrap_or_default();
-    server.addr = grpc;
+    die_with_parent(&mut cmd);
+    let server = procs::start_flowgate_with(cmd)?;
+    let metrics = server.metrics_addr.clone().unwrap_or_default();
     Ok((server, parse_addr("flowgate metrics", &metrics)?))
 }
 
@@ -155,7 +132,8 @@ fn start_envoy(
         pin(&mut cmd, gateway.clone());
     }
     // Envoy prints no address line: it is ready when its admin `/ready` says LIVE.
-    let (mut envoy, lines) = spawn("envoy", cmd)?;
+    die_with_parent(&mut cmd);
+    let (mut envoy, lines) = procs::spawn_drained("envoy", cmd)?;
     let tail = || {
         lines
             .try_iter()

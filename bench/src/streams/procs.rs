@@ -114,6 +114,41 @@ pub(crate) fn await_address(
     }
 }
 
+/// Spawn `cmd` (stdin and stdout closed, stderr piped and drained for good, so its logging never
+/// blocks); the server (no address yet) and its stderr lines, for whoever waits on one. From here
+/// on the child is killed on every path (the server's drop).
+pub(crate) fn spawn_drained(
+    what: &str,
+    mut cmd: Command,
+) -> io::Result<(Server, std_mpsc::Receiver<String>)> {
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| io::Error::other(format!("cannot run {what}: {e}")))?;
+    let (tx, rx) = std_mpsc::channel();
+    let stderr = child.stderr.take().ok_or_else(|| io::Error::other(format!("{what}: no stderr pipe")))?;
+    forward_lines(stderr, tx);
+    Ok((Server { child, addr: String::new(), metrics_addr: None }, rx))
+}
+
+/// [`spawn_drained`], then wait (bounded) for the stderr line `parse` accepts: the server with
+/// `addr` what `parse` returned.
+pub(crate) fn spawn_listening(
+    what: &str,
+    cmd: Command,
+    parse: impl Fn(&str) -> Option<String>,
+) -> io::Result<Server> {
+    let (mut server, lines) = spawn_drained(what, cmd)?;
+    server.addr = await_address(what, &lines, parse)?;
+    Ok(server)
+}
+
+/// What `flowgate-sim` prints once it listens, followed by its address.
+const SIM_LISTENING: &str = "flowgate-sim listening on ";
+
+/// The address in `flowgate-sim`'s "listening" line.
+pub(crate) fn sim_addr(line: &str) -> Option<String> {
+    line.strip_prefix(SIM_LISTENING).map(|a| a.trim().to_string())
+}
+
 /// The ext_proc address in `flowgate serve`'s "flowgate serving" log line.
 pub fn flowgate_addr(line: &str) -> Option<String> {
     serving_field(line, GRPC_ADDR_FIELD)
@@ -131,22 +166,21 @@ pub(crate) fn serving_field(line: &str, field: &str) -> Option<String> {
 
 /// Start `flowgate serve --config config` on loopback ports of its choosing.
 pub fn start_flowgate(bin: &Path, config: &Path, env: &[(String, String)]) -> io::Result<Server> {
-    let mut child = Command::new(bin)
-        .args(["serve", "--config"])
+    let mut cmd = Command::new(bin);
+    cmd.args(["serve", "--config"])
         .arg(config)
         .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
         .env("RUST_LOG", "info")
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| io::Error::other(format!("cannot run {}: {e}", bin.display())))?;
-    let (tx, rx) = std_mpsc::channel();
-    forward_lines(child.stderr.take().expect("piped"), tx);
-    // From here on the child is killed on every path (Server's drop).
-    let mut server = Server { child, addr: String::new(), metrics_addr: None };
-    let line = await_address("flowgate serve", &rx, |l| flowgate_addr(l).map(|_| l.to_string()))?;
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    start_flowgate_with(cmd)
+}
+
+/// Spawn `cmd`, a `flowgate serve` command line, and wait for its "flowgate serving" line: the
+/// server with its ext_proc and metrics addresses.
+pub(crate) fn start_flowgate_with(cmd: Command) -> io::Result<Server> {
+    // The whole line, so both of its addresses can be read from it.
+    let mut server = spawn_listening("flowgate serve", cmd, |l| flowgate_addr(l).map(|_| l.to_string()))?;
+    let line = std::mem::take(&mut server.addr);
     server.metrics_addr = serving_field(&line, METRICS_ADDR_FIELD);
     server.addr = flowgate_addr(&line).unwrap_or_default();
     Ok(server)

@@ -7,7 +7,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use flowgate_bench::{baseline, latency, report, scenarios, throughput};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod cluster;
@@ -17,6 +17,7 @@ mod pool;
 mod scrape_cost;
 mod streams;
 mod usage_cost;
+mod validate;
 
 /// The allocator `flowgate serve` ships with, for every implementation measured here alike.
 #[global_allocator]
@@ -291,13 +292,10 @@ fn rounds(c: &Common) -> usize {
     c.rounds.unwrap_or(if c.quick { 2 } else { 5 })
 }
 
-/// The loads for the layout comparison.
-const LAYOUT_RATES: [f64; 2] = [2_000.0, 5_000.0];
-
 fn layouts_options(c: &Common, e: &ExtprocLoad) -> extproc::layouts::Options {
     extproc::layouts::Options {
         quick: c.quick,
-        rates: LAYOUT_RATES.to_vec(),
+        rates: extproc::layouts::RATES.to_vec(),
         streams: e.streams,
         connections: e.connections,
         seconds: c.seconds.unwrap_or(if c.quick { 0.6 } else { 4.0 }),
@@ -355,149 +353,6 @@ fn pool_options(c: &Common, p: &PoolLoad) -> Result<pool::Options, std::io::Erro
         max_num_seqs: p.max_num_seqs.clone(),
         configs,
     })
-}
-
-/// Read back a result file and check it is the JSON object we meant to write.
-fn validate(dir: &Path, name: &str) -> Result<(), String> {
-    let path = dir.join(format!("{name}.json"));
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    let bad = |what: &str| Err(format!("{}: {what}", path.display()));
-    let positive = |x: &serde_json::Value| x.as_f64().is_some_and(|f| f.is_finite() && f > 0.0);
-    match name {
-        "throughput" => {
-            let results = v["results"].as_array().map_or(&[][..], Vec::as_slice);
-            if results.len() < 12 || !results.iter().all(|r| positive(&r["req_per_s"])) {
-                return bad("expected 12 measurements, all with a positive req_per_s");
-            }
-        }
-        "latency" => {
-            let results = v["results"].as_array().map_or(&[][..], Vec::as_slice);
-            if results.is_empty() || !results.iter().all(|r| positive(&r["latency"]["p50_ms"])) {
-                return bad("expected latency results with a positive p50");
-            }
-        }
-        "layouts" => {
-            let cells = v["cells"].as_array().map_or(&[][..], Vec::as_slice);
-            let n = (extproc::layouts::LAYOUTS.len() + 1) * LAYOUT_RATES.len();
-            if cells.len() < n || !cells.iter().all(|c| positive(&c["latency"]["p50_ms"])) {
-                return bad("expected every (server, rate) cell with a positive p50");
-            }
-        }
-        "scaling" => {
-            let points = v["flowgate"].as_array().map_or(&[][..], Vec::as_slice);
-            if points.len() != 3 || !points.iter().all(|p| positive(&p["req_per_s"])) {
-                return bad("expected 3 scaling points");
-            }
-            let svg = v["svg"].as_str().unwrap_or_default();
-            if !std::fs::read_to_string(svg).is_ok_and(|s| s.contains("<svg")) {
-                return bad("scaling plot missing");
-            }
-        }
-        "scenarios" => {
-            let scs = v["scenarios"].as_array().map_or(&[][..], Vec::as_slice);
-            let tokens = &v["token_fairness"];
-            let quotas = &v["quota_isolation"];
-            if scs.is_empty() && tokens.is_null() && quotas.is_null() {
-                return bad("no scenario results");
-            }
-            if !tokens.is_null() {
-                let results = tokens["results"].as_array().map_or(&[][..], Vec::as_slice);
-                if results.len() != 4
-                    || !results.iter().all(|r| {
-                        r["failed"].as_u64() == Some(0)
-                            && r["records"] == r["submitted"]
-                            && r["per_workload"].as_array().is_some_and(|w| {
-                                w.len() == 2 && w.iter().all(|w| w["served"].as_u64().is_some_and(|n| n > 0))
-                            })
-                    })
-                {
-                    return bad(
-                        "token_fairness needs 4 implementations, each serving both workloads, no failures",
-                    );
-                }
-            }
-            if !quotas.is_null() {
-                let runs = quotas["runs"].as_array().map_or(&[][..], Vec::as_slice);
-                let max = quotas["scenario"]["pinned_max_inflight"].as_u64().unwrap_or(0);
-                if runs.len() != flowgate_bench::scenarios::quota_isolation::RUNS.len()
-                    || !runs.iter().all(|r| {
-                        r["failed"].as_u64() == Some(0)
-                            && r["records"] == r["submitted"]
-                            && r["pinned_peak_inflight"].as_u64().is_some_and(|p| p <= max)
-                            && r["per_workload"].as_array().is_some_and(|w| {
-                                !w.is_empty() && w.iter().all(|w| w["served"].as_u64().is_some_and(|n| n > 0))
-                            })
-                    })
-                    || quotas["comparison"].as_array().is_none_or(Vec::is_empty)
-                {
-                    return bad(
-                        "quota_isolation needs its 4 runs, every workload served, no failures, pinned within its max_inflight",
-                    );
-                }
-            }
-            for sc in scs {
-                let results = sc["results"].as_array().map_or(&[][..], Vec::as_slice);
-                if results.len() != 3
-                    || !results.iter().all(|r| r["dispatches"].as_u64().is_some_and(|n| n > 0))
-                {
-                    return bad("every scenario needs 3 implementations with dispatches");
-                }
-                let svg = sc["svg"].as_str().unwrap_or_default();
-                if !std::fs::read_to_string(svg).is_ok_and(|s| s.contains("<svg")) {
-                    return bad("scenario plot missing");
-                }
-            }
-        }
-        "extproc" => {
-            let results = v["results"].as_array().map_or(&[][..], Vec::as_slice);
-            if results.len() != 2
-                || !results.iter().all(|r| {
-                    positive(&r["latency"]["p50_ms"])
-                        && r["failed"].as_u64() == Some(0)
-                        && r["not_dispatched"].as_u64() == Some(0)
-                })
-            {
-                return bad("expected baseline and flowgate results, no failures, a positive p50");
-            }
-        }
-        "streams" => {
-            let results = v["results"].as_array().map_or(&[][..], Vec::as_slice);
-            if results.len() != 2
-                || !results.iter().all(|r| {
-                    positive(&r["idle"]["rss_kib"])
-                        && positive(&r["held"]["rss_kib"])
-                        && r["kib_per_stream"].as_f64().is_some_and(f64::is_finite)
-                })
-                || !v["targets"]["per_stream_met"].is_boolean()
-            {
-                return bad("expected bare and flowgate readings with positive RSS and a finite KiB/stream");
-            }
-        }
-        "scrape_cost"
-            if !positive(&v["scrapes_ok"]) || !v["added_core_share"].as_f64().is_some_and(f64::is_finite) =>
-        {
-            return bad("expected good scrapes and a finite CPU share");
-        }
-        "pool" => {
-            let configs = v["configs"].as_array().map_or(&[][..], Vec::as_slice);
-            if configs.is_empty()
-                || !configs.iter().all(|c| {
-                    c["failed"].as_u64() == Some(0)
-                        && c["classes"].as_array().is_some_and(|k| k.len() == 3)
-                        && c["per_server_completed"].as_array().is_some_and(|s| !s.is_empty())
-                })
-            {
-                return bad("expected configurations with 3 classes each and no failed requests");
-            }
-            let svg = v["svg"].as_str().unwrap_or_default();
-            if !std::fs::read_to_string(svg).is_ok_and(|s| s.contains("<svg")) {
-                return bad("pool plot missing");
-            }
-        }
-        _ => {}
-    }
-    Ok(())
 }
 
 /// A hung run is a broken harness (or engine), not a slow one: give up loudly long after any
@@ -624,7 +479,7 @@ fn main() -> ExitCode {
     };
     let mut ok = true;
     for name in &written {
-        if let Err(e) = validate(&out, name) {
+        if let Err(e) = validate::validate(&out, name) {
             eprintln!("flowgate-bench: invalid output: {e}");
             ok = false;
         }

@@ -21,6 +21,9 @@ use std::path::Path;
 use std::time::Duration;
 use tokio::runtime::Runtime;
 
+/// The loads for the layout comparison, requests/s.
+pub const RATES: [f64; 2] = [2_000.0, 5_000.0];
+
 /// A layout measured besides `auto`: shards, I/O threads, and whether the I/O threads are pinned
 /// to the CPUs the shards leave (`true`) or run on every CPU (`false`, sharing the shards').
 pub const LAYOUTS: [(usize, usize, bool); 5] =

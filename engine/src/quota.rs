@@ -239,9 +239,12 @@ impl QuotaState {
 
     /// Quota time of `tokens` weighted tokens, ns; `None` when no rule limits tokens or for 0.
     fn quota_ns(&self, tokens: u64) -> Option<u64> {
+        if tokens == 0 {
+            return None;
+        }
         let per_token = f64::from_bits(self.ns_per_token.load(Ordering::Relaxed));
-        (per_token != 0.0 && tokens != 0).then(|| (tokens as f64 * per_token).ceil() as u64)
-        // saturates
+        // `as` saturates: a cost beyond u64 ns is the end of time, not a wrap.
+        (per_token != 0.0).then(|| (tokens as f64 * per_token).ceil() as u64)
     }
 
     /// Move the token bucket's `tat` by `f` (a CAS loop: permits on any thread move it).

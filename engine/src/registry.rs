@@ -4,9 +4,9 @@
 //! [`WorkloadTable`], and only that shard's thread inserts, records arrivals and forgets. The
 //! counters are atomics anyway because two other parties touch them: a dispatched request's permit
 //! releases `active` from whatever thread finishes the request, and metrics readers read them
-//! through a [`RegistryView`](crate::registry_view::RegistryView). The hot path (a request of a known workload) takes no lock; the first
-//! request of a new workload, and the idle sweep, take the shard's uncontended directory mutex so
-//! readers can list workloads.
+//! through a [`RegistryView`](crate::registry_view::RegistryView). The hot path (a request of a
+//! known workload) takes no lock; the first request of a new workload, and the idle sweep, take
+//! the shard's uncontended directory mutex so readers can list workloads.
 //!
 //! **Rate.** Arrivals are counted in [`RATE_BUCKETS`] buckets of `rate_window / RATE_BUCKETS` each;
 //! the rate is the sum of the last [`RATE_BUCKETS`] buckets (the current, partial one included),

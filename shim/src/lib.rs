@@ -49,4 +49,5 @@ pub mod status_page;
 pub mod tls;
 pub mod usage;
 pub mod usage_meter;
+mod usage_plain;
 pub mod view;

@@ -203,7 +203,7 @@ impl QuotaState {
     /// reserved, for its [`settle`](Self::settle) or [`give_back`](Self::give_back). 0 when no
     /// rule limits tokens or before the first charge.
     pub fn reserve(&self, now_ns: u64) -> u64 {
-        if self.quota_ns(1).is_none() {
+        if !self.limits_tokens() {
             return 0;
         }
         let mean = f64::from_bits(self.mean_cost.load(Ordering::Relaxed));
@@ -215,7 +215,7 @@ impl QuotaState {
     /// A request that reserved `reserved` weighted tokens cost `cost`: take the rest, or give the
     /// excess back, and fold `cost` into the mean (any thread).
     pub fn settle(&self, reserved: u64, cost: u64, now_ns: u64) {
-        if self.quota_ns(1).is_none() {
+        if !self.limits_tokens() {
             return;
         }
         let _ = self.mean_cost.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
@@ -235,6 +235,11 @@ impl QuotaState {
         let Some(spend) = self.quota_ns(tokens) else { return };
         // Below `now` the bucket is full either way: every reader takes `max(tat, now)`.
         self.move_token_tat(|tat| tat.saturating_sub(spend));
+    }
+
+    /// Whether a rule limits its tokens (the bound rule has a `tokens_per_minute`).
+    fn limits_tokens(&self) -> bool {
+        f64::from_bits(self.ns_per_token.load(Ordering::Relaxed)) != 0.0
     }
 
     /// Quota time of `tokens` weighted tokens, ns; `None` when no rule limits tokens or for 0.

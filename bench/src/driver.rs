@@ -1,6 +1,13 @@
 //! Driving many outstanding tickets from one thread: each ticket is polled with its own waker,
 //! which, when the implementation resolves it, pushes the ticket's index onto a ready list and
 //! unparks the driver. Every implementation is driven through the same [`Tracker`].
+//!
+//! Before it parks, the driver polls its ready list for a while, yielding between polls (the
+//! engine's own blocking `Ticket::wait` does the same, for `spin_before_park`). A driver that
+//! parks at once after each collection, sharing a CPU with a shard that is delivering a batch of
+//! decisions, is woken once per decision: each wake-up preempts the shard, the driver collects the
+//! one decision whose wake ran, parks, and the shard resumes for the next (measured with `perf
+//! sched`: a 14 µs switch pair per dispatch, and the 10k-queued run with 2 shards at 0.3× of 1).
 
 use crate::baseline::{Decision, Queue, Refused, Req, Ticket};
 use flowgate_engine::registry::hash_workload_id;
@@ -39,6 +46,8 @@ pub struct Tracker<M> {
     vacant: Vec<usize>,
     pending: usize,
     scratch: Vec<usize>,
+    /// How long [`park_until`](Self::park_until) polls before it parks.
+    spin: Duration,
 }
 
 impl<M> Default for Tracker<M> {
@@ -56,6 +65,8 @@ impl<M> Tracker<M> {
             vacant: Vec::new(),
             pending: 0,
             scratch: Vec::new(),
+            spin: crate::baseline::spin_before_park()
+                .unwrap_or(flowgate_engine::EngineConfig::default().spin_before_park),
         }
     }
 
@@ -105,10 +116,18 @@ impl<M> Tracker<M> {
         self.scratch.clear();
     }
 
-    /// Park until a ticket signals or `deadline` passes (returns at once if one already has).
+    /// Wait until a ticket signals or `deadline` passes (returns at once if one already has):
+    /// poll, yielding, for up to the engine's `spin_before_park`, then park (module docs).
     pub fn park_until(&self, deadline: Instant) {
         if self.has_ready() {
             return;
+        }
+        let spin_until = deadline.min(Instant::now() + self.spin);
+        while Instant::now() < spin_until {
+            std::thread::yield_now();
+            if self.has_ready() {
+                return;
+            }
         }
         let now = Instant::now();
         if deadline > now {

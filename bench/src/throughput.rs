@@ -374,6 +374,8 @@ pub fn run(opts: &Options, out_dir: &Path) -> std::io::Result<ThroughputReport> 
     let deep_best =
         req_per_s_of(&results, "deep_queue", &one).max(req_per_s_of(&results, "deep_queue", &many));
     let deep_seed = req_per_s_of(&results, "deep_queue", "seed-heap");
+    let (deep_one, deep_many) =
+        (req_per_s_of(&results, "deep_queue", &one), req_per_s_of(&results, "deep_queue", &many));
     let scraped = Kind::FlowgateScraped(1).label();
     let scraped_worst = ["low_load", "saturation", "deep_queue"]
         .iter()
@@ -430,6 +432,12 @@ pub fn run(opts: &Options, out_dir: &Path) -> std::io::Result<ThroughputReport> 
                 None => ratio(sat_many, sat_one),
             },
             met: sat_many >= 1.6 * sat_one,
+        },
+        Target {
+            name: format!("{} queued: {n} shards vs 1 shard", opts.depth),
+            target: "≥ 0.9x".into(),
+            value: ratio(deep_many, deep_one),
+            met: deep_many >= 0.9 * deep_one,
         },
         Target {
             name: format!("{} queued: flowgate vs seed baseline", opts.depth),

@@ -14,7 +14,7 @@ use serde::Serialize;
 /// machine cannot show that: the shards share the cores with the producers).
 #[derive(Debug, Serialize)]
 pub struct ScalingEfficiency {
-    /// `low_load`, `saturation` or `deep_queue`.
+    /// `low_load`, `saturation`, `saturation_no_polling` or `deep_queue`.
     pub mode: String,
     /// Shards of the layout.
     pub shards: usize,

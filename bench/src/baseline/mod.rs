@@ -211,11 +211,20 @@ pub struct Spec {
     pub ttl: Duration,
     /// The scoring rule (the seed baseline uses the same weights and caps).
     pub scoring: ScoringConfig,
+    /// flowgate's `spin_before_park` for this queue; `None`: the process-wide
+    /// [`set_spin_before_park`] value, else the engine's default.
+    pub spin_before_park: Option<Duration>,
 }
 
 impl Default for Spec {
     fn default() -> Self {
-        Spec { slots: 8, max_requests: 0, ttl: Duration::from_secs(30), scoring: ScoringConfig::default() }
+        Spec {
+            slots: 8,
+            max_requests: 0,
+            ttl: Duration::from_secs(30),
+            scoring: ScoringConfig::default(),
+            spin_before_park: None,
+        }
     }
 }
 
@@ -228,7 +237,7 @@ impl Spec {
         c.queue.max_bytes = 0;
         c.queue.ttl = self.ttl;
         c.scoring = self.scoring.clone();
-        if let Some(spin) = spin_before_park() {
+        if let Some(spin) = self.spin_before_park.or_else(spin_before_park) {
             c.spin_before_park = spin;
         }
         c

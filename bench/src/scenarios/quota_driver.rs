@@ -194,6 +194,7 @@ pub fn run_one(sc: &QuotaScenario, run: Run) -> io::Result<QuotaRunData> {
         max_requests: 0,
         ttl: Duration::from_secs(30),
         scoring: sc.scoring(),
+        spin_before_park: None,
     };
     let mut config = spec.engine_config(sc.shards);
     config.workloads.quotas = sc.quotas();

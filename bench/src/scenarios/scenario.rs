@@ -111,6 +111,7 @@ impl Scenario {
             max_requests: self.max_requests,
             ttl: Duration::from_secs(30),
             scoring: self.scoring(),
+            spin_before_park: None,
         }
     }
 

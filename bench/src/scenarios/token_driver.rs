@@ -149,8 +149,7 @@ pub fn run_one(sc: &TokenScenario, variant: Variant) -> io::Result<TokenRunData>
         .thread_name("token-fairness")
         .build()?;
     let scoring = variant.scoring(sc);
-    let spec =
-        Spec { slots: sc.slots, max_requests: 0, ttl: Duration::from_secs(30), scoring: scoring.clone() };
+    let spec = Spec { slots: sc.slots, scoring: scoring.clone(), ..Spec::default() };
     let clients: usize = sc.workloads.iter().map(|w| w.clients).sum();
     let sim_config = SimConfig {
         listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),

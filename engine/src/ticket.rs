@@ -37,7 +37,9 @@ impl Ticket {
     pub fn cancel(self) {}
 
     /// Block this thread until the decision (for callers outside an async runtime). Polls for up
-    /// to `spin_before_park`, then parks until the shard wakes it (see [`poll_for`](Self::poll_for)).
+    /// to `spin_before_park` (without yielding for at most [`REMOTE_POLL_NS`] while its shard runs
+    /// on another CPU, yielding its CPU between polls after that), then parks until the shard
+    /// wakes it.
     pub fn wait(mut self) -> Decision<Permit> {
         let slot = self.slot.take().expect("ticket already resolved");
         if let Some(d) = slot.try_take() {

@@ -1,6 +1,7 @@
 //! The `saturation` section and the per-backend `metrics` / `engine` fields.
 
 use super::*;
+use flowgate_engine::config::{Detector, SaturationConfig};
 use std::time::Duration;
 
 fn ok(yaml: &str) -> ServeConfig {

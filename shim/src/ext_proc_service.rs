@@ -35,7 +35,7 @@ fn buffer_settings() -> BufferSettings {
     BufferSettings::new(CODEC_BUFFER_BYTES, CODEC_YIELD_THRESHOLD)
 }
 
-/// tonic's prost codec for the ext_proc messages, with [`buffer_settings`].
+/// tonic's prost codec for the ext_proc messages, with buffers of [`CODEC_BUFFER_BYTES`] that yield at [`CODEC_YIELD_THRESHOLD`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SmallBufferCodec;
 

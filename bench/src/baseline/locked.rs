@@ -184,7 +184,7 @@ struct LockedState<D> {
     dispatcher_waiting: bool,
 }
 
-/// A `Mutex`-guarded queue with a dispatcher thread; [`SeedQueue`] and [`FifoQueue`] are instances.
+/// A `Mutex`-guarded queue with a dispatcher thread; [`SeedQueue`](super::seed::SeedQueue) and [`FifoQueue`](super::fifo::FifoQueue) are instances.
 pub struct Locked<D: Discipline> {
     state: Mutex<LockedState<D>>,
     /// Wakes the dispatcher: work arrived while a slot is free, or a slot freed while work waits.

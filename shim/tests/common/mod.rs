@@ -1,11 +1,12 @@
-//! Helpers shared by the ext_proc integration tests (`protocol.rs`, `reliability.rs`): starting
-//! a server in-process, opening ext_proc streams the way Envoy does, building request headers,
+//! Helpers shared by the ext_proc integration tests (`protocol.rs`, `reliability.rs`, ...): starting
+//! a server in-process ([`Server`]), opening ext_proc streams the way Envoy does, building request headers,
 //! reading answers, and polling `/metrics`. Each test file passes its own deadline.
 
 // Each test binary compiles this module but uses only a subset of it.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
@@ -18,6 +19,7 @@ use envoy_types::pb::google::protobuf::value::Kind;
 use flowgate::config::ServeConfig;
 use flowgate::metrics::sample;
 use flowgate::serve::{self, Running};
+use flowgate_engine::runtime::Engine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -196,5 +198,48 @@ pub async fn wait_backends(
         }
         assert!(start.elapsed() < deadline, "{what}: backends stayed {b:#?}");
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Longest [`Server::wait_metric`] waits.
+pub const SERVER_DEADLINE: Duration = Duration::from_secs(30);
+
+/// A server started in-process, with its addresses at hand.
+pub struct Server {
+    running: Option<Running>,
+    /// Its ext_proc listener.
+    pub grpc: SocketAddr,
+    /// Its metrics and API listener.
+    pub metrics: SocketAddr,
+}
+
+impl Server {
+    /// One backend of `slots` slots, `shards` shards, plus `extra` YAML sections.
+    pub async fn start(shards: usize, slots: u32, extra: &str) -> Server {
+        let running = start_server(shards, slots, extra).await;
+        let (grpc, metrics) = (running.grpc_addr(), running.metrics_addr());
+        Server { running: Some(running), grpc, metrics }
+    }
+
+    /// Its engine.
+    pub fn engine(&self) -> Arc<Engine> {
+        self.running.as_ref().unwrap().engine().clone()
+    }
+
+    /// A client connected to its ext_proc listener.
+    pub async fn client(&self) -> Client {
+        connect(self.grpc).await
+    }
+
+    /// Wait until `series` reads `value` on its `/metrics` (at most [`SERVER_DEADLINE`]).
+    pub async fn wait_metric(&self, series: &str, value: f64) {
+        wait_metric(self.metrics, series, value, SERVER_DEADLINE).await
+    }
+
+    /// Shut it down: every queued request answered first.
+    pub async fn shutdown(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
     }
 }

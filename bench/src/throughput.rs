@@ -6,6 +6,9 @@
 //!   with large batches (the most load they can offer).
 //! - **deep queue**: `slots` permits are held and `depth` requests kept queued; each round submits
 //!   `slots` more and drops the held permits, so `slots` heads dispatch out of a queue ~`depth` deep.
+//! - **saturation, no idle polling** (`saturation_no_polling`): saturation again, 1 and N shards,
+//!   with `spin_before_park` 0, so the shards park as soon as they are idle and the queue's CPU is
+//!   their work and wake-ups, not the polling that soaks up what the producers leave.
 
 use crate::baseline::{Decision, Kind, Req, Spec, CHURN_INTERVAL};
 use crate::churn::{churn_rows, set_changes_since, ChurnRow};

@@ -13,43 +13,42 @@ pub fn validate(dir: &Path, name: &str) -> Result<(), String> {
     let positive = |x: &serde_json::Value| x.as_f64().is_some_and(|f| f.is_finite() && f > 0.0);
     match name {
         "throughput" => {
-            let results = v["results"].as_array().map_or(&[][..], Vec::as_slice);
+            let results = items(&v["results"]);
             if results.len() < 12 || !results.iter().all(|r| positive(&r["req_per_s"])) {
                 return bad("expected 12 measurements, all with a positive req_per_s");
             }
         }
         "latency" => {
-            let results = v["results"].as_array().map_or(&[][..], Vec::as_slice);
+            let results = items(&v["results"]);
             if results.is_empty() || !results.iter().all(|r| positive(&r["latency"]["p50_ms"])) {
                 return bad("expected latency results with a positive p50");
             }
         }
         "layouts" => {
-            let cells = v["cells"].as_array().map_or(&[][..], Vec::as_slice);
+            let cells = items(&v["cells"]);
             let n = (LAYOUTS.len() + 1) * RATES.len();
             if cells.len() < n || !cells.iter().all(|c| positive(&c["latency"]["p50_ms"])) {
                 return bad("expected every (server, rate) cell with a positive p50");
             }
         }
         "scaling" => {
-            let points = v["flowgate"].as_array().map_or(&[][..], Vec::as_slice);
+            let points = items(&v["flowgate"]);
             if points.len() != 3 || !points.iter().all(|p| positive(&p["req_per_s"])) {
                 return bad("expected 3 scaling points");
             }
-            let svg = v["svg"].as_str().unwrap_or_default();
-            if !std::fs::read_to_string(svg).is_ok_and(|s| s.contains("<svg")) {
+            if !has_svg(&v) {
                 return bad("scaling plot missing");
             }
         }
         "scenarios" => {
-            let scs = v["scenarios"].as_array().map_or(&[][..], Vec::as_slice);
+            let scs = items(&v["scenarios"]);
             let tokens = &v["token_fairness"];
             let quotas = &v["quota_isolation"];
             if scs.is_empty() && tokens.is_null() && quotas.is_null() {
                 return bad("no scenario results");
             }
             if !tokens.is_null() {
-                let results = tokens["results"].as_array().map_or(&[][..], Vec::as_slice);
+                let results = items(&tokens["results"]);
                 if results.len() != 4
                     || !results.iter().all(|r| {
                         r["failed"].as_u64() == Some(0)
@@ -65,7 +64,7 @@ pub fn validate(dir: &Path, name: &str) -> Result<(), String> {
                 }
             }
             if !quotas.is_null() {
-                let runs = quotas["runs"].as_array().map_or(&[][..], Vec::as_slice);
+                let runs = items(&quotas["runs"]);
                 let max = quotas["scenario"]["pinned_max_inflight"].as_u64().unwrap_or(0);
                 if runs.len() != flowgate_bench::scenarios::quota_isolation::RUNS.len()
                     || !runs.iter().all(|r| {
@@ -84,20 +83,19 @@ pub fn validate(dir: &Path, name: &str) -> Result<(), String> {
                 }
             }
             for sc in scs {
-                let results = sc["results"].as_array().map_or(&[][..], Vec::as_slice);
+                let results = items(&sc["results"]);
                 if results.len() != 3
                     || !results.iter().all(|r| r["dispatches"].as_u64().is_some_and(|n| n > 0))
                 {
                     return bad("every scenario needs 3 implementations with dispatches");
                 }
-                let svg = sc["svg"].as_str().unwrap_or_default();
-                if !std::fs::read_to_string(svg).is_ok_and(|s| s.contains("<svg")) {
+                if !has_svg(sc) {
                     return bad("scenario plot missing");
                 }
             }
         }
         "extproc" => {
-            let results = v["results"].as_array().map_or(&[][..], Vec::as_slice);
+            let results = items(&v["results"]);
             if results.len() != 2
                 || !results.iter().all(|r| {
                     positive(&r["latency"]["p50_ms"])
@@ -109,7 +107,7 @@ pub fn validate(dir: &Path, name: &str) -> Result<(), String> {
             }
         }
         "streams" => {
-            let results = v["results"].as_array().map_or(&[][..], Vec::as_slice);
+            let results = items(&v["results"]);
             if results.len() != 2
                 || !results.iter().all(|r| {
                     positive(&r["idle"]["rss_kib"])
@@ -127,7 +125,7 @@ pub fn validate(dir: &Path, name: &str) -> Result<(), String> {
             return bad("expected good scrapes and a finite CPU share");
         }
         "pool" => {
-            let configs = v["configs"].as_array().map_or(&[][..], Vec::as_slice);
+            let configs = items(&v["configs"]);
             if configs.is_empty()
                 || !configs.iter().all(|c| {
                     c["failed"].as_u64() == Some(0)
@@ -137,13 +135,12 @@ pub fn validate(dir: &Path, name: &str) -> Result<(), String> {
             {
                 return bad("expected configurations with 3 classes each and no failed requests");
             }
-            let svg = v["svg"].as_str().unwrap_or_default();
-            if !std::fs::read_to_string(svg).is_ok_and(|s| s.contains("<svg")) {
+            if !has_svg(&v) {
                 return bad("pool plot missing");
             }
         }
         "usage_cost" => {
-            let results = v["results"].as_array().map_or(&[][..], Vec::as_slice);
+            let results = items(&v["results"]);
             if results.len() != 2
                 || !results.iter().all(|r| positive(&r["completed"]) && r["failed"].as_u64() == Some(0))
             {
@@ -151,7 +148,7 @@ pub fn validate(dir: &Path, name: &str) -> Result<(), String> {
             }
         }
         "envoy_modes" => {
-            let phases = v["phases"].as_array().map_or(&[][..], Vec::as_slice);
+            let phases = items(&v["phases"]);
             if phases.len() != 2 || !phases.iter().all(|p| positive(&p["median_req_per_s"])) {
                 return bad("envoy_modes needs its metered and plain phases, each with a positive req/s");
             }
@@ -162,6 +159,17 @@ pub fn validate(dir: &Path, name: &str) -> Result<(), String> {
         _ => {}
     }
     Ok(())
+}
+
+/// The array at `v` (empty if it is not one).
+fn items(v: &serde_json::Value) -> &[serde_json::Value] {
+    v.as_array().map_or(&[][..], Vec::as_slice)
+}
+
+/// Whether `v["svg"]` names a file holding an SVG plot.
+fn has_svg(v: &serde_json::Value) -> bool {
+    let svg = v["svg"].as_str().unwrap_or_default();
+    std::fs::read_to_string(svg).is_ok_and(|s| s.contains("<svg"))
 }
 
 #[cfg(test)]

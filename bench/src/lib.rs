@@ -4,11 +4,13 @@
 pub mod baseline;
 pub mod churn;
 pub mod cpu;
+pub mod deep_queue;
 pub mod driver;
 pub mod latency;
 pub mod measurement;
 pub mod plot;
 pub mod report;
+pub mod request_mix;
 pub mod scaling_efficiency;
 pub mod scenarios;
 pub mod stats;

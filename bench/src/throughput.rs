@@ -4,18 +4,21 @@
 //!   requests, wait on every ticket and drop its permit. `low load` is one producer with batches
 //!   of one (one request at a time: a round trip per request); `saturation` is several producers
 //!   with large batches (the most load they can offer).
-//! - **deep queue**: `slots` permits are held and `depth` requests kept queued; each round submits
-//!   `slots` more and drops the held permits, so `slots` heads dispatch out of a queue ~`depth` deep.
+//! - **deep queue** (`deep_queue.rs`): `slots` permits are held and `depth` requests kept
+//!   queued; each round submits `slots` more and drops the held permits, so `slots` heads dispatch
+//!   out of a queue ~`depth` deep.
 //! - **saturation, no idle polling** (`saturation_no_polling`): saturation again, 1 and N shards,
 //!   with `spin_before_park` 0, so the shards park as soon as they are idle and the queue's CPU is
 //!   their work and wake-ups, not the polling that soaks up what the producers leave.
 
-use crate::baseline::{Decision, Kind, Req, Spec, CHURN_INTERVAL};
+use crate::baseline::{Kind, Spec, CHURN_INTERVAL};
 use crate::churn::{churn_rows, set_changes_since, ChurnRow};
 use crate::cpu;
-use crate::driver::{balanced_ids, submit, Rng, Tracker};
+pub use crate::deep_queue::deep_queue;
 use crate::measurement::{req_per_s_of, Measurement, ScalingPoint, SetChanges};
 use crate::report::{self, ratio, si, sleep_with, timed_bar, RunInfo, Table};
+use crate::request_mix::request_mix;
+pub use crate::request_mix::WORKLOADS;
 use crate::scaling_efficiency::{self, ScalingEfficiency};
 use flowgate_engine::Outcome;
 use serde::Serialize;
@@ -23,9 +26,6 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
-
-/// Distinct workloads requests are spread over.
-pub const WORKLOADS: usize = 64;
 
 /// The mode name of the saturation run with `spin_before_park` 0 (shards park once idle).
 pub const NO_POLLING: &str = "saturation_no_polling";
@@ -81,20 +81,6 @@ fn combine(ms: Vec<Measurement>) -> Measurement {
         set_changes: ms.iter().filter_map(|m| m.set_changes).reduce(SetChanges::plus),
     };
     out
-}
-
-fn shards_of(kind: Kind) -> usize {
-    match kind {
-        Kind::Flowgate(n) | Kind::FlowgateScraped(n) | Kind::FlowgateChurn(n) | Kind::FlowgateSteady(n) => n,
-        _ => 1,
-    }
-}
-
-/// A fixed mix of requests: workloads spread over the shards, criticalities 1..=5.
-fn request_mix(kind: Kind, prefix: &str, seed: u64) -> Vec<Req> {
-    let ids = balanced_ids(prefix, WORKLOADS, shards_of(kind));
-    let mut rng = Rng(seed);
-    (0..4096).map(|i| Req::new(&ids[i % ids.len()], 1 + rng.below(5) as u8)).collect()
 }
 
 /// Free-capacity throughput of `kind` with `producers` threads and batches of `batch`.
@@ -189,84 +175,6 @@ pub fn free_capacity_with(
         rounds_req_per_s: Vec::new(),
         producer_cpu_ns: per_request_ns(producer_s),
         queue_cpu_ns: per_request_ns(queue_s),
-        set_changes,
-    }
-}
-
-/// Dispatch throughput with `slots` permits cycling and ~`depth` requests kept queued.
-pub fn deep_queue(kind: Kind, depth: usize, slots: u32, dur: Duration) -> Measurement {
-    let spec = Spec { slots, ttl: Duration::from_secs(3600), ..Spec::default() };
-    let q = spec.build(kind);
-    let reqs = request_mix(kind, "deep", 7);
-    let mut i = 0usize;
-    let mut next = || {
-        i += 1;
-        &reqs[i % reqs.len()]
-    };
-    let mut tracker: Tracker<()> = Tracker::new();
-    let mut held: Vec<Decision> = Vec::new();
-    for _ in 0..slots {
-        held.push(submit(&*q, next()).expect("submitted").wait());
-    }
-    let bar = timed_bar(&format!("throughput deep-queue {}", kind.label()), dur);
-    for _ in 0..depth {
-        let t = submit(&*q, next()).expect("submitted");
-        if let Some((d, ())) = tracker.insert(t, ()) {
-            held.push(d);
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while (q.queued() as usize) < depth && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    let mut out = Vec::new();
-    let (mut requests, mut rounds, mut depth_sum) = (0u64, 0u64, 0f64);
-    let t0 = Instant::now();
-    let changes0 = q.set_changes();
-    while t0.elapsed() < dur {
-        for _ in 0..slots {
-            let t = submit(&*q, next()).expect("submitted");
-            if let Some((d, ())) = tracker.insert(t, ()) {
-                held.push(d);
-            }
-        }
-        depth_sum += q.queued() as f64;
-        rounds += 1;
-        held.clear(); // frees every slot: the queue dispatches its best `slots` heads
-        let mut got = 0;
-        let stall = Instant::now() + Duration::from_secs(60);
-        while got < slots as usize {
-            assert!(Instant::now() < stall, "{}: no dispatch for 60 s with free slots", kind.label());
-            tracker.park_until(Instant::now() + Duration::from_millis(10));
-            tracker.collect(&mut out);
-            for (d, ()) in out.drain(..) {
-                if d.outcome == Outcome::Dispatched {
-                    got += 1;
-                    held.push(d);
-                }
-            }
-        }
-        requests += got as u64;
-        bar.set_position(t0.elapsed().as_millis() as u64);
-    }
-    let seconds = t0.elapsed().as_secs_f64();
-    let set_changes = set_changes_since(&*q, changes0);
-    bar.finish_and_clear();
-    tracker.cancel_all();
-    held.clear();
-    q.shutdown();
-    Measurement {
-        implementation: kind.label(),
-        mode: "deep_queue".into(),
-        producers: 1,
-        batch: slots as usize,
-        mean_depth: Some(depth_sum / rounds.max(1) as f64),
-        requests,
-        seconds,
-        req_per_s: requests as f64 / seconds,
-        rounds_req_per_s: Vec::new(),
-        producer_cpu_ns: None,
-        queue_cpu_ns: None,
         set_changes,
     }
 }
@@ -397,11 +305,10 @@ pub fn run(opts: &Options, out_dir: &Path) -> std::io::Result<ThroughputReport> 
     let sat_one = req_per_s_of(&results, "saturation", &one);
     let low_many = req_per_s_of(&results, "low_load", &many);
     let low_one = req_per_s_of(&results, "low_load", &one);
-    let deep_best =
-        req_per_s_of(&results, "deep_queue", &one).max(req_per_s_of(&results, "deep_queue", &many));
-    let deep_seed = req_per_s_of(&results, "deep_queue", "seed-heap");
     let (deep_one, deep_many) =
         (req_per_s_of(&results, "deep_queue", &one), req_per_s_of(&results, "deep_queue", &many));
+    let deep_best = deep_one.max(deep_many);
+    let deep_seed = req_per_s_of(&results, "deep_queue", "seed-heap");
     let scraped = Kind::FlowgateScraped(1).label();
     let scraped_worst = ["low_load", "saturation", "deep_queue"]
         .iter()

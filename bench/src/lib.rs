@@ -2,6 +2,7 @@
 //! drivers behind the `flowgate-bench` binary.
 
 pub mod baseline;
+pub mod child;
 pub mod churn;
 pub mod cpu;
 pub mod deep_queue;

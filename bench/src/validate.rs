@@ -1,7 +1,7 @@
 //! Reading back what a run wrote: each result file must be the JSON object its run meant to
 //! write (a broken harness fails the run instead of leaving a plausible-looking file).
 
-use crate::extproc::layouts::{LAYOUTS, RATES};
+use crate::extproc::layouts::{CONDITIONS, LAYOUTS, RATES};
 use std::path::Path;
 
 /// Read back a result file and check it is the JSON object we meant to write.
@@ -26,9 +26,9 @@ pub fn validate(dir: &Path, name: &str) -> Result<(), String> {
         }
         "layouts" => {
             let cells = items(&v["cells"]);
-            let n = (LAYOUTS.len() + 1) * RATES.len();
+            let n = (LAYOUTS.len() + 1) * CONDITIONS.len() * RATES.len();
             if cells.len() < n || !cells.iter().all(|c| positive(&c["latency"]["p50_ms"])) {
-                return bad("expected every (server, rate) cell with a positive p50");
+                return bad("expected every (server, condition, rate) cell with a positive p50");
             }
         }
         "scaling" => {

@@ -7,6 +7,7 @@ use super::template::{self, Ports};
 use super::{client, Options};
 use crate::cluster::procs::free_port;
 use crate::streams::procs::{self, Server};
+use flowgate_bench::child::die_with_parent;
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -45,22 +46,6 @@ pub struct Stack {
     pub metrics: SocketAddr,
     /// The sim's address.
     pub sim_addr: SocketAddr,
-}
-
-/// Make `cmd`'s child get `SIGKILL` when the thread that spawns it (this process's main thread)
-/// ends, so no child outlives the bench, even one killed by a signal.
-fn die_with_parent(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: the closure runs between fork and exec and only calls prctl(2), which is
-    // async-signal-safe; it touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
 }
 
 /// Make `cmd`'s child run on `cpus` only.

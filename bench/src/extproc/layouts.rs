@@ -6,6 +6,12 @@
 //! with free capacity. The open-loop client of `extproc` drives each in turn at every rate, the
 //! order rotating per round; the histograms of a layout's rounds are merged. The bare tonic server
 //! runs in the same rounds as the reference. The client and the bare server are not pinned.
+//!
+//! Every round measures each layout twice: on an otherwise idle machine, and beside a **busy
+//! neighbour** (a child process, unpinned, spinning for the whole measurement, as a busy Envoy, a
+//! sidecar or a noisy tenant would). A layout that pins its I/O thread to one CPU cannot leave that CPU when the
+//! neighbour lands there; one that shares every CPU can, which is why `auto` shares on small
+//! machines (README, "Core layout").
 
 use super::client::Client;
 use super::load::{connect, phase, Measured};
@@ -18,16 +24,75 @@ use flowgate_engine::layout::Layout;
 use serde::Serialize;
 use std::io;
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tokio::runtime::Runtime;
 
 /// The loads for the layout comparison, requests/s.
 pub const RATES: [f64; 2] = [2_000.0, 5_000.0];
 
-/// A layout measured besides `auto`: shards, I/O threads, and whether the I/O threads are pinned
-/// to the CPUs the shards leave (`true`) or run on every CPU (`false`, sharing the shards').
-pub const LAYOUTS: [(usize, usize, bool); 5] =
-    [(1, 1, true), (1, 1, false), (1, 2, false), (2, 2, false), (2, 1, false)];
+/// Where a measured layout's I/O threads may run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoCpus {
+    /// Every allowed CPU (sharing the shards').
+    Every,
+    /// The CPUs the shards leave (if any are left).
+    Free,
+    /// The shards' own CPUs (leaving the others to the rest of the machine).
+    Shards,
+}
+
+/// A layout measured besides `auto`: shards, I/O threads, and where the I/O threads run.
+pub const LAYOUTS: [(usize, usize, IoCpus); 6] = [
+    (1, 1, IoCpus::Free),
+    (1, 1, IoCpus::Every),
+    (1, 1, IoCpus::Shards),
+    (1, 2, IoCpus::Every),
+    (2, 2, IoCpus::Every),
+    (2, 1, IoCpus::Every),
+];
+
+/// The two machine conditions each layout is measured under: idle, and beside a busy neighbour.
+pub const CONDITIONS: [Condition; 2] = [Condition::Idle, Condition::BusyNeighbour];
+
+/// What else runs on the machine while a layout is measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Condition {
+    /// Nothing but the client (and the idle other servers).
+    Idle,
+    /// One more process, unpinned, spinning for the whole measurement.
+    BusyNeighbour,
+}
+
+impl Condition {
+    fn label(self) -> &'static str {
+        match self {
+            Condition::Idle => "idle machine",
+            Condition::BusyNeighbour => "busy neighbour",
+        }
+    }
+}
+
+/// A process that spins until dropped (the busy neighbour): `sh -c 'while :; do :; done'`,
+/// killed with the bench if it dies first.
+struct Neighbour(Child);
+
+impl Neighbour {
+    fn start() -> io::Result<Self> {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "while :; do :; done"]).stdin(Stdio::null()).stdout(Stdio::null());
+        flowgate_bench::child::die_with_parent(&mut cmd);
+        cmd.spawn().map(Neighbour)
+    }
+}
+
+impl Drop for Neighbour {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -55,6 +120,8 @@ pub struct Cell {
     pub layout: String,
     /// Whether this is the default (`auto`) layout.
     pub default: bool,
+    /// What else ran on the machine.
+    pub condition: Condition,
     /// Offered load, requests/s.
     pub offered_rps: f64,
     /// Completed / window.
@@ -72,16 +139,18 @@ pub struct LayoutsReport {
     pub run: RunInfo,
     /// Concurrent client streams.
     pub streams: usize,
-    /// Every (server, rate) cell.
+    /// Every (server, condition, rate) cell.
     pub cells: Vec<Cell>,
-    /// Per rate: the default layout's p50 and p99 against the best other layout's (ratio ≤ 1 =
+    /// Per condition and rate: the default layout's p50 and p99 against the best other layout's (ratio ≤ 1 =
     /// the default is no worse).
     pub default_vs_best: Vec<DefaultVsBest>,
 }
 
-/// The default layout against the best other one at one rate.
+/// The default layout against the best other one at one rate and condition.
 #[derive(Debug, Serialize)]
 pub struct DefaultVsBest {
+    /// What else ran on the machine.
+    pub condition: Condition,
     /// Offered load, requests/s.
     pub offered_rps: f64,
     /// Default p50 / the lowest other p50.
@@ -120,11 +189,20 @@ pub fn run(o: &Options, out_dir: &Path) -> io::Result<LayoutsReport> {
     }];
     let cpus = flowgate_engine::layout::allowed_cpus();
     let auto = ServeConfig::from_yaml("{}").map_err(|e| io::Error::other(format!("{e:?}")))?.layout();
-    let explicit = LAYOUTS.iter().map(|&(shards, io_threads, pinned)| {
+    let explicit = LAYOUTS.iter().map(|&(shards, io_threads, place)| {
         let plan = Layout::plan(&cpus, shards, io_threads);
-        // Pinned: the CPUs after the shards' (if any are left), whatever `auto` would do here.
+        // Whatever `auto` would do here.
         let free: Vec<usize> = cpus.iter().copied().skip(shards).collect();
-        let io_cpus = if pinned && !free.is_empty() { free } else { cpus.clone() };
+        let io_cpus = match place {
+            IoCpus::Free if !free.is_empty() => free,
+            IoCpus::Shards => {
+                let mut own = plan.shard_cpus.clone();
+                own.sort_unstable();
+                own.dedup();
+                own
+            }
+            IoCpus::Free | IoCpus::Every => cpus.clone(),
+        };
         Layout { io_cpus, ..plan }
     });
     // `auto` first, then the others (one equal to `auto` is skipped).
@@ -155,35 +233,57 @@ pub fn run(o: &Options, out_dir: &Path) -> io::Result<LayoutsReport> {
     for t in &targets {
         phase(&client_rt, &t.clients, t.want_destination, o.rates[0], o.streams, warmup, "layouts warmup");
     }
-    let mut measured: Vec<Vec<(Measured, Duration)>> = targets
+    // measured[target][condition][rate]
+    let mut measured: Vec<Vec<Vec<(Measured, Duration)>>> = targets
         .iter()
-        .map(|_| o.rates.iter().map(|_| (Measured::default(), Duration::ZERO)).collect())
+        .map(|_| {
+            CONDITIONS
+                .iter()
+                .map(|_| o.rates.iter().map(|_| (Measured::default(), Duration::ZERO)).collect())
+                .collect()
+        })
         .collect();
     for r in 0..rounds {
-        for (k, rate) in o.rates.iter().enumerate() {
-            for j in 0..targets.len() {
-                let i = (r + j) % targets.len();
-                let t = &targets[i];
-                let label = format!("layouts {} {} rps", t.name, report::si(*rate));
-                let (m, w) =
-                    phase(&client_rt, &t.clients, t.want_destination, *rate, o.streams, per_round, &label);
-                measured[i][k].0.merge(m);
-                measured[i][k].1 += w;
+        for (c, condition) in CONDITIONS.iter().enumerate() {
+            let _neighbour = match condition {
+                Condition::Idle => None,
+                Condition::BusyNeighbour => Some(Neighbour::start()?),
+            };
+            for (k, rate) in o.rates.iter().enumerate() {
+                for j in 0..targets.len() {
+                    let i = (r + j) % targets.len();
+                    let t = &targets[i];
+                    let label = format!("layouts {} {} {} rps", t.name, condition.label(), report::si(*rate));
+                    let (m, w) = phase(
+                        &client_rt,
+                        &t.clients,
+                        t.want_destination,
+                        *rate,
+                        o.streams,
+                        per_round,
+                        &label,
+                    );
+                    measured[i][c][k].0.merge(m);
+                    measured[i][c][k].1 += w;
+                }
             }
         }
     }
     let mut cells = Vec::new();
-    for (t, per_rate) in targets.iter().zip(measured) {
-        for (rate, (m, w)) in o.rates.iter().zip(per_rate) {
-            cells.push(Cell {
-                server: t.name.clone(),
-                layout: t.layout.clone(),
-                default: t.default,
-                offered_rps: *rate,
-                achieved_rps: if w.is_zero() { 0.0 } else { m.tally.completed as f64 / w.as_secs_f64() },
-                failed: m.tally.failed + m.tally.not_dispatched,
-                latency: m.latency.summary(),
-            });
+    for (t, per_condition) in targets.iter().zip(measured) {
+        for (condition, per_rate) in CONDITIONS.iter().zip(per_condition) {
+            for (rate, (m, w)) in o.rates.iter().zip(per_rate) {
+                cells.push(Cell {
+                    server: t.name.clone(),
+                    layout: t.layout.clone(),
+                    default: t.default,
+                    condition: *condition,
+                    offered_rps: *rate,
+                    achieved_rps: if w.is_zero() { 0.0 } else { m.tally.completed as f64 / w.as_secs_f64() },
+                    failed: m.tally.failed + m.tally.not_dispatched,
+                    latency: m.latency.summary(),
+                });
+            }
         }
     }
     drop(targets);
@@ -193,11 +293,11 @@ pub fn run(o: &Options, out_dir: &Path) -> io::Result<LayoutsReport> {
         rt.block_on(running.shutdown());
         rt.shutdown_timeout(Duration::from_secs(1));
     }
-    let default_vs_best = o
-        .rates
+    let default_vs_best = CONDITIONS
         .iter()
-        .map(|rate| {
-            let at = |c: &&Cell| c.offered_rps == *rate && c.server != "baseline";
+        .flat_map(|condition| o.rates.iter().map(move |rate| (*condition, *rate)))
+        .map(|(condition, rate)| {
+            let at = |c: &&Cell| c.offered_rps == rate && c.condition == condition && c.server != "baseline";
             let default = cells.iter().filter(at).find(|c| c.default).expect("the default layout ran");
             let best = |f: fn(&Summary) -> f64| {
                 cells
@@ -208,7 +308,8 @@ pub fn run(o: &Options, out_dir: &Path) -> io::Result<LayoutsReport> {
                     .fold(f64::INFINITY, f64::min)
             };
             DefaultVsBest {
-                offered_rps: *rate,
+                condition,
+                offered_rps: rate,
                 p50_ratio: default.latency.p50_ms / best(|s| s.p50_ms),
                 p99_ratio: default.latency.p99_ms / best(|s| s.p99_ms),
             }
@@ -221,7 +322,7 @@ pub fn run(o: &Options, out_dir: &Path) -> io::Result<LayoutsReport> {
         .cells
         .iter()
         .filter(|c| c.failed > 0)
-        .map(|c| format!("{} at {}/s", c.server, c.offered_rps))
+        .map(|c| format!("{} ({}) at {}/s", c.server, c.condition.label(), c.offered_rps))
         .collect();
     if !broken.is_empty() {
         return Err(io::Error::other(format!(
@@ -256,6 +357,7 @@ fn print_table(r: &LayoutsReport) {
     let mut t = Table::new(&[
         "server",
         "layout here",
+        "machine",
         "offered/s",
         "achieved/s",
         "failed",
@@ -267,6 +369,7 @@ fn print_table(r: &LayoutsReport) {
         t.row(vec![
             format!("{}{}", c.server, if c.default { " [default]" } else { "" }),
             c.layout.clone(),
+            c.condition.label().into(),
             report::si(c.offered_rps),
             report::si(c.achieved_rps),
             c.failed.to_string(),
@@ -282,7 +385,8 @@ fn print_table(r: &LayoutsReport) {
     );
     for d in &r.default_vs_best {
         println!(
-            "{} rps: default layout p50 {:.2}x, p99 {:.2}x of the best other layout (target: ≤ 1.00x)",
+            "{}, {} rps: default layout p50 {:.2}x, p99 {:.2}x of the best other layout (target: ≤ 1.00x)",
+            d.condition.label(),
             report::si(d.offered_rps),
             d.p50_ratio,
             d.p99_ratio

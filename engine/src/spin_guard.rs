@@ -16,9 +16,10 @@
 //!    wall time in CPU (`CLOCK_PROCESS_CPUTIME_ID`, read once per poll and once per stall), the
 //!    core went to one of ours (a producer, an I/O thread, a caller collecting decisions) and the
 //!    yield did its job: polling goes on.
-//! 3. Otherwise another process took it, and the shard parks at once (no polling) for
-//!    [`SPIN_BACKOFF_NS`], then tries polling again: a neighbour that stays costs one slice per
-//!    back-off, one that leaves at most a back-off of parking at once.
+//! 3. Otherwise another process took it, and the shard parks at once (no polling) for a back-off,
+//!    then tries polling again. The back-off starts at [`SPIN_BACKOFF_MIN_NS`] and doubles with
+//!    each stall in a row up to [`SPIN_BACKOFF_MAX_NS`] (a neighbour that stays costs one slice per
+//!    4 s); a yield that comes back at once resets it.
 //!
 //! On an idle core a yield comes back in about a microsecond and the guard never trips.
 
@@ -31,13 +32,15 @@ pub const YIELD_STALL_NS: u64 = 1_000_000;
 /// another process on it with ours busy on the other core at most about 100 % too, usually far
 /// less: the share errs towards going on polling, i.e. today's behaviour).
 pub const OWN_CPU_SHARE_PCT: u64 = 75;
-/// How long a shard parks at once instead of polling after a stall of another process's.
-pub const SPIN_BACKOFF_NS: u64 = 1_000_000_000;
+/// How long a shard parks at once instead of polling after a first stalled yield.
+pub const SPIN_BACKOFF_MIN_NS: u64 = 1_000_000_000;
+/// The longest back-off (stalls in a row double it up to this).
+pub const SPIN_BACKOFF_MAX_NS: u64 = 4_000_000_000;
 
 /// One shard's polling state. Lives on the shard's thread.
 ///
 /// ```
-/// use flowgate_engine::spin_guard::{SpinGuard, SPIN_BACKOFF_NS};
+/// use flowgate_engine::spin_guard::{SpinGuard, SPIN_BACKOFF_MIN_NS};
 /// let mut g = SpinGuard::default();
 /// assert!(g.may_spin(0));
 /// // A 2 ms stall over a 2 ms poll during which this process used 1.9 ms of CPU: ours.
@@ -46,15 +49,23 @@ pub const SPIN_BACKOFF_NS: u64 = 1_000_000_000;
 /// // The same stall with 0.2 ms of our CPU: another process took the core.
 /// assert!(g.stalled(4_000_000, 2_000_000, 200_000));
 /// assert!(!g.may_spin(5_000_000));
-/// assert!(g.may_spin(4_000_000 + SPIN_BACKOFF_NS));
+/// assert!(g.may_spin(4_000_000 + SPIN_BACKOFF_MIN_NS));
 /// assert_eq!(g.backoffs(), 1);
 /// ```
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SpinGuard {
     /// Polling is off until this time, ns (0: on). Invariant: only moves forward.
     off_until_ns: u64,
+    /// The next back-off, ns. Invariant: within `SPIN_BACKOFF_MIN_NS..=SPIN_BACKOFF_MAX_NS`.
+    backoff_ns: u64,
     /// Stalls that turned polling off so far.
     backoffs: u64,
+}
+
+impl Default for SpinGuard {
+    fn default() -> Self {
+        Self { off_until_ns: 0, backoff_ns: SPIN_BACKOFF_MIN_NS, backoffs: 0 }
+    }
 }
 
 impl SpinGuard {
@@ -71,15 +82,22 @@ impl SpinGuard {
         after_ns.saturating_sub(before_ns) > YIELD_STALL_NS
     }
 
+    /// A yield came back at once: the next back-off starts from the minimum again.
+    #[inline]
+    pub fn clean_poll(&mut self) {
+        self.backoff_ns = SPIN_BACKOFF_MIN_NS;
+    }
+
     /// A stall at `now_ns`, in a poll of `poll_ns` wall time during which this process used
     /// `own_cpu_ns` of CPU: `true` if another process took the core and polling is now off.
     pub fn stalled(&mut self, now_ns: u64, poll_ns: u64, own_cpu_ns: u64) -> bool {
         if own_cpu_ns.saturating_mul(100) >= poll_ns.saturating_mul(OWN_CPU_SHARE_PCT) {
             return false;
         }
-        self.off_until_ns = self.off_until_ns.max(now_ns.saturating_add(SPIN_BACKOFF_NS));
+        self.off_until_ns = self.off_until_ns.max(now_ns.saturating_add(self.backoff_ns));
+        self.backoff_ns = (self.backoff_ns * 2).min(SPIN_BACKOFF_MAX_NS);
         self.backoffs += 1;
-        debug_assert!(!self.may_spin(now_ns));
+        debug_assert!((SPIN_BACKOFF_MIN_NS..=SPIN_BACKOFF_MAX_NS).contains(&self.backoff_ns));
         true
     }
 
@@ -121,14 +139,22 @@ mod tests {
     }
 
     #[test]
-    fn another_process_s_stall_turns_polling_off_for_the_backoff_then_back_on() {
+    fn stalls_in_a_row_double_the_backoff_up_to_the_cap_and_a_clean_poll_resets_it() {
         let mut g = SpinGuard::default();
-        let stall_at = 5 * YIELD_STALL_NS;
-        assert!(g.stalled(stall_at, 2 * YIELD_STALL_NS, YIELD_STALL_NS));
-        assert!(!g.may_spin(stall_at + SPIN_BACKOFF_NS - 1));
-        assert!(g.may_spin(stall_at + SPIN_BACKOFF_NS));
-        assert!(g.stalled(stall_at + SPIN_BACKOFF_NS, 2 * YIELD_STALL_NS, 0), "and again if it recurs");
-        assert_eq!(g.backoffs(), 2);
+        let mut now = 0u64;
+        let mut expect = SPIN_BACKOFF_MIN_NS;
+        for _ in 0..10 {
+            now += 2 * YIELD_STALL_NS;
+            assert!(g.stalled(now, 2 * YIELD_STALL_NS, 0));
+            assert!(!g.may_spin(now + expect - 1) && g.may_spin(now + expect), "back-off {expect}");
+            now += expect;
+            expect = (expect * 2).min(SPIN_BACKOFF_MAX_NS);
+        }
+        assert_eq!(expect, SPIN_BACKOFF_MAX_NS);
+        g.clean_poll();
+        assert!(g.stalled(now, 2 * YIELD_STALL_NS, 0));
+        assert!(g.may_spin(now + SPIN_BACKOFF_MIN_NS), "reset to the minimum");
+        assert_eq!(g.backoffs(), 11);
     }
 
     #[test]

@@ -125,8 +125,9 @@ impl Worker {
         let mut last = start;
         loop {
             let now = self.shared.clock.now_ns();
-            if SpinGuard::is_stall(last, now)
-                && self.spin_guard.stalled(now, now - start, process_cpu_ns().saturating_sub(start_cpu_ns))
+            if !SpinGuard::is_stall(last, now) {
+                self.spin_guard.clean_poll();
+            } else if self.spin_guard.stalled(now, now - start, process_cpu_ns().saturating_sub(start_cpu_ns))
             {
                 // Another process took the core for a slice: park from now on (see spin_guard).
                 self.shared.gate.count_spin_backoff(self.index);

@@ -216,7 +216,7 @@ impl Metrics {
         registry.register(
             "flowgate_shard_spin_backoffs",
             "Times a shard stopped polling before parking because a yield gave its core to another \
-             process for a scheduler slice (it parks at once for 1 s after)",
+             process for a scheduler slice (it parks at once for 1-4 s after)",
             shard_spin_backoffs.clone(),
         );
         let backends = BackendMetrics::register(&mut registry);

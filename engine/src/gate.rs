@@ -52,9 +52,6 @@ pub struct ShardSignal {
     /// Times it parked its thread (each park costs the next request a wake-up); written by the
     /// shard only, read for metrics.
     parks: AtomicU64,
-    /// Times its idle polling stopped because a yield gave the core away for a slice
-    /// ([`crate::spin_guard`]); written by the shard only, read for metrics.
-    spin_backoffs: AtomicU64,
     /// A permit of one of its parked workloads (waiting on a quota) was released: its quotas
     /// should be looked at again. Set by any thread, cleared by the shard.
     quota_wake: AtomicBool,
@@ -95,8 +92,6 @@ pub struct ShardState {
     pub sleeping: bool,
     /// Times it has parked its thread since the engine started.
     pub parks: u64,
-    /// Times its idle polling backed off beside a busy neighbour since the engine started.
-    pub spin_backoffs: u64,
 }
 
 /// Why [`Gate::try_acquire`] found no place.
@@ -158,7 +153,6 @@ impl Gate {
                         queued: AtomicU64::new(0),
                         blocked: AtomicBool::new(false),
                         parks: AtomicU64::new(0),
-                        spin_backoffs: AtomicU64::new(0),
                         quota_wake: AtomicBool::new(false),
                         doorbell: Doorbell::new(),
                     })
@@ -242,12 +236,6 @@ impl Gate {
         parks.store(parks.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
     }
 
-    /// Shard side: shard `i`'s idle polling backed off ([`crate::spin_guard`]).
-    pub fn count_spin_backoff(&self, i: usize) {
-        let n = &self.shards[i].spin_backoffs;
-        n.store(n.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-    }
-
     /// What every shard has published, for diagnostics and metrics.
     pub fn shard_states(&self) -> Vec<ShardState> {
         self.shards
@@ -259,7 +247,6 @@ impl Gate {
                 blocked: s.blocked.load(Ordering::Relaxed),
                 sleeping: s.doorbell.is_sleeping(),
                 parks: s.parks.load(Ordering::Relaxed),
-                spin_backoffs: s.spin_backoffs.load(Ordering::Relaxed),
             })
             .collect()
     }

@@ -42,7 +42,6 @@ pub mod shard;
 #[cfg(not(flowgate_loom))]
 mod shared;
 pub mod slot;
-pub mod spin_guard;
 pub mod sync;
 pub mod tails;
 #[cfg(not(flowgate_loom))]

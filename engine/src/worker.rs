@@ -17,7 +17,6 @@ use crate::quota::QuotaNote;
 use crate::shard::{Admission, Done, Shard};
 use crate::shared::Shared;
 use crate::slot::{Decision, Slot};
-use crate::spin_guard::{process_cpu_ns, SpinGuard};
 use crate::sync::Ordering;
 use crate::tails::TAILS_OFFERED;
 use std::sync::Arc;
@@ -58,9 +57,6 @@ pub(crate) struct Worker {
     /// How long to keep polling after the last pass that did work before parking
     /// (`EngineConfig::spin_before_park`).
     spin_ns: u64,
-    /// Whether polling before a park still pays on this core (off for a while after a yield
-    /// gave the core away: [`crate::spin_guard`]).
-    spin_guard: SpinGuard,
     /// The `Shared::config_generation` this worker last applied.
     config_generation: u64,
     /// Wakers of callers whose decisions were delivered in this pass, woken at its end (or when
@@ -83,7 +79,6 @@ impl Worker {
             next_rescore_ns: rescore_ns,
             rescore_ns,
             spin_ns,
-            spin_guard: SpinGuard::default(),
             config_generation,
             wakers: Vec::with_capacity(WAKE_BATCH),
             waiting_for_victims_ns: None,
@@ -113,33 +108,17 @@ impl Worker {
     /// (rescore, TTL deadline) is due. Busy traffic (the next request within the window) never
     /// pays for a park and its futex wake-up; an idle engine spins at most once per burst, then
     /// parks. Each poll yields the core: a producer sharing it runs at once instead of waiting out
-    /// a time slice. A yield that gives the core away for a slice turns polling off for a while
-    /// ([`crate::spin_guard`]): beside a busy neighbour a parked shard is reached sooner.
-    fn spin(&mut self, until_ns: u64) -> bool {
+    /// a time slice.
+    fn spin(&self, until_ns: u64) -> bool {
         let timer_ns = self.next_rescore_ns.min(self.shard.next_deadline_ns());
-        let start = self.shared.clock.now_ns();
-        if start >= until_ns || !self.spin_guard.may_spin(start) {
-            return start >= timer_ns || self.has_work();
-        }
-        let start_cpu_ns = process_cpu_ns();
-        let mut last = start;
         loop {
             let now = self.shared.clock.now_ns();
-            if !SpinGuard::is_stall(last, now) {
-                self.spin_guard.clean_poll();
-            } else if self.spin_guard.stalled(now, now - start, process_cpu_ns().saturating_sub(start_cpu_ns))
-            {
-                // Another process took the core for a slice: park from now on (see spin_guard).
-                self.shared.gate.count_spin_backoff(self.index);
-                return now >= timer_ns || self.has_work();
-            }
             if now >= until_ns {
                 return false;
             }
             if now >= timer_ns || self.has_work() {
                 return true;
             }
-            last = now;
             std::thread::yield_now();
         }
     }

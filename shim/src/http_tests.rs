@@ -39,7 +39,6 @@ async fn start(ids: &[&str]) -> Running {
         stats: EngineStats { queued: 2, queued_bytes: 0, inflight: 1, capacity: 8 },
         backends: vec![("127.0.0.1:8000".into(), 1)],
         shard_parks: vec![0],
-        shard_spin_backoffs: vec![0],
     };
     let state = HttpState {
         view: Arc::new(view),

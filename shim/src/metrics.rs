@@ -134,7 +134,6 @@ pub struct Metrics {
     capped: Counter,
     /// Set from the engine at each scrape.
     shard_parks: Family<ShardLabels, Counter>,
-    shard_spin_backoffs: Family<ShardLabels, Counter>,
     /// `flowgate_config_reloads_total{result}`.
     reloads: Family<ResultLabels, Counter>,
     /// `flowgate_usage_reported_total`: responses whose usage the model server reported.
@@ -212,13 +211,6 @@ impl Metrics {
              to it pays a wake-up)",
             shard_parks.clone(),
         );
-        let shard_spin_backoffs = Family::<ShardLabels, Counter>::default();
-        registry.register(
-            "flowgate_shard_spin_backoffs",
-            "Times a shard stopped polling before parking because a yield gave its core to another \
-             process for a scheduler slice (it parks at once for 1-4 s after)",
-            shard_spin_backoffs.clone(),
-        );
         let backends = BackendMetrics::register(&mut registry);
         // Pre-register every outcome and reason so rates start from zero.
         for outcome in Outcome::ALL {
@@ -275,7 +267,6 @@ impl Metrics {
             defaults,
             capped,
             shard_parks,
-            shard_spin_backoffs,
             admission: Mutex::new(Admission {
                 max: max_tracked,
                 live: HashMap::new(),
@@ -439,10 +430,6 @@ impl Metrics {
             let labels = ShardLabels { shard: u32::try_from(shard).unwrap_or(u32::MAX) };
             // The engine's own count is monotonic: the counter mirrors it.
             self.shard_parks.get_or_create(&labels).inner().store(parks, Ordering::Relaxed);
-        }
-        for (shard, n) in view.shard_spin_backoffs().into_iter().enumerate() {
-            let labels = ShardLabels { shard: u32::try_from(shard).unwrap_or(u32::MAX) };
-            self.shard_spin_backoffs.get_or_create(&labels).inner().store(n, Ordering::Relaxed);
         }
         self.sweep_with(view);
         if let Some(c) = &self.cluster {

@@ -20,7 +20,6 @@ fn empty_view() -> StaticView {
         stats: EngineStats { queued: 7, queued_bytes: 0, inflight: 3, capacity: 16 },
         backends: vec![("10.0.0.1:8000".into(), 3), ("10.0.0.2:8000".into(), 0)],
         shard_parks: vec![5, 0],
-        shard_spin_backoffs: vec![0, 2],
     }
 }
 
@@ -63,7 +62,6 @@ fn every_metric_is_exported_in_both_formats() {
             "flowgate_criticality_capped_total 1",
             "flowgate_shard_parks_total{shard=\"0\"} 5",
             "flowgate_shard_parks_total{shard=\"1\"} 0",
-            "flowgate_shard_spin_backoffs_total{shard=\"1\"} 2",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

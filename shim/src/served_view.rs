@@ -44,10 +44,6 @@ impl EngineView for ServedView {
         EngineView::shard_parks(self.engine.as_ref())
     }
 
-    fn shard_spin_backoffs(&self) -> Vec<u64> {
-        EngineView::shard_spin_backoffs(self.engine.as_ref())
-    }
-
     fn shards(&self) -> usize {
         self.engine.shards()
     }

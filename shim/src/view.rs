@@ -23,11 +23,6 @@ pub trait EngineView: Send + Sync + 'static {
     fn shard_parks(&self) -> Vec<u64> {
         Vec::new()
     }
-    /// Times each shard's idle polling backed off beside another process's busy thread, by shard
-    /// (none without an engine; `flowgate_engine::spin_guard`).
-    fn shard_spin_backoffs(&self) -> Vec<u64> {
-        Vec::new()
-    }
     /// Shards the engine runs. The default counts [`EngineView::shard_parks`]' entries.
     fn shards(&self) -> usize {
         self.shard_parks().len()
@@ -60,10 +55,6 @@ impl EngineView for Engine {
         self.shard_states().iter().map(|s| s.parks).collect()
     }
 
-    fn shard_spin_backoffs(&self) -> Vec<u64> {
-        self.shard_states().iter().map(|s| s.spin_backoffs).collect()
-    }
-
     fn registry(&self) -> RegistryView {
         Engine::registry(self)
     }
@@ -85,8 +76,6 @@ pub struct StaticView {
     pub backends: Vec<(String, u32)>,
     /// Parks per shard.
     pub shard_parks: Vec<u64>,
-    /// Idle-polling back-offs per shard.
-    pub shard_spin_backoffs: Vec<u64>,
 }
 
 impl EngineView for StaticView {
@@ -123,9 +112,5 @@ impl EngineView for StaticView {
 
     fn shard_parks(&self) -> Vec<u64> {
         self.shard_parks.clone()
-    }
-
-    fn shard_spin_backoffs(&self) -> Vec<u64> {
-        self.shard_spin_backoffs.clone()
     }
 }

@@ -4,10 +4,11 @@
 //! threads are pinned to the CPUs after the shards' (shards and I/O partition the CPUs, so neither
 //! preempts the other); on smaller machines, or when the shards take every CPU, they run on every
 //! CPU (the layout says so: shared). A shard parks when it has nothing to do, so on a small machine
-//! the CPU it is pinned to is mostly free, and an I/O thread kept off it loses that time: on this
-//! project's 2-CPU machine, `flowgate-bench layouts` measured the ext_proc path at 5k requests/s
-//! with p99 3.0 ms when the one I/O thread may use both CPUs against 16 ms when it is pinned to
-//! the CPU the shard leaves (README, "Core layout").
+//! the CPU it is pinned to is mostly free, and an I/O thread kept off it cannot move when another
+//! process wants its one CPU: on this project's 2-CPU machine, `flowgate-bench layouts` measured
+//! the ext_proc path beside a busy neighbour with p99 3.8–7.8 ms when the one I/O thread is pinned
+//! to the CPU the shard leaves; on an idle machine the layouts were within each other's noise
+//! (README, "Core layout").
 //!
 //! **`auto`** (`shards: 0`, `io_threads: 0`): one shard per [`CORES_PER_SHARD`] allowed CPUs, at
 //! least one, and one I/O thread per CPU the shards leave (at least one). An ext_proc request

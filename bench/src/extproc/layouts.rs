@@ -9,9 +9,9 @@
 //!
 //! Every round measures each layout twice: on an otherwise idle machine, and beside a **busy
 //! neighbour** (a child process, unpinned, spinning for the whole measurement, as a busy Envoy, a
-//! sidecar or a noisy tenant would). A layout that pins its I/O thread to one CPU cannot leave that CPU when the
-//! neighbour lands there; one that shares every CPU can, which is why `auto` shares on small
-//! machines (README, "Core layout").
+//! sidecar or a noisy tenant would). A layout that pins its I/O thread to one CPU cannot leave that
+//! CPU when the neighbour lands there; one that shares every CPU can, which is why `auto` shares on
+//! small machines (README, "Core layout").
 
 use super::client::Client;
 use super::load::{connect, phase, Measured};
@@ -141,8 +141,8 @@ pub struct LayoutsReport {
     pub streams: usize,
     /// Every (server, condition, rate) cell.
     pub cells: Vec<Cell>,
-    /// Per condition and rate: the default layout's p50 and p99 against the best other layout's (ratio ≤ 1 =
-    /// the default is no worse).
+    /// Per condition and rate: the default layout's p50 and p99 against the best other layout's
+    /// (ratio ≤ 1 = the default is no worse).
     pub default_vs_best: Vec<DefaultVsBest>,
 }
 

@@ -191,7 +191,7 @@ pub fn run(o: &Options, out_dir: &Path) -> io::Result<LayoutsReport> {
     let auto = ServeConfig::from_yaml("{}").map_err(|e| io::Error::other(format!("{e:?}")))?.layout();
     let explicit = LAYOUTS.iter().map(|&(shards, io_threads, place)| {
         let plan = Layout::plan(&cpus, shards, io_threads);
-        // Whatever `auto` would do here.
+        // Where the I/O threads go is the layout's own choice, whatever `auto` would do here.
         let free: Vec<usize> = cpus.iter().copied().skip(shards).collect();
         let io_cpus = match place {
             IoCpus::Free if !free.is_empty() => free,

@@ -16,7 +16,8 @@ hold mechanism (x-test-hold + POST /_release) and wait on real signals
 Further phases in modules of their own, each with its own Envoy and flowgate: the TLS pair
 (e2e/tls_pair.py, --no-tls skips it) and live reconfiguration, discovery-file edits and SIGHUP
 reloads under load (e2e/live_config.py, --no-live skips it), and token usage of flowgate-sim
-responses charged to workloads (e2e/cost.py, --no-cost skips it).
+responses charged to workloads (e2e/cost.py, --no-cost skips it) with, beside it, a streamed
+response whose body flowgate skips holding its slot to the end (e2e/held_stream.py, likewise).
 
 Modes:
   (default)        full test; needs --flowgate
@@ -43,6 +44,7 @@ import time
 import tls_pair  # the TLS pair: Envoy -> flowgate over mTLS (e2e/tls_pair.py)
 import live_config  # live reconfiguration: discovery edits + SIGHUP reloads (e2e/live_config.py)
 import cost  # token usage of flowgate-sim responses charged to workloads (e2e/cost.py)
+import held_stream  # a skipped response body still holds its slot to the end (e2e/held_stream.py)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 QUEUE_GAUGE = "inference_extension_flow_control_queue_size"
@@ -1243,6 +1245,8 @@ class Harness:
         else:
             self.run_phase("cost. token usage through Envoy charged to workloads",
                            lambda: cost.phase(self, sys.modules[__name__]))
+            self.run_phase("plain. a skipped response body holds its slot until the stream ends",
+                           lambda: held_stream.phase(self, sys.modules[__name__]))
         # --- end of cost ---
         if self.args.no_sat:
             print("--- saturation checks skipped (--no-sat)", flush=True)

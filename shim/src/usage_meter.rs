@@ -6,7 +6,8 @@
 //! counts tokens (`scoring.rate_unit: tokens`, `scoring.fairness: vtc`). For every other request
 //! the request-headers answer carries a mode override ([`skip_body_mode`]) that turns the response
 //! body phase off (Envoy honours it when the filter has `allow_mode_override: true`; without it
-//! the chunks keep coming and are CONTINUEd like any other message).
+//! the chunks keep coming and are CONTINUEd like any other message). It keeps the response
+//! trailers wanted, so that Envoy holds the stream, and flowgate the slot, until the response ends.
 //!
 //! A metered request's meter sees the response headers (the content type decides JSON or SSE),
 //! every body chunk, and ends with the response: at the chunk or trailers carrying the end of
@@ -23,11 +24,22 @@ use crate::metrics::Metrics;
 use crate::usage::{BodyKind, Usage, UsageReader, UsageSource};
 
 /// The mode override for a request whose response need not be read: response headers still come
-/// (a body-less response's end of stream frees the slot at once), the bodies and trailers do not.
+/// (a body-less response's end of stream frees the slot at once), the bodies do not, and the
+/// response trailers stay *wanted*.
+///
+/// The trailers are what keeps the slot for the whole generation. Envoy (1.37 on, for good in
+/// 1.40) closes the ext_proc stream as soon as no phase is left to send, and the slot is freed
+/// when the stream closes: with bodies and trailers both off that is right after the response
+/// headers' answer, while the backend still generates (measured through Envoy 1.40 against a
+/// 2.4 s stream: `flowgate_inflight` 0 from the first chunk on). With the trailers wanted Envoy
+/// keeps the stream until the response ends, then closes it (no trailers came) or sends them:
+/// either frees the slot at the response's end. An LLM response over HTTP/1.1 has no trailers,
+/// so this costs no message.
 ///
 /// ```
 /// let mode = flowgate::usage_meter::skip_body_mode();
 /// assert_eq!(mode.response_body_mode, 0); // NONE
+/// assert_eq!(mode.response_trailer_mode, 1); // SEND: the stream lives until the response ends
 /// ```
 pub fn skip_body_mode() -> ProcessingMode {
     ProcessingMode {
@@ -36,7 +48,7 @@ pub fn skip_body_mode() -> ProcessingMode {
         request_body_mode: BodySendMode::None as i32,
         response_body_mode: BodySendMode::None as i32,
         request_trailer_mode: HeaderSendMode::Skip as i32,
-        response_trailer_mode: HeaderSendMode::Skip as i32,
+        response_trailer_mode: HeaderSendMode::Send as i32,
     }
 }
 

@@ -7,6 +7,7 @@ pub mod churn;
 pub mod cpu;
 pub mod deep_queue;
 pub mod driver;
+pub mod http1;
 pub mod latency;
 pub mod measurement;
 pub mod plot;

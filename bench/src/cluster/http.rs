@@ -24,15 +24,7 @@ pub async fn exchange(
     let work = async {
         let mut s = TcpStream::connect(addr).await?;
         s.set_nodelay(true)?;
-        let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
-            body.len()
-        );
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        req.push_str("\r\n");
-        req.push_str(body);
+        let req = flowgate_bench::http1::request(method, addr, path, headers, body);
         s.write_all(req.as_bytes()).await?;
         let mut raw = Vec::new();
         s.take(MAX_RESPONSE_BYTES).read_to_end(&mut raw).await?;

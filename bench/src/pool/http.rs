@@ -40,15 +40,7 @@ pub async fn post(
 ) -> io::Result<Response> {
     let mut stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
-    let mut req = format!(
-        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
+    let req = flowgate_bench::http1::request("POST", addr, path, headers, body);
     stream.write_all(req.as_bytes()).await?;
     let mut buf = Vec::with_capacity(4096);
     let head_end = loop {

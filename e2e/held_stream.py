@@ -38,7 +38,7 @@ LATE_CHUNK = 60         # the second look at the counters, this many chunks into
 ORDER_SLACK_S = 0.05
 COUNTERS = ("flowgate_usage_reported_total", "flowgate_usage_estimated_total")
 MSGS_STAT = "http.ingress_plain.ext_proc.stream_msgs_sent"  # Envoy's, on listener "plain"
-PLAIN_MAX_MSGS = 2      # request headers and response headers: no body chunk, no trailers
+PLAIN_MAX_MSGS = 1      # the request headers; nothing of the response, whose end closes the stream
 
 
 class Stream(threading.Thread):

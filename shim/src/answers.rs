@@ -16,7 +16,7 @@ use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 use flowgate_engine::quota::Remaining;
 use flowgate_engine::Outcome;
 
-use crate::usage_meter::skip_body_mode;
+use crate::usage_meter::ResponseWatch;
 
 /// The header carrying the chosen backend, and its dynamic-metadata key.
 pub const DESTINATION_HEADER: &str = "x-gateway-destination-endpoint";
@@ -50,9 +50,9 @@ fn string_value(s: &str) -> Value {
     Value { kind: Some(Kind::StringValue(s.into())) }
 }
 
-/// The answer for a dispatched request; `skip_body` adds the mode override that turns the
-/// response body phase off ([`skip_body_mode`]).
-pub fn dispatched(address: &str, remove: Vec<String>, skip_body: bool) -> ProcessingResponse {
+/// The answer for a dispatched request, with the mode override of `watch` (what of the response
+/// flowgate asks Envoy for).
+pub fn dispatched(address: &str, remove: Vec<String>, watch: ResponseWatch) -> ProcessingResponse {
     let common = CommonResponse {
         header_mutation: Some(HeaderMutation {
             set_headers: vec![set_header(DESTINATION_HEADER, address)],
@@ -67,7 +67,7 @@ pub fn dispatched(address: &str, remove: Vec<String>, skip_body: bool) -> Proces
     ProcessingResponse {
         response: Some(Reply::RequestHeaders(HeadersResponse { response: Some(common) })),
         dynamic_metadata: Some(metadata),
-        mode_override: skip_body.then(skip_body_mode),
+        mode_override: watch.mode_override(),
         ..Default::default()
     }
 }
@@ -167,9 +167,9 @@ mod tests {
 
     #[test]
     fn dispatched_answer_sets_header_and_metadata() {
-        let r = dispatched("10.0.0.7:8000", vec!["x-flowgate-debug".into()], true);
-        assert_eq!(r.mode_override, Some(skip_body_mode()));
-        assert_eq!(dispatched("10.0.0.7:8000", vec![], false).mode_override, None);
+        let r = dispatched("10.0.0.7:8000", vec!["x-flowgate-debug".into()], ResponseWatch::End);
+        assert_eq!(r.mode_override, ResponseWatch::End.mode_override());
+        assert_eq!(dispatched("10.0.0.7:8000", vec![], ResponseWatch::Metered).mode_override, None);
         let Some(Reply::RequestHeaders(h)) = r.response else { panic!() };
         let common = h.response.unwrap();
         assert!(common.clear_route_cache);

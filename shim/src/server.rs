@@ -31,7 +31,7 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::usage_meter::{content_length, UsageMeter};
+use crate::usage_meter::{content_length, ResponseWatch, UsageMeter};
 use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::config::core::v3::HeaderValue;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessor;
@@ -374,12 +374,13 @@ where
         match decision.permit {
             Some(permit) => {
                 span.in_scope(|| debug!(backend = permit.address(), waited_ms, "dispatched"));
-                let response = dispatched(permit.address(), own_headers, !read_usage);
-                self.meter = read_usage.then(|| UsageMeter::new(request_bytes));
                 self.remaining = match decision.quota {
                     Some(QuotaNote::Remaining(r)) => Some(r),
                     _ => None,
                 };
+                let watch = ResponseWatch::of(read_usage, self.remaining.is_some());
+                let response = dispatched(permit.address(), own_headers, watch);
+                self.meter = read_usage.then(|| UsageMeter::new(request_bytes));
                 self.permit = Some(permit);
                 if silent {
                     Flow::Continue

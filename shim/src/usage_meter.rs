@@ -4,10 +4,11 @@
 //! Reading a response body through ext_proc costs a gRPC round trip per chunk (an LLM answer
 //! streams hundreds), so only requests whose cost matters to a decision are read: when the score
 //! counts tokens (`scoring.rate_unit: tokens`, `scoring.fairness: vtc`). For every other request
-//! the request-headers answer carries a mode override ([`skip_body_mode`]) that turns the response
-//! body phase off (Envoy honours it when the filter has `allow_mode_override: true`; without it
-//! the chunks keep coming and are CONTINUEd like any other message). It keeps the response
-//! trailers wanted, so that Envoy holds the stream, and flowgate the slot, until the response ends.
+//! the request-headers answer carries a mode override ([`ResponseWatch`]) that turns the response
+//! body phase off, and the response headers too unless they carry quota headers (Envoy honours it
+//! when the filter has `allow_mode_override: true`; without it the messages keep coming and are
+//! CONTINUEd like any other). It keeps the response trailers wanted, so that Envoy holds the
+//! stream, and flowgate the slot, until the response ends.
 //!
 //! A metered request's meter sees the response headers (the content type decides JSON or SSE),
 //! every body chunk, and ends with the response: at the chunk or trailers carrying the end of
@@ -23,32 +24,65 @@ use flowgate_engine::runtime::Permit;
 use crate::metrics::Metrics;
 use crate::usage::{BodyKind, Usage, UsageReader, UsageSource};
 
-/// The mode override for a request whose response need not be read: response headers still come
-/// (a body-less response's end of stream frees the slot at once), the bodies do not, and the
-/// response trailers stay *wanted*.
+/// How much of a dispatched request's response flowgate asks Envoy to send it: the mode override
+/// of the dispatch answer.
 ///
-/// The trailers are what keeps the slot for the whole generation. Envoy (1.37 on, for good in
-/// 1.40) closes the ext_proc stream as soon as no phase is left to send, and the slot is freed
-/// when the stream closes: with bodies and trailers both off that is right after the response
-/// headers' answer, while the backend still generates (measured through Envoy 1.40 against a
-/// 2.4 s stream: `flowgate_inflight` 0 from the first chunk on). With the trailers wanted Envoy
-/// keeps the stream until the response ends, then closes it (no trailers came) or sends them:
-/// either frees the slot at the response's end. An LLM response over HTTP/1.1 has no trailers,
-/// so this costs no message.
+/// Envoy (1.37 on, for good in 1.40) closes the ext_proc stream as soon as no phase is left to
+/// send, and the slot is freed when the stream closes. So whatever is skipped, the response
+/// *trailers* stay wanted: with bodies and trailers both off the stream closed right after the
+/// response headers, while the backend still generated (measured through Envoy 1.40 against a
+/// 2.4 s stream: `flowgate_inflight` 0 from the first chunk on). With trailers wanted Envoy holds
+/// the stream until the response ends, then sends them or (an HTTP/1.1 answer has none) closes
+/// it: either frees the slot at the response's end, at no message's cost.
 ///
 /// ```
-/// let mode = flowgate::usage_meter::skip_body_mode();
-/// assert_eq!(mode.response_body_mode, 0); // NONE
-/// assert_eq!(mode.response_trailer_mode, 1); // SEND: the stream lives until the response ends
+/// use flowgate::usage_meter::ResponseWatch;
+/// assert_eq!(ResponseWatch::of(true, false), ResponseWatch::Metered);
+/// assert_eq!(ResponseWatch::of(false, true), ResponseWatch::Headers);
+/// let end = ResponseWatch::of(false, false).mode_override().unwrap();
+/// assert_eq!((end.response_header_mode, end.response_body_mode, end.response_trailer_mode), (2, 0, 1));
+/// assert!(ResponseWatch::Metered.mode_override().is_none());
 /// ```
-pub fn skip_body_mode() -> ProcessingMode {
-    ProcessingMode {
-        request_header_mode: HeaderSendMode::Default as i32,
-        response_header_mode: HeaderSendMode::Send as i32,
-        request_body_mode: BodySendMode::None as i32,
-        response_body_mode: BodySendMode::None as i32,
-        request_trailer_mode: HeaderSendMode::Skip as i32,
-        response_trailer_mode: HeaderSendMode::Send as i32,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResponseWatch {
+    /// What the filter is configured to send (headers, every body chunk): the usage is read.
+    Metered,
+    /// The headers, which carry `x-ratelimit-remaining-*` for a workload with a quota; no body.
+    Headers,
+    /// No message: only the stream's close, at the response's end, frees the slot. One ext_proc
+    /// message per request instead of two, and the response headers reach the client without a
+    /// round trip through flowgate.
+    End,
+}
+
+impl ResponseWatch {
+    /// The watch for a request whose usage is read (`read_usage`) or not, and whose response
+    /// headers get `x-ratelimit-remaining-*` (`quota_headers`) or not.
+    pub fn of(read_usage: bool, quota_headers: bool) -> Self {
+        match (read_usage, quota_headers) {
+            (true, _) => ResponseWatch::Metered,
+            (false, true) => ResponseWatch::Headers,
+            (false, false) => ResponseWatch::End,
+        }
+    }
+
+    /// The mode override of the dispatch answer (`None`: as configured). Request phases are left
+    /// as they are; the response body is never asked for without a meter.
+    pub fn mode_override(self) -> Option<ProcessingMode> {
+        let headers = match self {
+            ResponseWatch::Metered => return None,
+            ResponseWatch::Headers => HeaderSendMode::Send,
+            ResponseWatch::End => HeaderSendMode::Skip,
+        };
+        Some(ProcessingMode {
+            request_header_mode: HeaderSendMode::Default as i32,
+            response_header_mode: headers as i32,
+            request_body_mode: BodySendMode::None as i32,
+            response_body_mode: BodySendMode::None as i32,
+            request_trailer_mode: HeaderSendMode::Skip as i32,
+            // Wanted, so that Envoy keeps the stream (and flowgate the slot) to the response's end.
+            response_trailer_mode: HeaderSendMode::Send as i32,
+        })
     }
 }
 

@@ -14,6 +14,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request a
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as Reply;
 use envoy_types::pb::envoy::service::ext_proc::v3::{HttpHeaders, ProcessingRequest};
 use flowgate::server::{REMAINING_REQUESTS_HEADER, REMAINING_TOKENS_HEADER};
+use flowgate::usage_meter::ResponseWatch;
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -104,7 +105,7 @@ async fn a_queue_quota_holds_the_workload_without_holding_others_up() {
 
 #[tokio::test]
 async fn dispatched_responses_carry_what_is_left_of_the_quota() {
-    let rules = "    - workload_id: metered\n      requests_per_minute: 10\n      tokens_per_minute: 1000\n";
+    let rules = "    - workload_id: metered\n      requests_per_minute: 10\n      tokens_per_minute: 1000\n    - workload_id: counted\n      requests_per_minute: 5\n";
     let running = start_server(1, 8, &quotas(rules)).await;
     let mut s = open(&running, "metered").await;
     let answer = s.next().await;
@@ -113,10 +114,17 @@ async fn dispatched_responses_carry_what_is_left_of_the_quota() {
     let headers = response_header_answer(&mut s).await;
     assert!(headers.contains(&(REMAINING_REQUESTS_HEADER.into(), "9".into())), "{headers:?}");
     assert!(headers.contains(&(REMAINING_TOKENS_HEADER.into(), "1000".into())), "{headers:?}");
-    // No quota, no such headers (and the body phase is skipped).
+    // A request quota alone: the body is skipped, the headers still come for what is left.
+    let mut counted = open(&running, "counted").await;
+    let answer = counted.next().await;
+    assert_eq!(answer.mode_override, ResponseWatch::Headers.mode_override());
+    let headers = response_header_answer(&mut counted).await;
+    assert!(headers.contains(&(REMAINING_REQUESTS_HEADER.into(), "4".into())), "{headers:?}");
+    // No quota, no such headers: Envoy is asked for nothing but the response's end (an Envoy
+    // ignoring the override still sends the headers, answered empty).
     let mut plain = open(&running, "plain").await;
     let answer = plain.next().await;
-    assert!(answer.mode_override.is_some());
+    assert_eq!(answer.mode_override, ResponseWatch::End.mode_override());
     assert!(response_header_answer(&mut plain).await.is_empty());
     running.shutdown().await;
 }

@@ -15,7 +15,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, HttpHeaders, Proce
 use flowgate::http::WorkloadJson;
 use flowgate::reload::ReloadOutcome;
 use flowgate::serve::{self, Running, ServeOptions};
-use flowgate::usage_meter::skip_body_mode;
+use flowgate::usage_meter::ResponseWatch;
 
 const DEADLINE: Duration = Duration::from_secs(10);
 const VTC: &str = "scoring:\n  fairness: vtc\n";
@@ -137,8 +137,8 @@ async fn without_a_token_rule_the_body_phase_is_skipped_and_nothing_is_charged()
     let mut stream = Stream::open(&mut client, vec![context("plain", 3)], DEADLINE).await;
     let answer = stream.next().await;
     assert!(destination(&answer).is_some());
-    assert_eq!(answer.mode_override, Some(skip_body_mode()));
-    // Envoy without allow_mode_override still sends the body: it passes, uncharged.
+    assert_eq!(answer.mode_override, ResponseWatch::End.mode_override());
+    // Envoy without allow_mode_override still sends the response: it passes, uncharged.
     exchange(&mut stream, response_headers("text/event-stream", false)).await;
     exchange(&mut stream, response_body(b"data: {\"usage\":{\"prompt_tokens\":5}}\n\n", true)).await;
     wait_metric(running.metrics_addr(), "flowgate_inflight{backend=\"127.0.0.1:8000\"}", 0.0, DEADLINE).await;

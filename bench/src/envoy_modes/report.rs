@@ -313,8 +313,8 @@ mod tests {
             sim.per_workload
                 .insert(id.into(), WorkloadStats { requests: 10, prompt_tokens: 30, completion_tokens: 640 });
         }
-        let phases = [phase(METERED, 20.0), phase(PLAIN, 2.0)];
-        let totals = Counters { usage_reported: 10.0, ext_proc_msgs_sent: 220.0, ..Counters::default() };
+        let phases = [phase(METERED, 20.0), phase(PLAIN, 1.0)];
+        let totals = Counters { usage_reported: 10.0, ext_proc_msgs_sent: 210.0, ..Counters::default() };
         let good = [workload(METERED, 30, 640)];
         let c = Checks::evaluate(&phases, &[], totals, 10, &good, &sim);
         assert_eq!(c.problem(), None);

@@ -204,11 +204,12 @@ mod tests {
     use crate::extproc::load::schedule;
     use crate::extproc::server::{continue_reply, BACKEND};
     use envoy_types::pb::envoy::service::ext_proc::v3::ImmediateResponse;
+    use flowgate::usage_meter::ResponseWatch;
     use std::time::Duration;
 
     #[test]
     fn answers_are_classified() {
-        let dispatched = flowgate::server::dispatched(BACKEND, vec![], true);
+        let dispatched = flowgate::server::dispatched(BACKEND, vec![], ResponseWatch::End);
         assert_eq!(classify(&dispatched, true), Ok(()));
         assert_eq!(classify(&dispatched, false), Ok(()));
         let bare =

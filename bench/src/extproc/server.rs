@@ -11,6 +11,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 };
 use flowgate::config::ServeConfig;
 use flowgate::serve::{self, Running};
+use flowgate::usage_meter::ResponseWatch;
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -48,7 +49,7 @@ impl ExternalProcessor for BareServer {
             while let Ok(Some(message)) = inbound.message().await {
                 let response = match &message.request {
                     Some(Msg::RequestHeaders(_)) if names_destination => {
-                        flowgate::server::dispatched(BACKEND, vec![], true)
+                        flowgate::server::dispatched(BACKEND, vec![], ResponseWatch::End)
                     }
                     _ => match continue_reply(&message) {
                         Some(reply) => ProcessingResponse { response: Some(reply), ..Default::default() },

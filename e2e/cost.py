@@ -49,6 +49,33 @@ QUOTAS = """  quotas:
 """
 
 
+def start_sim(h, lib, name, port, *args):
+    """Start `flowgate-sim` (engine vllm, model `name`) on `port` with `args`, and wait for its
+    /health."""
+    h.procs.start(name, [h.args.flowgate_sim, "--listen", f"{lib.LOCALHOST}:{port}",
+                         "--engine", "vllm", "--model", name, *args])
+    lib.wait_until(f"{name} /health",
+                   lambda: lib.http_req(port, "GET", "/health", timeout=2)[0] == 200, 15)
+
+
+def read_counters(h, lib, metrics_port, who):
+    """flowgate's usage counters (`flowgate_usage_reported_total`, `_estimated_total`), its
+    in-flight requests summed over backends (`inflight`) and its queue gauge (`queued`), from the
+    /metrics of flowgate `who`; a metric absent from the page is absent from the dict."""
+    st, _, body = lib.http_req(metrics_port, "GET", "/metrics", timeout=3)
+    if st != 200:
+        raise RuntimeError(f"{who} /metrics -> {st}")
+    got = {}
+    for name, labels, v in h.parse_metrics(body.decode(errors="replace")):
+        if name in ("flowgate_usage_reported_total", "flowgate_usage_estimated_total"):
+            got[name] = v
+        if name == "flowgate_inflight":
+            got["inflight"] = got.get("inflight", 0.0) + v
+        if name == "flowgate_queued_requests":
+            got["queued"] = v
+    return got
+
+
 class Cost:
     def __init__(self, h, lib):
         self.h, self.lib = h, lib
@@ -57,12 +84,8 @@ class Cost:
 
     def start(self):
         h, lib = self.h, self.lib
-        h.procs.start("sim-cost", [
-            h.args.flowgate_sim, "--listen", f"{lib.LOCALHOST}:{self.sim}", "--engine", "vllm",
-            "--model", "sim-cost", "--max-num-seqs", "8", "--decode-step-ms", "1",
-            "--prefill-us-per-token", "5"])
-        lib.wait_until("sim-cost /health",
-                       lambda: lib.http_req(self.sim, "GET", "/health", timeout=2)[0] == 200, 15)
+        start_sim(h, lib, "sim-cost", self.sim, "--max-num-seqs", "8", "--decode-step-ms", "1",
+                  "--prefill-us-per-token", "5")
         backends = f"  - address: {lib.LOCALHOST}:{self.sim}\n    max_inflight: 4"
         with open(self.cfg, "w") as f:
             f.write(lib.flowgate_config(self.grpc, self.metrics, [], 10000, shards=h.args.shards,
@@ -83,18 +106,7 @@ class Cost:
                                  body=json.dumps(body).encode(), timeout=30)
 
     def counters(self):
-        st, _, body = self.lib.http_req(self.metrics, "GET", "/metrics", timeout=3)
-        if st != 200:
-            raise RuntimeError(f"cost /metrics -> {st}")
-        got = {}
-        for name, labels, v in self.h.parse_metrics(body.decode(errors="replace")):
-            if name in ("flowgate_usage_reported_total", "flowgate_usage_estimated_total"):
-                got[name] = v
-            if name == "flowgate_inflight":
-                got["inflight"] = got.get("inflight", 0.0) + v
-            if name == "flowgate_queued_requests":
-                got["queued"] = v
-        return got
+        return read_counters(self.h, self.lib, self.metrics, "cost")
 
     def counters_when(self, pred, timeout_s=COUNTER_WAIT_S):
         """Poll /metrics until pred(counters) holds or timeout_s passes: the last counters read

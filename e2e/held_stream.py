@@ -29,6 +29,8 @@ import os
 import threading
 import time
 
+from cost import read_counters, start_sim
+
 MAX_TOKENS = 150        # chunks of the first stream: 150 decode steps of 8 ms, about 1.2 s
 DECODE_STEP_MS = 8
 LATE_CHUNK = 60         # the second look at the counters, this many chunks into the first stream
@@ -87,11 +89,8 @@ class Plain:
 
     def start(self):
         h, lib = self.h, self.lib
-        h.procs.start("sim-plain", [
-            h.args.flowgate_sim, "--listen", f"{lib.LOCALHOST}:{self.sim}", "--engine", "vllm",
-            "--model", "sim-plain", "--max-num-seqs", "4", "--decode-step-ms", str(DECODE_STEP_MS)])
-        lib.wait_until("sim-plain /health",
-                       lambda: lib.http_req(self.sim, "GET", "/health", timeout=2)[0] == 200, 15)
+        start_sim(h, lib, "sim-plain", self.sim, "--max-num-seqs", "4",
+                  "--decode-step-ms", str(DECODE_STEP_MS))
         backends = f"  - address: {lib.LOCALHOST}:{self.sim}\n    max_inflight: 1"
         with open(self.cfg, "w") as f:
             f.write(lib.flowgate_config(self.grpc, self.metrics, [], 10000, shards=h.args.shards,
@@ -100,18 +99,11 @@ class Plain:
         h.check("plain0 flowgate-plain, sim-plain and envoy-plain up", True)
 
     def counters(self):
-        st, _, body = self.lib.http_req(self.metrics, "GET", "/metrics", timeout=3)
-        if st != 200:
-            raise RuntimeError(f"plain /metrics -> {st}")
-        got = {"inflight": 0.0, "queued": None}
-        for name, labels, v in self.h.parse_metrics(body.decode(errors="replace")):
-            if name in COUNTERS:
-                got[name] = got.get(name, 0.0) + v
-            elif name == "flowgate_inflight":
-                got["inflight"] += v
-            elif name == "flowgate_queued_requests":
-                got["queued"] = v
-        return got
+        """As cost.read_counters, with no flowgate_inflight series read as 0 in flight."""
+        c = read_counters(self.h, self.lib, self.metrics, "plain")
+        c.setdefault("inflight", 0.0)
+        c.setdefault("queued", None)
+        return c
 
     def msgs_sent(self):
         """Envoy's count of ext_proc messages it sent on this listener."""

@@ -5,8 +5,8 @@ response ends, through a real Envoy (stdlib only).
     client --HTTP/1.1--> Envoy "envoy-plain" (listener "plain") --ext_proc--> flowgate "plain"
     Envoy router --> ORIGINAL_DST --> flowgate-sim "sim-plain" (started here)
 
-flowgate "plain" has no token rule (fairness `rate` by requests, no quota), so it answers every
-dispatch with the override that turns the response body phase off. Envoy (1.37 on) closes the
+flowgate "plain" has no token rule (fairness `rate` by requests; one workload has a request
+quota), so it answers every dispatch with the override that turns the response body phase off. Envoy (1.37 on) closes the
 ext_proc stream as soon as no phase is left, and flowgate frees a slot when the stream closes: if
 the override left nothing to send after the response headers, the slot would be freed at the
 response's first byte while the backend still generates, and `max_inflight` would not hold.
@@ -21,7 +21,11 @@ Checks (prefix "plain"), run by `phase(harness, lib)` where lib is the run_e2e m
         ended; both 200 with every chunk
   plain2 no response body went to flowgate: Envoy's ext_proc stream_msgs_sent grew by at most
         PLAIN_MAX_MSGS per request (the override honoured), and no usage was charged
-  plain3 afterwards flowgate_inflight 0 and nothing queued
+  plain3 a workload with only a request quota (`plain-quota`: requests_per_minute 600), whose
+        response headers flowgate must see to add x-ratelimit-remaining-requests but whose body it
+        need not read: the header says 599, Envoy sent QUOTA_MSGS ext_proc messages (request and
+        response headers), no usage charged, and its slot is still held LATE_CHUNK chunks in
+  plain4 afterwards flowgate_inflight 0 and nothing queued
 """
 import http.client
 import json
@@ -41,6 +45,15 @@ ORDER_SLACK_S = 0.05
 COUNTERS = ("flowgate_usage_reported_total", "flowgate_usage_estimated_total")
 MSGS_STAT = "http.ingress_plain.ext_proc.stream_msgs_sent"  # Envoy's, on listener "plain"
 PLAIN_MAX_MSGS = 1      # the request headers; nothing of the response, whose end closes the stream
+# A workload with a request quota and no token rule: its response headers go to flowgate (they get
+# x-ratelimit-remaining-requests), its body does not.
+QUOTA_WORKLOAD = "plain-quota"
+QUOTA_RPM = 600
+QUOTA_MSGS = 2          # the request headers and the response headers
+QUOTAS = f"""  quotas:
+    - workload_id: {QUOTA_WORKLOAD}
+      requests_per_minute: {QUOTA_RPM}
+"""
 
 
 class Stream(threading.Thread):
@@ -53,6 +66,7 @@ class Stream(threading.Thread):
         self.events = {k: threading.Event() for k in marks}
         self.status, self.chunks, self.error = None, 0, None
         self.t_headers = self.t_end = None
+        self.headers = {}
         self.done_bytes = b""
 
     def run(self):
@@ -65,6 +79,7 @@ class Stream(threading.Thread):
             conn.request("POST", "/v1/completions", body=body, headers=headers)
             r = conn.getresponse()
             self.t_headers, self.status = time.monotonic(), r.status
+            self.headers = {k.lower(): v for k, v in r.getheaders()}
             for line in r:
                 if line.startswith(b"data: "):
                     self.chunks += 1
@@ -94,7 +109,7 @@ class Plain:
         backends = f"  - address: {lib.LOCALHOST}:{self.sim}\n    max_inflight: 1"
         with open(self.cfg, "w") as f:
             f.write(lib.flowgate_config(self.grpc, self.metrics, [], 10000, shards=h.args.shards,
-                                        backends=backends))
+                                        backends=backends, workloads_extra=QUOTAS))
         h.start_pair("plain", self.cfg, self.admin, self.listen, self.grpc, self.metrics)
         h.check("plain0 flowgate-plain, sim-plain and envoy-plain up", True)
 
@@ -162,6 +177,7 @@ class Plain:
                      msgs <= 2 * PLAIN_MAX_MSGS and all(v == 0 for v in moved.values()),
                      f"Envoy's ext_proc stream_msgs_sent +{msgs:.0f} for 2 requests of {MAX_TOKENS} "
                      f"chunks; {moved}")
+        self.quota_headers()
 
         def drained():
             c = self.counters()
@@ -171,8 +187,31 @@ class Plain:
             end = lib.wait_until("plain inflight 0 and queue 0", drained, 10, interval=0.02)
         except TimeoutError:
             end = self.counters()
-        self.h.check("plain3 afterwards inflight 0 and queue 0",
+        self.h.check("plain4 afterwards inflight 0 and queue 0",
                      end["inflight"] == 0 and end["queued"] == 0, f"{end}")
+
+    def quota_headers(self):
+        """plain3: the `Headers` watch (a request quota, no token rule) through Envoy."""
+        before, msgs_before = self.counters(), self.msgs_sent()
+        s = Stream(self.listen, QUOTA_WORKLOAD)
+        s.start()
+        s.events[LATE_CHUNK].wait(15)
+        mid, ended = self.counters(), s.t_end is not None
+        held = mid["inflight"] == 1 and not ended
+        s.join(30)
+        after, msgs = self.counters(), self.msgs_sent() - msgs_before
+        moved = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in COUNTERS}
+        remaining = s.headers.get("x-ratelimit-remaining-requests")
+        whole = (s.status == 200 and s.error is None and s.chunks >= MAX_TOKENS
+                 and s.done_bytes.strip() == b"data: [DONE]")
+        self.h.check(f"plain3 a request-quota workload without a token rule: its response carries "
+                     f"x-ratelimit-remaining-requests {QUOTA_RPM - 1}, costs {QUOTA_MSGS} ext_proc "
+                     f"messages (no body), and keeps its slot until its stream ends",
+                     held and whole and remaining == str(QUOTA_RPM - 1) and msgs == QUOTA_MSGS
+                     and all(v == 0 for v in moved.values()),
+                     f"inflight {mid['inflight']} at chunk {LATE_CHUNK} (stream ended by then: {ended}); "
+                     f"x-ratelimit-remaining-requests {remaining!r}; Envoy's ext_proc stream_msgs_sent "
+                     f"+{msgs:.0f}; {moved}; status {s.status}, chunks {s.chunks}, error {s.error}")
 
 
 def _ms(a, b):

@@ -23,6 +23,7 @@
 //! * [`cluster`] — cluster mode: replicas sharing one pool through Redis.
 #![warn(missing_docs, rust_2018_idioms)]
 
+pub mod allocator;
 pub mod answers;
 pub mod backend_metrics;
 pub mod backend_set;

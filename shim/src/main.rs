@@ -137,6 +137,8 @@ fn serve_command(
     runtime.block_on(async move {
         tracing::info!(config = %config.summary(), "starting");
         tracing::info!(layout = %layout.describe(), "core layout");
+        // Memory a burst used goes back to the OS once the burst is over (shim/src/allocator.rs).
+        tokio::spawn(flowgate::allocator::collect_every(flowgate::allocator::COLLECT_INTERVAL));
         // Listen for the stop signals before saying "serving": one sent right after that line
         // must stop the server cleanly, not kill it by the default action.
         let stop = StopSignals::listen();

@@ -11,11 +11,17 @@
 //!    costs: connections, per-thread submitters, first allocations);
 //! 3. **held**: with N streams open in their steady state ([`hold`]: dispatched, response
 //!    headers answered, waiting for the body), every answer received;
-//! 4. **closed**: after all N closed cleanly.
+//! 4. **closed**: after all N closed cleanly;
+//! 5. **settled**: RSS read every [`SETTLE_POLL`] after the closes for [`SETTLE_MAX`] (less once
+//!    it is back within [`SETTLED_SHARE`] of the burst's growth over warm): how much of the
+//!    burst's memory a server gives back once the burst is over, and how soon (the time of the
+//!    last fall of at least [`SETTLE_STEP_KIB`]; flowgate's allocator housekeeping,
+//!    `shim/src/allocator.rs`).
 //!
-//! Per stream = (held − warm) / N. Every step waits on its answers, never on a timer. Targets are
-//! reported, never enforced; a stream that fails to open or close is a broken harness and fails
-//! the run. Reads `/proc`, so Linux only.
+//! Per stream = (held − warm) / N. Steps 1–4 wait on their answers, never on a timer; step 5
+//! watches the quantity it measures, within a bound. Targets are reported, never enforced; a
+//! stream that fails to open or close is a broken harness and fails the run. Reads `/proc`, so
+//! Linux only.
 
 mod hold;
 pub mod procs;
@@ -25,6 +31,7 @@ use procs::{Memory, Server};
 use serde::Serialize;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// The targets: at most this many KiB of RSS per open stream ...
 pub const TARGET_KIB_PER_STREAM: f64 = 20.0;
@@ -34,6 +41,15 @@ pub const TARGET_RATIO: f64 = 1.25;
 pub const TARGET_IDLE_MIB: f64 = 16.0;
 /// Streams opened and closed before the warm reading.
 pub const WARMUP_STREAMS: usize = 32;
+/// How often RSS is read while it settles after the closes.
+pub const SETTLE_POLL: Duration = Duration::from_millis(100);
+/// Longest the settled reading waits (flowgate's housekeeping gave the burst back 0.7–4.0 s after
+/// the closes: its allocator's 1 s purge delay, then its next collection, each second).
+pub const SETTLE_MAX: Duration = Duration::from_secs(5);
+/// RSS counts as settled once at most this share of the burst's growth (held − warm) is left.
+pub const SETTLED_SHARE: f64 = 0.10;
+/// A fall of RSS between two readings of step 5 at least this large counts as memory given back.
+pub const SETTLE_STEP_KIB: u64 = 256;
 
 /// The subcommand's own arguments.
 #[derive(clap::Args, Debug, Clone)]
@@ -101,6 +117,12 @@ pub struct ServerResult {
     pub held: Memory,
     /// After closing them all.
     pub closed: Memory,
+    /// The last reading of step 5 (settled, or at [`SETTLE_MAX`]).
+    pub settled: Memory,
+    /// When, after the closes, RSS last fell by [`SETTLE_STEP_KIB`] or more, ms (`None`: never).
+    pub settled_after_ms: Option<u64>,
+    /// Share of the burst's growth (held − warm) given back at the settled reading.
+    pub returned_share: f64,
     /// (held − warm) RSS / streams, KiB.
     pub kib_per_stream: f64,
     /// (held − warm) anonymous RSS / streams, KiB.
@@ -167,11 +189,16 @@ fn measure(
         let held_streams = hold::open_all(&clients, o.streams).await?;
         let held = server.memory().map_err(|e| e.to_string())?;
         hold::close_all(held_streams).await?;
+        let closed_at = Instant::now();
         let closed = server.memory().map_err(|e| e.to_string())?;
-        Ok::<_, String>((warm, held, closed))
+        let (settled, settled_after) =
+            settle(&server, &warm, &held, closed, closed_at).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((warm, held, closed, settled, settled_after))
     });
     server.stop();
-    let (warm, held, closed) = steps.map_err(|e| io::Error::other(format!("streams: {name}: {e}")))?;
+    let (warm, held, closed, settled, settled_after) =
+        steps.map_err(|e| io::Error::other(format!("streams: {name}: {e}")))?;
+    let growth = held.rss_kib as f64 - warm.rss_kib as f64;
     Ok(ServerResult {
         server: name.to_string(),
         kib_per_stream: kib_per(&warm, &held, o.streams, false),
@@ -179,9 +206,41 @@ fn measure(
         idle_mib: idle.rss_kib as f64 / 1024.0,
         idle,
         warm,
+        returned_share: if growth > 0.0 {
+            (held.rss_kib as f64 - settled.rss_kib as f64) / growth
+        } else {
+            0.0
+        },
         held,
         closed,
+        settled,
+        settled_after_ms: settled_after.map(|d| d.as_millis() as u64),
     })
+}
+
+/// Step 5: read RSS every [`SETTLE_POLL`] from `closed` on until at most [`SETTLED_SHARE`] of
+/// the growth from `warm` to `held` is left, or [`SETTLE_MAX`] has passed since `closed_at`: the
+/// last reading, and when RSS last fell by [`SETTLE_STEP_KIB`] or more.
+async fn settle(
+    server: &Server,
+    warm: &Memory,
+    held: &Memory,
+    closed: Memory,
+    closed_at: Instant,
+) -> io::Result<(Memory, Option<Duration>)> {
+    let growth = held.rss_kib.saturating_sub(warm.rss_kib) as f64;
+    let settled = |m: &Memory| m.rss_kib.saturating_sub(warm.rss_kib) as f64 <= SETTLED_SHARE * growth;
+    let mut last = closed;
+    let mut fell_at = None;
+    while !settled(&last) && closed_at.elapsed() < SETTLE_MAX {
+        tokio::time::sleep(SETTLE_POLL).await;
+        let now = server.memory()?;
+        if now.rss_kib + SETTLE_STEP_KIB <= last.rss_kib {
+            fell_at = Some(closed_at.elapsed());
+        }
+        last = now;
+    }
+    Ok((last, fell_at))
 }
 
 /// Run the `streams` subcommand.
@@ -238,6 +297,8 @@ fn print_table(r: &StreamsReport) {
         "warm MiB",
         "held MiB",
         "closed MiB",
+        "settled MiB",
+        "given back",
         "KiB/stream",
         "anon KiB/stream",
         "threads",
@@ -249,6 +310,11 @@ fn print_table(r: &StreamsReport) {
             mib(&x.warm),
             mib(&x.held),
             mib(&x.closed),
+            mib(&x.settled),
+            match x.settled_after_ms {
+                Some(ms) => format!("{:.0} % by {ms} ms", 100.0 * x.returned_share),
+                None => format!("{:.0} %", 100.0 * x.returned_share),
+            },
             format!("{:.1}", x.kib_per_stream),
             format!("{:.1}", x.anon_kib_per_stream),
             x.held.threads.to_string(),

@@ -112,11 +112,15 @@ pub fn validate(dir: &Path, name: &str) -> Result<(), String> {
                 || !results.iter().all(|r| {
                     positive(&r["idle"]["rss_kib"])
                         && positive(&r["held"]["rss_kib"])
+                        && positive(&r["settled"]["rss_kib"])
                         && r["kib_per_stream"].as_f64().is_some_and(f64::is_finite)
+                        && r["returned_share"].as_f64().is_some_and(f64::is_finite)
                 })
                 || !v["targets"]["per_stream_met"].is_boolean()
             {
-                return bad("expected bare and flowgate readings with positive RSS and a finite KiB/stream");
+                return bad(
+                    "expected bare and flowgate readings with positive RSS (settled too), a finite KiB/stream and share given back",
+                );
             }
         }
         "scrape_cost"

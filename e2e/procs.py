@@ -11,7 +11,7 @@ from common import LOCALHOST
 _libc = None
 
 
-def _pdeathsig():
+def pdeathsig():
     """preexec_fn: SIGKILL the child if the driver dies (Linux prctl)."""
     try:
         global _libc
@@ -38,7 +38,7 @@ class Procs:
         log = open(os.path.join(self.workdir, f"{name}.log"), "ab")
         p = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=_pdeathsig, env=env, close_fds=True,
+            start_new_session=True, preexec_fn=pdeathsig, env=env, close_fds=True,
         )
         log.close()
         self.procs[name] = p

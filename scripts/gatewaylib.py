@@ -4,14 +4,13 @@ Starts a local gateway -- Envoy on deploy/envoy.yaml (ports rewritten to free lo
 flowgate, and flowgate-sim model servers -- and sends requests through it. Every child runs in
 its own session with PDEATHSIG, is recorded in WORKDIR/pids, and is killed by Gateway.stop().
 """
-import ctypes
 import http.client
 import json
 import os
 import re
 import signal
-import socket
 import subprocess
+import sys
 import time
 import urllib.request
 
@@ -19,33 +18,9 @@ LOCALHOST = "127.0.0.1"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENVOY_YAML = os.path.join(ROOT, "deploy", "envoy.yaml")
 
-_libc = None
-
-
-def _pdeathsig():
-    """preexec_fn: SIGKILL the child if this driver dies (Linux prctl)."""
-    try:
-        global _libc
-        if _libc is None:
-            _libc = ctypes.CDLL(None, use_errno=True)
-        _libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
-def free_ports(n):
-    socks, ports = [], []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((LOCALHOST, 0))
-            socks.append(s)
-            ports.append(s.getsockname()[1])
-    finally:
-        for s in socks:
-            s.close()
-    return ports
-
+# Children and ports as the e2e test makes them (e2e/procs.py, stdlib only).
+sys.path.insert(0, os.path.join(ROOT, "e2e"))
+from procs import free_ports, pdeathsig  # noqa: E402
 
 def wait_until(what, fn, timeout, interval=0.05):
     deadline = time.monotonic() + timeout
@@ -162,7 +137,7 @@ class Gateway:
     def _start(self, name, argv):
         log = open(os.path.join(self.workdir, f"{name}.log"), "wb")
         p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                             start_new_session=True, preexec_fn=_pdeathsig, close_fds=True)
+                             start_new_session=True, preexec_fn=pdeathsig, close_fds=True)
         log.close()
         self.procs[name] = p
         with open(os.path.join(self.workdir, "pids"), "w") as f:

@@ -8,7 +8,6 @@ import http.client
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ ENVOY_YAML = os.path.join(ROOT, "deploy", "envoy.yaml")
 
 # Children and ports as the e2e test makes them (e2e/procs.py, stdlib only).
 sys.path.insert(0, os.path.join(ROOT, "e2e"))
-from procs import free_ports, pdeathsig  # noqa: E402
+from procs import Procs, free_ports  # noqa: E402
 
 def wait_until(what, fn, timeout, interval=0.05):
     deadline = time.monotonic() + timeout
@@ -128,57 +127,30 @@ class Gateway:
         self.workdir = os.path.abspath(workdir)
         os.makedirs(self.workdir, exist_ok=True)
         self.flowgate, self.flowgate_sim, self.envoy = flowgate, flowgate_sim, envoy
-        self.procs = {}
+        self.procs = Procs(self.workdir)  # name -> child, WORKDIR/pids, WORKDIR/NAME.log
         self.sims = {}  # name -> port
         (self.listen_port, self.admin_port, self.grpc_port,
          self.metrics_port) = free_ports(4)
 
     # -- processes -----------------------------------------------------------------------------
     def _start(self, name, argv):
-        log = open(os.path.join(self.workdir, f"{name}.log"), "wb")
-        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                             start_new_session=True, preexec_fn=pdeathsig, close_fds=True)
-        log.close()
-        self.procs[name] = p
-        with open(os.path.join(self.workdir, "pids"), "w") as f:
-            f.write("".join(f"{q.pid}\n" for q in self.procs.values() if q.poll() is None))
-        return p
+        return self.procs.start(name, argv)
 
     def check_alive(self):
-        for name, p in self.procs.items():
+        for name, p in self.procs.procs.items():
             if p.poll() is not None:
                 raise RuntimeError(f"{name} exited with {p.returncode}:\n{self.log_tail(name)}")
 
     def log_tail(self, name, n=20):
-        try:
-            with open(os.path.join(self.workdir, f"{name}.log"), "rb") as f:
-                return "\n".join(f.read().decode(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
+        return self.procs.log_tail(name, n)
 
     def stop(self):
-        for p in self.procs.values():
-            if p.poll() is None:
-                try:
-                    os.killpg(p.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + 5
-        for p in self.procs.values():
-            try:
-                p.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                p.wait(timeout=5)
+        self.procs.stop_all()
         try:
             os.remove(os.path.join(self.workdir, "pids"))
         except OSError:
             pass
 
-    # -- components ----------------------------------------------------------------------------
     def start_sim(self, name, *extra):
         (port,) = free_ports(1)
         self._start(name, [self.flowgate_sim, "--listen", f"{LOCALHOST}:{port}", "--engine", "vllm",

@@ -24,7 +24,8 @@ Checks (prefix "plain"), run by `phase(harness, lib)` where lib is the run_e2e m
   plain3 a workload with only a request quota (`plain-quota`: requests_per_minute 600), whose
         response headers flowgate must see to add x-ratelimit-remaining-requests but whose body it
         need not read: the header says 599, Envoy sent QUOTA_MSGS ext_proc messages (request and
-        response headers), no usage charged, and its slot is still held LATE_CHUNK chunks in
+        response headers), no usage charged, and its slot is held to its stream's end: a plain
+        request sent after its first chunk is queued at LATE_CHUNK and starts after it ends
   plain4 afterwards flowgate_inflight 0 and nothing queued
 """
 import http.client
@@ -195,23 +196,35 @@ class Plain:
         before, msgs_before = self.counters(), self.msgs_sent()
         s = Stream(self.listen, QUOTA_WORKLOAD)
         s.start()
+        s.events[1].wait(15)
+        # A plain request sent once the quota one streams can only be queued behind it.
+        after_it = Stream(self.listen, "plain-after-quota")
+        after_it.start()
         s.events[LATE_CHUNK].wait(15)
         mid, ended = self.counters(), s.t_end is not None
-        held = mid["inflight"] == 1 and not ended
+        held = mid["inflight"] == 1 and mid["queued"] == 1 and not ended
         s.join(30)
+        after_it.join(30)
         after, msgs = self.counters(), self.msgs_sent() - msgs_before
         moved = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in COUNTERS}
         remaining = s.headers.get("x-ratelimit-remaining-requests")
-        whole = (s.status == 200 and s.error is None and s.chunks >= MAX_TOKENS
-                 and s.done_bytes.strip() == b"data: [DONE]")
+        ordered = (s.t_end is not None and after_it.t_headers is not None
+                   and after_it.t_headers >= s.t_end - ORDER_SLACK_S)
+        whole = all(x.status == 200 and x.error is None and x.chunks >= MAX_TOKENS
+                    and x.done_bytes.strip() == b"data: [DONE]" for x in (s, after_it))
+        want_msgs = QUOTA_MSGS + PLAIN_MAX_MSGS
         self.h.check(f"plain3 a request-quota workload without a token rule: its response carries "
                      f"x-ratelimit-remaining-requests {QUOTA_RPM - 1}, costs {QUOTA_MSGS} ext_proc "
-                     f"messages (no body), and keeps its slot until its stream ends",
-                     held and whole and remaining == str(QUOTA_RPM - 1) and msgs == QUOTA_MSGS
-                     and all(v == 0 for v in moved.values()),
-                     f"inflight {mid['inflight']} at chunk {LATE_CHUNK} (stream ended by then: {ended}); "
-                     f"x-ratelimit-remaining-requests {remaining!r}; Envoy's ext_proc stream_msgs_sent "
-                     f"+{msgs:.0f}; {moved}; status {s.status}, chunks {s.chunks}, error {s.error}")
+                     f"messages (no body), and keeps its slot until its stream ends (a request "
+                     f"behind it waits until then)",
+                     held and ordered and whole and remaining == str(QUOTA_RPM - 1)
+                     and msgs == want_msgs and all(v == 0 for v in moved.values()),
+                     f"at chunk {LATE_CHUNK}: inflight {mid['inflight']}, queued {mid['queued']} "
+                     f"(stream ended by then: {ended}); the next started {_ms(after_it.t_headers, s.t_end)} "
+                     f"after it ended; x-ratelimit-remaining-requests {remaining!r}; Envoy's ext_proc "
+                     f"stream_msgs_sent +{msgs:.0f} (want {want_msgs}: {QUOTA_MSGS} + {PLAIN_MAX_MSGS} for "
+                     f"the plain one); {moved}; statuses {s.status}/{after_it.status}, chunks "
+                     f"{s.chunks}/{after_it.chunks}, errors {s.error}/{after_it.error}")
 
 
 def _ms(a, b):

@@ -5,6 +5,7 @@ import os
 import signal
 import socket
 import subprocess
+import time
 
 from common import LOCALHOST
 
@@ -35,7 +36,9 @@ class Procs:
                     f.write(f"{p.pid}\n")
 
     def start(self, name, argv, env=None):
-        log = open(os.path.join(self.workdir, f"{name}.log"), "ab")
+        # A restart under the same name (Envoy after its SIGKILL) appends to that child's log; a
+        # first start truncates one an earlier run left in a reused workdir.
+        log = open(os.path.join(self.workdir, f"{name}.log"), "ab" if name in self.procs else "wb")
         p = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, preexec_fn=pdeathsig, env=env, close_fds=True,
@@ -68,9 +71,24 @@ class Procs:
                 p.wait(timeout=5)
         self._write_pidfile()
 
-    def stop_all(self):
-        for name in list(self.procs):
-            self.kill(name, signal.SIGTERM, wait=3.0)
+    def stop_all(self, wait=3.0):
+        """SIGTERM every child at once, SIGKILL those still running `wait` seconds later."""
+        alive = [p for p in self.procs.values() if p.poll() is None]
+        for p in alive:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)  # own session => pgid == pid
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        for p in alive:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                p.wait(timeout=5)
         self._write_pidfile()
 
     def log_tail(self, name, n=30):

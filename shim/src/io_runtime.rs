@@ -24,5 +24,7 @@ pub fn build(layout: &Layout, thread_name: &str) -> std::io::Result<Runtime> {
                 tracing::warn!(error = %e, "cannot pin an I/O thread to its CPUs; it runs anywhere");
             }
         })
+        // A worker going idle hands what it freed back to the allocator (shim/src/allocator.rs).
+        .on_thread_park(crate::allocator::collect)
         .build()
 }

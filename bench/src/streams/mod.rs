@@ -66,6 +66,10 @@ pub struct StreamsLoad {
     /// Extra environment for the flowgate process, KEY=VALUE (repeatable), e.g. allocator options.
     #[arg(long, value_name = "KEY=VALUE")]
     flowgate_env: Vec<String>,
+    /// flowgate's `io_threads` (default: its `auto`; more workers free a stream's memory on more
+    /// threads, which the settled reading shows).
+    #[arg(long)]
+    io_threads: Option<usize>,
 }
 
 impl StreamsLoad {
@@ -85,6 +89,7 @@ impl StreamsLoad {
             connections: self.connections,
             flowgate_bin: self.flowgate_bin.clone(),
             flowgate_env,
+            io_threads: self.io_threads,
         })
     }
 }
@@ -102,6 +107,8 @@ pub struct Options {
     pub flowgate_bin: Option<PathBuf>,
     /// Extra environment of the flowgate process (`KEY=VALUE`), for trying allocator knobs.
     pub flowgate_env: Vec<(String, String)>,
+    /// flowgate's `io_threads` (`None`: its `auto`).
+    pub io_threads: Option<usize>,
 }
 
 /// One server's readings.
@@ -260,7 +267,8 @@ pub fn run(o: &Options, out_dir: &Path) -> io::Result<StreamsReport> {
     }
     std::fs::create_dir_all(out_dir)?;
     let config = out_dir.join("streams-flowgate.yaml");
-    std::fs::write(&config, FLOWGATE_CONFIG)?;
+    let io_threads = o.io_threads.map(|n| format!("io_threads: {n}\n")).unwrap_or_default();
+    std::fs::write(&config, format!("{io_threads}{FLOWGATE_CONFIG}"))?;
     // One client thread: the client is not measured, and it leaves the servers the cores.
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let bare = measure("bare", procs::start_bare(&[])?, o, &rt)?;

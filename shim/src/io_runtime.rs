@@ -6,7 +6,8 @@ use tokio::runtime::Runtime;
 
 /// A multi-threaded tokio runtime with `layout.io_threads` workers, each (and each blocking-pool
 /// thread) pinned to `layout.io_cpus`. A thread that cannot be pinned logs a warning and runs
-/// anywhere.
+/// anywhere. A worker about to park collects its allocator heap first
+/// ([`crate::allocator::collect`]), so what it freed can go back to the OS while it idles.
 ///
 /// ```
 /// let layout = flowgate_engine::layout::Layout::for_this_process(1, 1);

@@ -54,41 +54,19 @@ class Procs:
 
     def kill(self, name, sig=signal.SIGKILL, wait=10.0):
         p = self.procs.get(name)
-        if p is None:
-            return
-        if p.poll() is None:
-            try:
-                os.killpg(p.pid, sig)  # own session => pgid == pid
-            except ProcessLookupError:
-                pass
-            try:
-                p.wait(timeout=wait)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                p.wait(timeout=5)
+        if p is not None and p.poll() is None:
+            _signal(p, sig)
+            _reap(p, wait)
         self._write_pidfile()
 
     def stop_all(self, wait=3.0):
         """SIGTERM every child at once, SIGKILL those still running `wait` seconds later."""
         alive = [p for p in self.procs.values() if p.poll() is None]
         for p in alive:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)  # own session => pgid == pid
-            except ProcessLookupError:
-                pass
+            _signal(p, signal.SIGTERM)
         deadline = time.monotonic() + wait
         for p in alive:
-            try:
-                p.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                p.wait(timeout=5)
+            _reap(p, max(0.1, deadline - time.monotonic()))
         self._write_pidfile()
 
     def log_tail(self, name, n=30):
@@ -99,6 +77,23 @@ class Procs:
             return "\n".join(lines[-n:])
         except OSError:
             return ""
+
+
+def _signal(p, sig):
+    """Signal child p's whole session (its own: pgid == pid); gone already is fine."""
+    try:
+        os.killpg(p.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _reap(p, wait):
+    """Wait up to `wait` seconds for child p to exit, then SIGKILL it and wait for that."""
+    try:
+        p.wait(timeout=wait)
+    except subprocess.TimeoutExpired:
+        _signal(p, signal.SIGKILL)
+        p.wait(timeout=5)
 
 
 def free_ports(n):

@@ -6,10 +6,11 @@ response ends, through a real Envoy (stdlib only).
     Envoy router --> ORIGINAL_DST --> flowgate-sim "sim-plain" (started here)
 
 flowgate "plain" has no token rule (fairness `rate` by requests; one workload has a request
-quota), so it answers every dispatch with the override that turns the response body phase off. Envoy (1.37 on) closes the
-ext_proc stream as soon as no phase is left, and flowgate frees a slot when the stream closes: if
-the override left nothing to send after the response headers, the slot would be freed at the
-response's first byte while the backend still generates, and `max_inflight` would not hold.
+quota), so it answers every dispatch with the override that turns the response body phase off.
+Envoy (1.37 on) closes the ext_proc stream as soon as no phase is left, and flowgate frees a slot
+when the stream closes: if the override left nothing to send after the response headers, the slot
+would be freed at the response's first byte while the backend still generates, and `max_inflight`
+would not hold.
 One backend with `max_inflight: 1` makes that visible. Every wait polls a real signal (the
 client's own reads, flowgate's `/metrics`) with a deadline.
 
@@ -25,7 +26,8 @@ Checks (prefix "plain"), run by `phase(harness, lib)` where lib is the run_e2e m
         response headers flowgate must see to add x-ratelimit-remaining-requests but whose body it
         need not read: the header says 599, Envoy sent QUOTA_MSGS ext_proc messages (request and
         response headers), no usage charged, and its slot is held to its stream's end: a plain
-        request sent after its first chunk is queued at LATE_CHUNK and starts after it ends
+        request sent after its first chunk is queued (polled, and read again at LATE_CHUNK) and
+        starts after it ends
   plain4 afterwards flowgate_inflight 0 and nothing queued
 """
 import http.client
@@ -132,14 +134,14 @@ class Plain:
                 return float(value)
         raise RuntimeError(f"envoy-plain /stats has no {MSGS_STAT}: {body[:200]!r}")
 
-    def run(self):
-        lib = self.lib
-        before, msgs_before = self.counters(), self.msgs_sent()
-        first = Stream(self.listen, "plain-first")
+    def held_pair(self, first_workload, second_workload):
+        """Stream one request of `first_workload`, send one of `second_workload` after its first
+        chunk (so it can only queue behind it), and look at flowgate's counters while the first
+        streams: once polled until 1 in flight and 1 queued, once LATE_CHUNK chunks in. Joins both."""
+        first = Stream(self.listen, first_workload)
         first.start()
         first.events[1].wait(15)
-        # The second is sent once the first streams, so it can only be queued behind it.
-        second = Stream(self.listen, "plain-second")
+        second = Stream(self.listen, second_workload)
         second.start()
         looks = []
 
@@ -149,8 +151,8 @@ class Plain:
             return c["inflight"] == 1 and c["queued"] == 1
 
         try:
-            lib.wait_until("the second request queued behind the streaming first", queued_behind, 5,
-                           interval=0.005)
+            self.lib.wait_until(f"{second_workload} queued behind the streaming {first_workload}",
+                                queued_behind, 5, interval=0.005)
             early = True
         except TimeoutError:
             early = False
@@ -160,17 +162,14 @@ class Plain:
         late_ok = late["inflight"] == 1 and late["queued"] == 1 and first.t_end is None
         first.join(30)
         second.join(30)
-        ordered = (first.t_end is not None and second.t_headers is not None
-                   and second.t_headers >= first.t_end - ORDER_SLACK_S)
-        whole = all(s.status == 200 and s.error is None and s.chunks >= MAX_TOKENS
-                    and s.done_bytes.strip() == b"data: [DONE]" for s in (first, second))
+        return HeldPair(first, second, looks, early and late_ok)
+
+    def run(self):
+        before, msgs_before = self.counters(), self.msgs_sent()
+        p = self.held_pair("plain-first", "plain-second")
         self.h.check("plain1 max_inflight 1 holds for a whole streamed response with its body skipped: "
                      "the second request waits until the first one's stream ends",
-                     early and late_ok and ordered and whole,
-                     f"(chunks of the first, inflight, queued) at each look: {looks[:3]}...{looks[-1:]}; "
-                     f"second's response started {_ms(second.t_headers, first.t_end)} after the first "
-                     f"ended; statuses {first.status}/{second.status}, chunks {first.chunks}/"
-                     f"{second.chunks}, errors {first.error}/{second.error}")
+                     p.held and p.ordered() and p.whole(), p.describe())
         after, msgs = self.counters(), self.msgs_sent() - msgs_before
         moved = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in COUNTERS}
         self.h.check(f"plain2 no response body went to flowgate (mode override honoured): at most "
@@ -185,7 +184,7 @@ class Plain:
             return c if c["inflight"] == 0 and c["queued"] == 0 else None
 
         try:
-            end = lib.wait_until("plain inflight 0 and queue 0", drained, 10, interval=0.02)
+            end = self.lib.wait_until("plain inflight 0 and queue 0", drained, 10, interval=0.02)
         except TimeoutError:
             end = self.counters()
         self.h.check("plain4 afterwards inflight 0 and queue 0",
@@ -194,37 +193,45 @@ class Plain:
     def quota_headers(self):
         """plain3: the `Headers` watch (a request quota, no token rule) through Envoy."""
         before, msgs_before = self.counters(), self.msgs_sent()
-        s = Stream(self.listen, QUOTA_WORKLOAD)
-        s.start()
-        s.events[1].wait(15)
-        # A plain request sent once the quota one streams can only be queued behind it.
-        after_it = Stream(self.listen, "plain-after-quota")
-        after_it.start()
-        s.events[LATE_CHUNK].wait(15)
-        mid, ended = self.counters(), s.t_end is not None
-        held = mid["inflight"] == 1 and mid["queued"] == 1 and not ended
-        s.join(30)
-        after_it.join(30)
+        p = self.held_pair(QUOTA_WORKLOAD, "plain-after-quota")
         after, msgs = self.counters(), self.msgs_sent() - msgs_before
         moved = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in COUNTERS}
-        remaining = s.headers.get("x-ratelimit-remaining-requests")
-        ordered = (s.t_end is not None and after_it.t_headers is not None
-                   and after_it.t_headers >= s.t_end - ORDER_SLACK_S)
-        whole = all(x.status == 200 and x.error is None and x.chunks >= MAX_TOKENS
-                    and x.done_bytes.strip() == b"data: [DONE]" for x in (s, after_it))
+        remaining = p.first.headers.get("x-ratelimit-remaining-requests")
         want_msgs = QUOTA_MSGS + PLAIN_MAX_MSGS
         self.h.check(f"plain3 a request-quota workload without a token rule: its response carries "
                      f"x-ratelimit-remaining-requests {QUOTA_RPM - 1}, costs {QUOTA_MSGS} ext_proc "
                      f"messages (no body), and keeps its slot until its stream ends (a request "
                      f"behind it waits until then)",
-                     held and ordered and whole and remaining == str(QUOTA_RPM - 1)
+                     p.held and p.ordered() and p.whole() and remaining == str(QUOTA_RPM - 1)
                      and msgs == want_msgs and all(v == 0 for v in moved.values()),
-                     f"at chunk {LATE_CHUNK}: inflight {mid['inflight']}, queued {mid['queued']} "
-                     f"(stream ended by then: {ended}); the next started {_ms(after_it.t_headers, s.t_end)} "
-                     f"after it ended; x-ratelimit-remaining-requests {remaining!r}; Envoy's ext_proc "
-                     f"stream_msgs_sent +{msgs:.0f} (want {want_msgs}: {QUOTA_MSGS} + {PLAIN_MAX_MSGS} for "
-                     f"the plain one); {moved}; statuses {s.status}/{after_it.status}, chunks "
-                     f"{s.chunks}/{after_it.chunks}, errors {s.error}/{after_it.error}")
+                     f"x-ratelimit-remaining-requests {remaining!r}; Envoy's ext_proc stream_msgs_sent "
+                     f"+{msgs:.0f} (want {want_msgs}: {QUOTA_MSGS} + {PLAIN_MAX_MSGS} for the plain "
+                     f"one); {moved}; {p.describe()}")
+
+
+class HeldPair:
+    """What `Plain.held_pair` saw: both streams, the counter looks `(chunks of the first,
+    inflight, queued)`, and whether both looks found 1 in flight and 1 queued."""
+
+    def __init__(self, first, second, looks, held):
+        self.first, self.second, self.looks, self.held = first, second, looks, held
+
+    def ordered(self):
+        """The second's response started only after the first's ended."""
+        f, s = self.first, self.second
+        return f.t_end is not None and s.t_headers is not None and s.t_headers >= f.t_end - ORDER_SLACK_S
+
+    def whole(self):
+        """Both 200 with every chunk and the closing `[DONE]`."""
+        return all(s.status == 200 and s.error is None and s.chunks >= MAX_TOKENS
+                   and s.done_bytes.strip() == b"data: [DONE]" for s in (self.first, self.second))
+
+    def describe(self):
+        f, s = self.first, self.second
+        return (f"(chunks of the first, inflight, queued) at each look: {self.looks[:3]}..."
+                f"{self.looks[-1:]}; second's response started {_ms(s.t_headers, f.t_end)} after the "
+                f"first ended; statuses {f.status}/{s.status}, chunks {f.chunks}/{s.chunks}, errors "
+                f"{f.error}/{s.error}")
 
 
 def _ms(a, b):

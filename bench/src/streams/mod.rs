@@ -205,7 +205,6 @@ fn measure(
     server.stop();
     let (warm, held, closed, settled, settled_after) =
         steps.map_err(|e| io::Error::other(format!("streams: {name}: {e}")))?;
-    let growth = held.rss_kib as f64 - warm.rss_kib as f64;
     Ok(ServerResult {
         server: name.to_string(),
         kib_per_stream: kib_per(&warm, &held, o.streams, false),
@@ -213,16 +212,23 @@ fn measure(
         idle_mib: idle.rss_kib as f64 / 1024.0,
         idle,
         warm,
-        returned_share: if growth > 0.0 {
-            (held.rss_kib as f64 - settled.rss_kib as f64) / growth
-        } else {
-            0.0
-        },
+        returned_share: returned_share(&warm, &held, &settled),
         held,
         closed,
         settled,
         settled_after_ms: settled_after.map(|d| d.as_millis() as u64),
     })
+}
+
+/// Share of the burst's RSS growth (`warm` to `held`) that `now` has given back (0 when the burst
+/// grew nothing; above 1 when RSS fell below `warm`).
+fn returned_share(warm: &Memory, held: &Memory, now: &Memory) -> f64 {
+    let growth = held.rss_kib.saturating_sub(warm.rss_kib) as f64;
+    if growth > 0.0 {
+        (held.rss_kib as f64 - now.rss_kib as f64) / growth
+    } else {
+        0.0
+    }
 }
 
 /// Step 5: read RSS every [`SETTLE_POLL`] from `closed` on until at most [`SETTLED_SHARE`] of
@@ -235,8 +241,8 @@ async fn settle(
     closed: Memory,
     closed_at: Instant,
 ) -> io::Result<(Memory, Option<Duration>)> {
-    let growth = held.rss_kib.saturating_sub(warm.rss_kib) as f64;
-    let settled = |m: &Memory| m.rss_kib.saturating_sub(warm.rss_kib) as f64 <= SETTLED_SHARE * growth;
+    let grew = held.rss_kib > warm.rss_kib;
+    let settled = |m: &Memory| !grew || returned_share(warm, held, m) >= 1.0 - SETTLED_SHARE;
     let mut last = closed;
     let mut fell_at = None;
     while !settled(&last) && closed_at.elapsed() < SETTLE_MAX {

@@ -6,14 +6,17 @@
 //! non-dispatched answer is a broken harness (or server), and the run fails. Slowness never does.
 //!
 //! This file holds the subcommand (options, [`run`], the report); `server.rs` the two servers,
-//! `client.rs` one request over the ext_proc protocol, `load.rs` the open-loop load generator.
+//! `client.rs` one request over the ext_proc protocol, `load.rs` the open-loop load generator,
+//! `figures.rs` the figures every phase reports.
 
 pub(crate) mod client;
+pub mod figures;
 pub mod layouts;
 pub(crate) mod load;
 pub(crate) mod server;
 
 use client::Client;
+use figures::LoadFigures;
 use flowgate_bench::report::{self, RunInfo, Table};
 use flowgate_bench::stats::Summary;
 use load::{connect, phase, url, Measured};
@@ -63,28 +66,11 @@ pub struct Options {
 pub struct TargetResult {
     /// `baseline` (bare tonic ext_proc, CONTINUE at once) or `flowgate`.
     pub target: String,
-    /// Offered load, requests/s.
-    pub offered_rps: f64,
-    /// Completed requests / load window (extended to the last completion).
-    pub achieved_rps: f64,
-    /// Requests scheduled.
-    pub scheduled: u64,
-    /// Requests completed (dispatched, finished, stream closed cleanly).
-    pub completed: u64,
-    /// Streams that failed (gRPC or protocol error, timeout).
-    pub failed: u64,
-    /// Answers that were not a dispatch (immediate responses).
-    pub not_dispatched: u64,
-    /// Requests never sent: their worker was still busy past the drain grace.
-    pub skipped: u64,
-    /// Send → headers answer.
-    pub latency: Summary,
+    /// Rates, requests by fate, latency (send → headers answer), the client's lag.
+    #[serde(flatten)]
+    pub load: LoadFigures,
     /// Scheduled time → headers answer (includes the client's lag).
     pub from_schedule: Summary,
-    /// Scheduled time → send: the client's own lag behind the schedule.
-    pub send_lag: Summary,
-    /// The first failure seen, if any.
-    pub first_error: Option<String>,
 }
 
 /// Flowgate minus baseline.
@@ -205,23 +191,15 @@ pub fn run(o: &Options, out_dir: &Path) -> io::Result<ExtprocReport> {
         .zip(windows)
         .map(|((name, m), w)| TargetResult {
             target: name.to_string(),
-            offered_rps: o.rate,
-            achieved_rps: if w.is_zero() { 0.0 } else { m.tally.completed as f64 / w.as_secs_f64() },
-            scheduled: m.tally.scheduled,
-            completed: m.tally.completed,
-            failed: m.tally.failed,
-            not_dispatched: m.tally.not_dispatched,
-            skipped: m.tally.skipped,
-            latency: m.latency.summary(),
+            load: LoadFigures::new(&m, o.rate, w),
             from_schedule: m.from_schedule.summary(),
-            send_lag: m.send_lag.summary(),
-            first_error: m.tally.first_error,
         })
         .collect();
     let sustained = results.iter().all(|r| {
-        r.achieved_rps >= SUSTAINED_SHARE * r.offered_rps && r.send_lag.p99_ms <= SUSTAINED_LAG_P99_MS
+        r.load.achieved_rps >= SUSTAINED_SHARE * r.load.offered_rps
+            && r.load.send_lag.p99_ms <= SUSTAINED_LAG_P99_MS
     });
-    let (b, f) = (&results[0].latency, &results[1].latency);
+    let (b, f) = (&results[0].load.latency, &results[1].load.latency);
     let added = Added {
         p50_us: (f.p50_ms - b.p50_ms) * 1e3,
         p99_us: (f.p99_ms - b.p99_ms) * 1e3,
@@ -248,21 +226,7 @@ pub fn run(o: &Options, out_dir: &Path) -> io::Result<ExtprocReport> {
     report::write_json(out_dir, "extproc", &report)?;
     print_table(&report);
 
-    let broken: Vec<String> = report
-        .results
-        .iter()
-        .filter(|r| r.failed + r.not_dispatched > 0 || r.completed == 0)
-        .map(|r| {
-            format!(
-                "{}: {} failed, {} not dispatched, {} completed (first error: {})",
-                r.target,
-                r.failed,
-                r.not_dispatched,
-                r.completed,
-                r.first_error.as_deref().unwrap_or("none")
-            )
-        })
-        .collect();
+    let broken: Vec<String> = report.results.iter().filter_map(|r| r.load.broken(&r.target)).collect();
     if !broken.is_empty() {
         return Err(io::Error::other(format!(
             "extproc: every request must complete with free capacity: {}",
@@ -291,17 +255,17 @@ fn print_table(r: &ExtprocReport) {
     for x in &r.results {
         t.row(vec![
             x.target.clone(),
-            report::si(x.offered_rps),
-            report::si(x.achieved_rps),
-            x.completed.to_string(),
-            (x.failed + x.not_dispatched).to_string(),
-            x.skipped.to_string(),
-            us(x.latency.p50_ms),
-            us(x.latency.p99_ms),
-            us(x.latency.p999_ms),
-            us(x.latency.max_ms),
+            report::si(x.load.offered_rps),
+            report::si(x.load.achieved_rps),
+            x.load.completed.to_string(),
+            (x.load.failed + x.load.not_dispatched).to_string(),
+            x.load.skipped.to_string(),
+            us(x.load.latency.p50_ms),
+            us(x.load.latency.p99_ms),
+            us(x.load.latency.p999_ms),
+            us(x.load.latency.max_ms),
             us(x.from_schedule.p99_ms),
-            us(x.send_lag.p99_ms),
+            us(x.load.send_lag.p99_ms),
         ]);
     }
     let a = &r.added;
@@ -368,9 +332,9 @@ mod tests {
         };
         let r = run(&o, &dir).expect("run");
         for x in &r.results {
-            assert_eq!((x.failed, x.not_dispatched), (0, 0), "{x:?}");
-            assert_eq!(x.completed + x.skipped, x.scheduled, "{x:?}");
-            assert!(x.completed > 0);
+            assert_eq!((x.load.failed, x.load.not_dispatched), (0, 0), "{x:?}");
+            assert_eq!(x.load.completed + x.load.skipped, x.load.scheduled, "{x:?}");
+            assert!(x.load.completed > 0);
         }
         assert!(dir.join("extproc.json").exists());
         let _ = std::fs::remove_dir_all(&dir);

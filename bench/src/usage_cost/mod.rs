@@ -23,12 +23,12 @@ mod reader;
 pub mod script;
 
 use crate::extproc::client::{classify, open, Client};
+use crate::extproc::figures::LoadFigures;
 use crate::extproc::load::{connect, exchange_phase, url, Exchange, Measured};
 use crate::streams::procs;
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
 use flowgate_bench::report::{self, RunInfo, Table};
 use flowgate_bench::stats::median;
-use flowgate_bench::stats::Summary;
 use serde::Serialize;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -127,20 +127,9 @@ pub struct PhaseResult {
     pub phase: String,
     /// Its workload id.
     pub workload_id: String,
-    /// Offered load, requests/s.
-    pub offered_rps: f64,
-    /// Completed requests / load windows.
-    pub achieved_rps: f64,
-    /// Requests scheduled.
-    pub scheduled: u64,
-    /// Requests completed (dispatched, every message answered, stream closed cleanly).
-    pub completed: u64,
-    /// Streams that failed.
-    pub failed: u64,
-    /// Answers that were not a dispatch.
-    pub not_dispatched: u64,
-    /// Requests never sent (their worker was still busy past the drain grace).
-    pub skipped: u64,
+    /// Rates, requests by fate, latency (send → dispatch answer), the client's lag.
+    #[serde(flatten)]
+    pub load: LoadFigures,
     /// flowgate's CPU over the phases (threads' schedstat), ms.
     pub cpu_ms: f64,
     /// The same from `/proc/PID/stat` (10 ms ticks, exited threads included): a cross-check.
@@ -149,14 +138,8 @@ pub struct PhaseResult {
     pub cpu_us_per_request: f64,
     /// ... per ext_proc message (request headers, response headers, each chunk), ns.
     pub cpu_ns_per_message: f64,
-    /// Send → dispatch answer.
-    pub latency: Summary,
-    /// Scheduled time → send: the client's lag behind the schedule.
-    pub send_lag: Summary,
     /// Per round, in order.
     pub rounds: Vec<RoundCpu>,
-    /// The first failure, if any.
-    pub first_error: Option<String>,
 }
 
 /// What the workload API said was charged over the measured rounds.
@@ -360,21 +343,12 @@ pub fn run(o: &Options, out_dir: &Path) -> io::Result<UsageCostReport> {
             PhaseResult {
                 phase: name.to_string(),
                 workload_id: workload.to_string(),
-                offered_rps: o.rate,
-                achieved_rps: if w.is_zero() { 0.0 } else { m.tally.completed as f64 / w.as_secs_f64() },
-                scheduled: m.tally.scheduled,
-                completed: m.tally.completed,
-                failed: m.tally.failed,
-                not_dispatched: m.tally.not_dispatched,
-                skipped: m.tally.skipped,
+                load: LoadFigures::new(&m, o.rate, w),
                 cpu_ms: ns as f64 / 1e6,
                 stat_cpu_ms: stat_s * 1e3,
                 cpu_us_per_request: ns as f64 / 1e3 / completed,
                 cpu_ns_per_message: ns as f64 / completed / messages_per_request as f64,
-                latency: m.latency.summary(),
-                send_lag: m.send_lag.summary(),
                 rounds,
-                first_error: m.tally.first_error,
             }
         })
         .collect();
@@ -401,19 +375,20 @@ pub fn run(o: &Options, out_dir: &Path) -> io::Result<UsageCostReport> {
     let (up, uc) = delta(script::UNMETERED_WORKLOAD);
     let mut charged = Charged {
         metered_prompt_tokens: mp,
-        metered_prompt_tokens_expected: metered.completed * script::PROMPT_TOKENS,
+        metered_prompt_tokens_expected: metered.load.completed * script::PROMPT_TOKENS,
         metered_completion_tokens: mc,
-        metered_completion_tokens_expected: metered.completed * script::completion_tokens(o.chunks),
+        metered_completion_tokens_expected: metered.load.completed * script::completion_tokens(o.chunks),
         unmetered_tokens: up + uc,
         ok: false,
     };
     charged.ok = modes_ok
         && reader_reported
-        && metered.completed > 0
+        && metered.load.completed > 0
         && charged.metered_prompt_tokens == charged.metered_prompt_tokens_expected
         && charged.metered_completion_tokens == charged.metered_completion_tokens_expected
         && charged.unmetered_tokens == 0;
-    let sustained = results.iter().all(|r| r.skipped == 0 && r.send_lag.p99_ms <= SUSTAINED_LAG_P99_MS);
+    let sustained =
+        results.iter().all(|r| r.load.skipped == 0 && r.load.send_lag.p99_ms <= SUSTAINED_LAG_P99_MS);
     let report = UsageCostReport {
         run: RunInfo::now(o.quick),
         rate: o.rate,
@@ -450,21 +425,7 @@ fn stat_s(pid: u32) -> f64 {
 
 /// A broken harness (not a slow run): failed requests, or metering not as configured.
 fn check(r: &UsageCostReport) -> Result<(), String> {
-    let mut broken: Vec<String> = r
-        .results
-        .iter()
-        .filter(|x| x.failed + x.not_dispatched > 0 || x.completed == 0)
-        .map(|x| {
-            format!(
-                "{}: {} failed, {} not dispatched, {} completed (first error: {})",
-                x.phase,
-                x.failed,
-                x.not_dispatched,
-                x.completed,
-                x.first_error.as_deref().unwrap_or("none")
-            )
-        })
-        .collect();
+    let mut broken: Vec<String> = r.results.iter().filter_map(|x| x.load.broken(&x.phase)).collect();
     if !r.charged.ok {
         broken.push(format!("metering is not as configured: {:?}", r.charged));
     }
@@ -493,17 +454,17 @@ fn print_table(r: &UsageCostReport) {
     for x in &r.results {
         t.row(vec![
             x.phase.clone(),
-            report::si(x.offered_rps),
-            report::si(x.achieved_rps),
-            x.completed.to_string(),
-            (x.failed + x.not_dispatched).to_string(),
-            x.skipped.to_string(),
+            report::si(x.load.offered_rps),
+            report::si(x.load.achieved_rps),
+            x.load.completed.to_string(),
+            (x.load.failed + x.load.not_dispatched).to_string(),
+            x.load.skipped.to_string(),
             format!("{:.0}", x.cpu_ms),
             format!("{:.1}", x.cpu_us_per_request),
             format!("{:.0}", x.cpu_ns_per_message),
             format!("{:.0}", x.stat_cpu_ms),
-            format!("{:.0}", x.latency.p50_ms * 1e3),
-            format!("{:.0}", x.send_lag.p99_ms * 1e3),
+            format!("{:.0}", x.load.latency.p50_ms * 1e3),
+            format!("{:.0}", x.load.send_lag.p99_ms * 1e3),
         ]);
     }
     println!(

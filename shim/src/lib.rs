@@ -28,6 +28,7 @@ pub mod answers;
 pub mod backend_metrics;
 pub mod backend_set;
 pub mod cluster;
+pub mod coalesce;
 pub mod config;
 mod config_raw;
 pub mod config_values;

@@ -18,12 +18,14 @@ use flowgate_engine::config::ConfigError;
 use flowgate_engine::runtime::{Engine, StartError};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
 use crate::backend_set::BackendSet;
+use crate::coalesce::Coalesced;
 use crate::config::ServeConfig;
 use crate::ext_proc_service::ExtProcServer;
 use crate::http::{self, HttpState};
@@ -235,7 +237,8 @@ pub async fn start_with(config: ServeConfig, options: ServeOptions) -> Result<Ru
 
     let service = FlowControl::new(engine.clone(), metrics.clone(), stop_grpc.clone());
     let reload_service = service.clone();
-    let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+    // Every connection's writes are gathered per scheduler pass (coalesce.rs), beneath TLS.
+    let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true)).map(|c| c.map(Coalesced::new));
     let grpc_stop = stop_grpc.clone();
     let grpc = tokio::spawn(
         builder

@@ -277,6 +277,7 @@ pub fn run(o: &Options, out_dir: &Path) -> io::Result<EnvoyModesReport> {
                 flowgate_cpu_us_per_request: per_request(sum(|c| c.flowgate_cpu_s) * 1e6),
                 envoy_cpu_us_per_request: per_request(sum(|c| c.envoy_cpu_s) * 1e6),
                 sim_cpu_us_per_request: per_request(sum(|c| c.sim_cpu_s) * 1e6),
+                flowgate_writes_per_request: per_request(sum(|c| c.flowgate_writes)),
             }
         })
         .collect();

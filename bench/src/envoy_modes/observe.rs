@@ -33,6 +33,9 @@ pub struct Counters {
     pub envoy_cpu_s: f64,
     /// ... by the sim.
     pub sim_cpu_s: f64,
+    /// Write system calls made by the flowgate process (`syscw` in `/proc/PID/io`: its answers
+    /// to Envoy, its metrics page, the shard's wake-ups of the I/O thread).
+    pub flowgate_writes: f64,
 }
 
 impl Counters {
@@ -45,6 +48,7 @@ impl Counters {
             flowgate_cpu_s: self.flowgate_cpu_s - before.flowgate_cpu_s,
             envoy_cpu_s: self.envoy_cpu_s - before.envoy_cpu_s,
             sim_cpu_s: self.sim_cpu_s - before.sim_cpu_s,
+            flowgate_writes: self.flowgate_writes - before.flowgate_writes,
         }
     }
 }
@@ -65,6 +69,17 @@ fn cpu_s(pid: u32, what: &str) -> io::Result<f64> {
     read_stat(&format!("/proc/{pid}/stat")).ok_or_else(|| missing(&format!("/proc/{pid}/stat of {what}")))
 }
 
+/// Write system calls made so far by process `pid` (`syscw` in `/proc/PID/io`).
+fn writes(pid: u32, what: &str) -> io::Result<f64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io"))?;
+    syscw(&io).ok_or_else(|| missing(&format!("syscw in /proc/{pid}/io of {what}")))
+}
+
+/// The `syscw: N` line of a `/proc/PID/io` page.
+fn syscw(page: &str) -> Option<f64> {
+    page.lines().find_map(|l| l.strip_prefix("syscw:")?.trim().parse().ok())
+}
+
 /// Read all the counters now.
 pub async fn counters(stack: &Stack) -> io::Result<Counters> {
     let page = client::get_text(stack.metrics, "/metrics").await?;
@@ -77,6 +92,7 @@ pub async fn counters(stack: &Stack) -> io::Result<Counters> {
         flowgate_cpu_s: cpu_s(stack.flowgate.pid(), "flowgate")?,
         envoy_cpu_s: cpu_s(stack.envoy.pid(), "envoy")?,
         sim_cpu_s: cpu_s(stack.sim.pid(), "flowgate-sim")?,
+        flowgate_writes: writes(stack.flowgate.pid(), "flowgate")?,
     })
 }
 
@@ -111,10 +127,15 @@ mod tests {
             flowgate_cpu_s,
             envoy_cpu_s: 2.0,
             sim_cpu_s: 3.0,
+            flowgate_writes: 4.0,
         };
         let d = c(5.0, 100.0, 1.5).since(c(2.0, 40.0, 1.0));
         assert_eq!((d.usage_reported, d.usage_estimated, d.ext_proc_msgs_sent), (3.0, 0.0, 60.0));
         assert_eq!((d.flowgate_cpu_s, d.envoy_cpu_s, d.sim_cpu_s), (0.5, 0.0, 0.0));
+        assert_eq!(d.flowgate_writes, 0.0);
         assert!(cpu_s(std::process::id(), "self").is_ok());
+        assert_eq!(syscw("rchar: 10\nsyscr: 3\nsyscw: 42\nread_bytes: 0\n"), Some(42.0));
+        assert_eq!(syscw("syscr: 3\n"), None);
+        assert!(writes(std::process::id(), "self").is_ok_and(|w| w > 0.0));
     }
 }

@@ -65,6 +65,9 @@ pub struct Phase {
     pub envoy_cpu_us_per_request: f64,
     /// The sim's CPU per request, µs.
     pub sim_cpu_us_per_request: f64,
+    /// flowgate's write system calls per request (its answers are gathered per scheduler pass:
+    /// well under one per request under load).
+    pub flowgate_writes_per_request: f64,
 }
 
 impl Phase {
@@ -219,6 +222,7 @@ pub fn print(r: &EnvoyModesReport) {
         "CPU µs/req: flowgate",
         "envoy",
         "sim",
+        "flowgate writes/req",
     ]);
     for p in &r.phases {
         t.row(vec![
@@ -232,6 +236,7 @@ pub fn print(r: &EnvoyModesReport) {
             format!("{:.0}", p.flowgate_cpu_us_per_request),
             format!("{:.0}", p.envoy_cpu_us_per_request),
             format!("{:.0}", p.sim_cpu_us_per_request),
+            format!("{:.2}", p.flowgate_writes_per_request),
         ]);
     }
     println!(
@@ -288,6 +293,7 @@ mod tests {
             flowgate_cpu_us_per_request: 0.0,
             envoy_cpu_us_per_request: 0.0,
             sim_cpu_us_per_request: 0.0,
+            flowgate_writes_per_request: 0.0,
         }
     }
 

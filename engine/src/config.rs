@@ -148,6 +148,22 @@ impl Default for QueueConfig {
     }
 }
 
+/// How long a request may wait: its own `ttl_ms` when it is shorter than the queue's `ttl`,
+/// else the queue's (a client can shorten its wait, never lengthen it past what the operator
+/// allows, and what Envoy's `message_timeout` was set above).
+///
+/// ```
+/// use flowgate_engine::config::effective_ttl;
+/// use std::time::Duration;
+/// let queue = Duration::from_millis(500);
+/// assert_eq!(effective_ttl(Some(Duration::from_millis(100)), queue), Duration::from_millis(100));
+/// assert_eq!(effective_ttl(Some(Duration::from_secs(3)), queue), queue);
+/// assert_eq!(effective_ttl(None, queue), queue);
+/// ```
+pub fn effective_ttl(request: Option<Duration>, queue_ttl: Duration) -> Duration {
+    request.map_or(queue_ttl, |t| t.min(queue_ttl))
+}
+
 /// A trust rule: workloads whose id matches `pattern` cannot claim a criticality above `max_criticality`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CriticalityCap {

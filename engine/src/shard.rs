@@ -242,6 +242,7 @@ impl<C> Shard<C> {
         assert!((1..=5).contains(&criticality), "criticality {criticality} reached a shard");
         // 1. Count the arrival; the key uses the workload's rate including this request.
         let workload = self.table.arrive(&workload_id, hash, criticality, now_ns);
+        // Its own ttl can only shorten the queue's (`config::effective_ttl`, here in ns).
         let ttl_ns = ttl.map_or(self.default_ttl_ns, |t| duration_ns(t).min(self.default_ttl_ns));
         let deadline_ns = arrived_ns.saturating_add(ttl_ns);
         let refuse = |outcome, completion, quota_retry_ns| Done {

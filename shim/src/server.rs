@@ -40,7 +40,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response
 use envoy_types::pb::envoy::service::ext_proc::v3::{
     BodyResponse, HeadersResponse, HttpHeaders, ProcessingRequest, ProcessingResponse, TrailersResponse,
 };
-use flowgate_engine::config::{EngineConfig, WorkloadConfig};
+use flowgate_engine::config::{effective_ttl, EngineConfig, WorkloadConfig};
 use flowgate_engine::context::{CONTEXT_HEADER, FAIRNESS_ID_HEADER, LLM_D_FAIRNESS_ID_HEADER};
 use flowgate_engine::outcome::OtherReason;
 use flowgate_engine::quota::{QuotaNote, Remaining};
@@ -330,7 +330,9 @@ where
             ttl_ms = context.ttl.map(|t| t.as_millis() as u64),
         );
         let rules = shared.rules.load();
-        let ttl = context.ttl.unwrap_or(rules.default_ttl);
+        // The wait the engine allows (a request's `ttl_ms` can only shorten `queue.ttl`, as in
+        // the shard): a `ttl-expired` answer's `retry-after` is this long.
+        let ttl = effective_ttl(context.ttl, rules.default_ttl);
         // The response is read for its usage when a token rule needs it.
         let read_usage = rules.read_usage
             || rules.workloads.quota_for(&context.workload_id).is_some_and(|q| q.limits_tokens());

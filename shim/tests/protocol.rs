@@ -211,6 +211,23 @@ async fn per_request_ttl_overrides_the_default() {
     h.shutdown().await;
 }
 
+/// `ttl_ms` only shortens `queue.ttl`: a longer one expires at the queue's, and the answer's
+/// `retry-after` is that wait (it used to be computed from the longer `ttl_ms`: 5 here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_ttl_longer_than_the_queue_ttl_expires_at_the_queue_ttl() {
+    let mut h = Harness::start("queue:\n  ttl: 1500ms\n").await;
+    let holder = h.dispatched("holder", 3).await;
+    let ctx = header("x-workload-context", br#"{"workload_id":"patient","criticality":3,"ttl_ms":5000}"#);
+    let started = std::time::Instant::now();
+    let mut patient = h.open(vec![ctx]).await;
+    let r = patient.next().await;
+    let waited = started.elapsed();
+    assert_eq!(immediate(&r), Some((503, "ttl-expired".into(), "2".into())), "{r:?}");
+    assert!(waited >= Duration::from_millis(1500) && waited < Duration::from_millis(4500), "{waited:?}");
+    holder.finish().await;
+    h.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closing_a_queued_stream_cancels_its_request() {
     let mut h = Harness::start("").await;

@@ -148,6 +148,11 @@ impl Default for QueueConfig {
     }
 }
 
+/// Why a backend without a cap (`max_inflight: 0`) under detector `concurrency` is worth a
+/// warning: valid (0 = no concurrency cap), but nothing then limits it.
+pub const UNCAPPED_WARNING: &str = "0 (no cap) under saturation.detector concurrency: nothing limits this \
+     backend, it takes every request at once (set max_inflight, or use detector utilization or both)";
+
 /// How long a request may wait: its own `ttl_ms` when it is shorter than the queue's `ttl`,
 /// else the queue's (a client can shorten its wait, never lengthen it past what the operator
 /// allows, and what Envoy's `message_timeout` was set above).
@@ -367,6 +372,28 @@ impl Default for EngineConfig {
 }
 
 impl EngineConfig {
+    /// What is valid but likely not meant, `path: reason` like [`validate`](Self::validate)'s
+    /// errors: each backend without a cap ([`UNCAPPED_WARNING`]) under detector `concurrency`.
+    ///
+    /// ```
+    /// let mut c = flowgate_engine::config::EngineConfig::default();
+    /// c.backends[0].max_inflight = 0;
+    /// assert!(c.validate().is_empty());
+    /// assert_eq!(c.warnings()[0].path, "backends[0].max_inflight");
+    /// ```
+    pub fn warnings(&self) -> Vec<ConfigError> {
+        if self.saturation.detector.uses_metrics() {
+            return Vec::new();
+        }
+        let uncapped = self.backends.iter().enumerate().filter(|(_, b)| b.max_inflight == 0);
+        uncapped
+            .map(|(i, _)| ConfigError {
+                path: format!("backends[{i}].max_inflight"),
+                reason: UNCAPPED_WARNING.into(),
+            })
+            .collect()
+    }
+
     /// Every problem with this configuration (empty = valid).
     ///
     /// ```
@@ -399,13 +426,6 @@ impl EngineConfig {
                 bad(
                     &format!("backends[{i}].max_inflight"),
                     format!("must be at most {MAX_BACKEND_INFLIGHT} (0 = no concurrency cap)"),
-                );
-            } else if b.max_inflight == 0 && self.saturation.detector == Detector::Concurrency {
-                bad(
-                    &format!("backends[{i}].max_inflight"),
-                    "0 (no cap) needs saturation.detector utilization or both: with detector concurrency \
-                     nothing would limit this backend"
-                        .into(),
                 );
             }
             if b.address.parse::<std::net::SocketAddr>().is_err() {

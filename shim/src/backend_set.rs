@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use flowgate_engine::backends::{BackendChanges, BackendId, BackendState};
-use flowgate_engine::config::{BackendConfig, ConfigError, EngineConfig, SaturationConfig};
+use flowgate_engine::config::{BackendConfig, ConfigError, EngineConfig, SaturationConfig, UNCAPPED_WARNING};
 use flowgate_engine::runtime::{Engine, Reconfigured};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -209,6 +209,17 @@ impl BackendSet {
                 backend = %address,
                 "backend refused: the backend table is full (max_backends slots, draining ones included)"
             );
+        }
+        // Valid, but worth a line: nothing limits a backend without a cap under detector
+        // `concurrency`. Said as it arrives, and again when the scrape rules change (the static
+        // backends at start are in the config's warnings).
+        if !inner.saturation.detector.uses_metrics() {
+            for (m, source) in merged.iter().filter(|(m, _)| m.max_inflight == 0) {
+                let added = states.iter().any(|s| s.address == m.address && changes.added.contains(&s.id));
+                if added || restart_scrapers {
+                    tracing::warn!(backend = %m.address, source = source.name(), "max_inflight {UNCAPPED_WARNING}");
+                }
+            }
         }
         self.reconcile_scrapers(inner, merged, states, restart_scrapers);
     }

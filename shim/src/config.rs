@@ -144,7 +144,6 @@ impl ServeConfig {
         }
         if let Some(d) = &self.discovery {
             errors.extend(d.validate());
-            errors.extend(d.validate_for(self.engine.saturation.detector));
         }
         let e = &self.engine;
         if e.saturation.detector.uses_metrics() {
@@ -202,6 +201,17 @@ impl ServeConfig {
     /// Where the shards and the I/O threads run on this machine ([`Layout`]).
     pub fn layout(&self) -> Layout {
         Layout::for_this_process(self.engine.shard_count(), self.io_threads)
+    }
+
+    /// What is valid but likely not meant, as `path: reason` lines for `check-config` and the
+    /// startup log: a backend without a cap (`max_inflight: 0`, the default) under detector
+    /// `concurrency`, which nothing limits. (Discovered backends are logged as they arrive.)
+    pub fn warnings(&self) -> Vec<ConfigError> {
+        let mut warnings = self.engine.warnings();
+        if let Some(d) = &self.discovery {
+            warnings.extend(d.warnings_for(self.engine.saturation.detector));
+        }
+        warnings
     }
 
     /// A one-line description, for `check-config` and the startup log.

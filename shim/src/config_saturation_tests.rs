@@ -104,11 +104,15 @@ fn metrics_urls_must_be_plain_http() {
 }
 
 #[test]
-fn uncapped_backends_need_a_metrics_detector() {
+fn uncapped_backends_are_valid_and_warned_about_under_detector_concurrency() {
+    let warned = |yaml: &str| ok(yaml).warnings().into_iter().map(|w| w.path).collect::<Vec<_>>();
     assert_eq!(
-        error_paths("backends:\n  - address: 10.0.0.7:8000\n    max_inflight: 0\n"),
+        warned("backends:\n  - address: 10.0.0.7:8000\n    max_inflight: 0\n"),
         ["backends[0].max_inflight"]
     );
+    let metered =
+        "backends:\n  - address: 10.0.0.7:8000\n    max_inflight: 0\nsaturation:\n  detector: utilization\n";
+    assert!(warned(metered).is_empty());
     assert_eq!(
         error_paths(
             "backends:\n  - address: 10.0.0.7:8000\nsaturation:\n  detector: both\nceilings: [0.5, 1, 1, 1, 1]\n"

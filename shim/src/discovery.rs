@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flowgate_engine::config::{ConfigError, Detector, MAX_BACKEND_INFLIGHT};
+use flowgate_engine::config::{ConfigError, Detector, MAX_BACKEND_INFLIGHT, UNCAPPED_WARNING};
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use tokio::sync::watch;
@@ -165,21 +165,6 @@ pub fn publish(tx: &watch::Sender<Arc<Vec<DiscoveredBackend>>>, set: Vec<Discove
     })
 }
 
-/// Rules a discovered entry must follow that depend on the rest of the configuration.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct EntryRules {
-    /// Whether `max_inflight: 0` (no cap) is allowed: only when the saturation detector reads
-    /// metrics (with detector `concurrency` nothing would limit such a backend).
-    pub uncapped_allowed: bool,
-}
-
-impl EntryRules {
-    /// The rules under `saturation.detector`.
-    pub fn for_detector(detector: Detector) -> EntryRules {
-        EntryRules { uncapped_allowed: detector.uses_metrics() }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // The `discovery:` section.
 
@@ -249,7 +234,7 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 
 impl Discovery {
     /// Every problem with this section (empty = valid), as `discovery.…` paths. The checks that
-    /// depend on the saturation detector are [`Discovery::validate_for`]'s.
+    /// depend on the saturation detector are [`Discovery::warnings_for`]'s (warnings, not errors).
     pub fn validate(&self) -> Vec<ConfigError> {
         let mut errors = Vec::new();
         let mut bad = |path: &str, reason: String| {
@@ -287,16 +272,14 @@ impl Discovery {
         errors
     }
 
-    /// The checks that depend on `saturation.detector`: `discovery.dns.max_inflight: 0` needs a
-    /// detector that reads metrics. (File entries are checked per entry, see [`EntryRules`].)
-    pub fn validate_for(&self, detector: Detector) -> Vec<ConfigError> {
+    /// What is valid but likely not meant under `saturation.detector`: `discovery.dns.max_inflight`
+    /// 0 (no cap) with detector `concurrency`, which nothing limits.
+    pub fn warnings_for(&self, detector: Detector) -> Vec<ConfigError> {
         match &self.dns {
-            Some(d) if d.max_inflight == 0 && !EntryRules::for_detector(detector).uncapped_allowed => {
+            Some(d) if d.max_inflight == 0 && !detector.uses_metrics() => {
                 vec![ConfigError {
                     path: "discovery.dns.max_inflight".into(),
-                    reason: "0 (no cap) needs saturation.detector utilization or both: with detector \
-                             concurrency nothing would limit these backends"
-                        .into(),
+                    reason: UNCAPPED_WARNING.into(),
                 }]
             }
             _ => Vec::new(),

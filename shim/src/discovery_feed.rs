@@ -8,13 +8,12 @@
 
 use std::sync::Arc;
 
-use flowgate_engine::config::Detector;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend_set::{BackendSet, Member, Source};
-use crate::discovery::{DiscoveredBackend, Discovery, EntryRules};
+use crate::discovery::{DiscoveredBackend, Discovery};
 use crate::discovery_dns::spawn_dns_resolver;
 use crate::discovery_watch::{read_once, spawn_file_watcher};
 
@@ -24,18 +23,15 @@ type Sets = Arc<Vec<DiscoveredBackend>>;
 /// applied before this returns.
 pub async fn start(
     discovery: &Discovery,
-    detector: Detector,
     set: Arc<BackendSet>,
     stop: CancellationToken,
 ) -> Result<Vec<JoinHandle<()>>, String> {
-    let rules = EntryRules::for_detector(detector);
     let mut tasks = Vec::new();
     if let Some(file) = &discovery.file {
-        let first = read_once(file, rules)
-            .await
-            .map_err(|e| format!("discovery.file: {}: {e}", file.path.display()))?;
+        let first =
+            read_once(file).await.map_err(|e| format!("discovery.file: {}: {e}", file.path.display()))?;
         let (tx, mut rx) = watch::channel(Sets::default());
-        let watcher = spawn_file_watcher(file.clone(), rules, Some(first), tx, stop.clone());
+        let watcher = spawn_file_watcher(file.clone(), Some(first), tx, stop.clone());
         // The watcher published the first read before returning: apply it now.
         apply(&set, Source::File, &rx.borrow_and_update());
         tasks.push(watcher.task);

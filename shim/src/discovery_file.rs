@@ -23,7 +23,8 @@
 //!   `endpoints: []` to remove every backend.
 //! * **Skipped** (the rest is used; a warning names the entry's index, name and reason): an entry
 //!   that is not a mapping, whose address is not an IP or whose port is missing or out of range,
-//!   an out-of-range or (with `saturation.detector: concurrency`) zero `max_inflight`, a metrics URL
+//!   an out-of-range `max_inflight` (0, the default, is no cap: with `saturation.detector:
+//!   concurrency` the backend is then logged as unlimited, see `backend_set.rs`), a metrics URL
 //!   that is not `http://host[:port]/path`, an unknown engine, a name over
 //!   [`MAX_ENDPOINT_NAME_BYTES`], an address (ip:port) an earlier entry already has, and any entry
 //!   past [`MAX_BACKENDS`] good ones.
@@ -40,7 +41,7 @@ use flowgate_engine::config::{MAX_BACKENDS, MAX_BACKEND_INFLIGHT};
 use serde_yaml::{Mapping, Value};
 
 use crate::config_values::check_metrics_url;
-use crate::discovery::{DiscoveredBackend, EntryRules};
+use crate::discovery::DiscoveredBackend;
 use crate::metrics_page::ModelServer;
 
 /// The largest endpoints file read; a bigger one is refused whole.
@@ -110,7 +111,7 @@ pub struct Parsed {
 }
 
 /// Parse an endpoints file (see the module docs for the rules). Never panics.
-pub fn parse_endpoints(bytes: &[u8], rules: EntryRules) -> Result<Parsed, FileError> {
+pub fn parse_endpoints(bytes: &[u8]) -> Result<Parsed, FileError> {
     if bytes.len() as u64 > MAX_DISCOVERY_FILE_BYTES {
         return Err(FileError::TooLarge(bytes.len() as u64));
     }
@@ -136,7 +137,7 @@ pub fn parse_endpoints(bytes: &[u8], rules: EntryRules) -> Result<Parsed, FileEr
     // address → index of the entry that has it.
     let mut seen: HashMap<String, usize> = HashMap::new();
     for (index, entry) in entries.into_iter().enumerate() {
-        let (name, result) = parse_entry(index, entry, rules, &mut parsed);
+        let (name, result) = parse_entry(index, entry, &mut parsed);
         let reason = match result {
             Ok(_) if parsed.backends.len() >= MAX_BACKENDS => {
                 format!("over the limit of {MAX_BACKENDS} backends")
@@ -177,7 +178,6 @@ impl Parsed {
 fn parse_entry(
     index: usize,
     entry: Value,
-    rules: EntryRules,
     parsed: &mut Parsed,
 ) -> (Option<String>, Result<DiscoveredBackend, String>) {
     let map: Mapping = match entry {
@@ -210,7 +210,7 @@ fn parse_entry(
                 Err(e) => reasons.push(format!("port: {e}")),
             },
             Some("labels") => {}
-            Some("max_inflight") => match read_max_inflight(value, rules) {
+            Some("max_inflight") => match read_max_inflight(value) {
                 Ok(m) => max_inflight = m,
                 Err(e) => reasons.push(format!("max_inflight: {e}")),
             },
@@ -234,12 +234,6 @@ fn parse_entry(
     }
     if !map.contains_key("port") {
         reasons.push("port: missing".into());
-    }
-    if !map.contains_key("max_inflight") && !rules.uncapped_allowed {
-        reasons.push(
-            "max_inflight: missing, and the default 0 (no cap) needs saturation.detector utilization or both"
-                .into(),
-        );
     }
     if !reasons.is_empty() {
         return (reported_name, Err(reasons.join("; ")));
@@ -282,11 +276,8 @@ fn read_port(value: &Value) -> Result<u16, String> {
     }
 }
 
-fn read_max_inflight(value: &Value, rules: EntryRules) -> Result<u32, String> {
+fn read_max_inflight(value: &Value) -> Result<u32, String> {
     match value.as_u64() {
-        Some(0) if !rules.uncapped_allowed => {
-            Err("0 (no cap) needs saturation.detector utilization or both".into())
-        }
         Some(n) if n <= u64::from(MAX_BACKEND_INFLIGHT) => Ok(n as u32),
         _ => Err(format!("{} is not a whole number from 0 to {MAX_BACKEND_INFLIGHT}", show(value))),
     }

@@ -3,11 +3,8 @@
 
 use super::*;
 
-const CAPPED: EntryRules = EntryRules { uncapped_allowed: false };
-const UNCAPPED: EntryRules = EntryRules { uncapped_allowed: true };
-
 fn parse(yaml: &str) -> Parsed {
-    parse_endpoints(yaml.as_bytes(), UNCAPPED).unwrap_or_else(|e| panic!("{yaml:?} refused: {e}"))
+    parse_endpoints(yaml.as_bytes()).unwrap_or_else(|e| panic!("{yaml:?} refused: {e}"))
 }
 
 fn addresses(p: &Parsed) -> Vec<&str> {
@@ -130,13 +127,14 @@ fn out_of_range_max_inflight_is_skipped() {
     );
 }
 
+/// llm-d's own schema (no `max_inflight`) loads as it is: no cap, like `max_inflight: 0`.
 #[test]
-fn zero_max_inflight_needs_a_metrics_detector() {
-    let yaml = "endpoints:\n  - { address: 10.0.0.1, port: 1 }\n  - { address: 10.0.0.2, port: 1, max_inflight: 4 }\n";
-    let p = parse_endpoints(yaml.as_bytes(), CAPPED).unwrap();
-    assert_eq!(addresses(&p), ["10.0.0.2:1"]);
-    assert!(p.skipped[0].reason.contains("needs saturation.detector"), "{:?}", p.skipped);
-    assert_eq!(parse(yaml).backends.len(), 2);
+fn an_entry_without_max_inflight_is_uncapped_not_skipped() {
+    let yaml = "endpoints:\n  - { name: a, address: 10.0.0.1, port: \"8000\", labels: {} }\n  - { address: 10.0.0.2, port: 1, max_inflight: 0 }\n  - { address: 10.0.0.3, port: 1, max_inflight: 4 }\n";
+    let p = parse(yaml);
+    assert_eq!(addresses(&p), ["10.0.0.1:8000", "10.0.0.2:1", "10.0.0.3:1"]);
+    let caps: Vec<u32> = p.backends.iter().map(|b| b.max_inflight).collect();
+    assert_eq!((caps, p.skipped.len()), (vec![0, 0, 4], 0));
 }
 
 #[test]
@@ -202,26 +200,26 @@ fn an_explicit_empty_list_is_an_empty_set() {
 #[test]
 fn empty_and_half_written_files_are_refused_whole() {
     for yaml in ["", "   \n", "# nothing yet\n", "endpoints:\n", "endpoints: ~\n", "other: 1\n"] {
-        assert_eq!(parse_endpoints(yaml.as_bytes(), UNCAPPED), Err(FileError::Empty), "{yaml:?}");
+        assert_eq!(parse_endpoints(yaml.as_bytes()), Err(FileError::Empty), "{yaml:?}");
     }
 }
 
 #[test]
 fn non_yaml_and_wrong_shapes_are_refused_whole() {
     for yaml in ["endpoints: [", "\u{0}\u{1}garbage: : :", "a: 1\n---\nb: 2\n", "endpoints: [1, 2"] {
-        assert!(matches!(parse_endpoints(yaml.as_bytes(), UNCAPPED), Err(FileError::NotYaml(_))), "{yaml:?}");
+        assert!(matches!(parse_endpoints(yaml.as_bytes()), Err(FileError::NotYaml(_))), "{yaml:?}");
     }
     for yaml in ["- 1\n- 2\n", "42\n", "endpoints: 3\n", "endpoints: { a: 1 }\n"] {
-        assert!(matches!(parse_endpoints(yaml.as_bytes(), UNCAPPED), Err(FileError::Shape(_))), "{yaml:?}");
+        assert!(matches!(parse_endpoints(yaml.as_bytes()), Err(FileError::Shape(_))), "{yaml:?}");
     }
-    assert!(matches!(parse_endpoints(&[0xff, 0xfe, 0x00], UNCAPPED), Err(FileError::NotYaml(_))));
+    assert!(matches!(parse_endpoints(&[0xff, 0xfe, 0x00]), Err(FileError::NotYaml(_))));
 }
 
 #[test]
 fn a_file_over_the_limit_is_refused_whole() {
     let mut yaml = String::from("endpoints: []\n");
     yaml.push_str(&"#".repeat(MAX_DISCOVERY_FILE_BYTES as usize));
-    assert_eq!(parse_endpoints(yaml.as_bytes(), UNCAPPED), Err(FileError::TooLarge(yaml.len() as u64)));
+    assert_eq!(parse_endpoints(yaml.as_bytes()), Err(FileError::TooLarge(yaml.len() as u64)));
 }
 
 #[test]
@@ -249,5 +247,5 @@ fn alias_bombs_are_refused_not_expanded() {
         ));
     }
     yaml.push_str("endpoints: []\n");
-    assert!(matches!(parse_endpoints(yaml.as_bytes(), UNCAPPED), Err(FileError::NotYaml(_))));
+    assert!(matches!(parse_endpoints(yaml.as_bytes()), Err(FileError::NotYaml(_))));
 }

@@ -98,9 +98,12 @@ fn out_of_range_values_are_refused_at_their_paths() {
 }
 
 #[test]
-fn an_uncapped_dns_block_needs_a_metrics_detector() {
-    assert_eq!(paths("discovery:\n  dns: { name: a, port: 1 }\n"), ["discovery.dns.max_inflight"]);
+fn an_uncapped_dns_block_is_valid_and_warned_about_under_detector_concurrency() {
+    let c = with("discovery:\n  dns: { name: a, port: 1 }\n").unwrap();
+    let warned: Vec<String> = c.warnings().into_iter().map(|w| w.path).collect();
+    assert_eq!(warned, ["discovery.dns.max_inflight"]);
     let c = with("saturation: { detector: utilization }\ndiscovery:\n  dns: { name: a, port: 1 }\n").unwrap();
+    assert!(c.warnings().is_empty());
     assert_eq!(c.discovery.unwrap().dns.unwrap().max_inflight, 0);
 }
 

@@ -28,9 +28,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::discovery::{
-    publish, DiscoveredBackend, EntryRules, FileDiscovery, SourceEvent, SourceHandle, StatusSender,
-};
+use crate::discovery::{publish, DiscoveredBackend, FileDiscovery, SourceEvent, SourceHandle, StatusSender};
 use crate::discovery_file::{parse_endpoints, FileError, Parsed, MAX_DISCOVERY_FILE_BYTES};
 
 /// How often a watched file is looked at.
@@ -70,17 +68,17 @@ pub struct FileRead {
 
 /// Read and parse the file once (before serving starts), logging skipped entries. A missing,
 /// unreadable or refused file is an error: the caller decides whether to start anyway.
-pub async fn read_once(cfg: &FileDiscovery, rules: EntryRules) -> Result<FileRead, FileError> {
+pub async fn read_once(cfg: &FileDiscovery) -> Result<FileRead, FileError> {
     let path = cfg.path.clone();
-    tokio::task::spawn_blocking(move || read_once_blocking(&path, rules))
+    tokio::task::spawn_blocking(move || read_once_blocking(&path))
         .await
         .unwrap_or_else(|e| Err(FileError::Unreadable(format!("reader task failed: {e}"))))
 }
 
 /// [`read_once`] for a caller outside the runtime.
-pub fn read_once_blocking(path: &Path, rules: EntryRules) -> Result<FileRead, FileError> {
+pub fn read_once_blocking(path: &Path) -> Result<FileRead, FileError> {
     let (stamp, content) = read_file(path)?;
-    let parsed = parse_endpoints(&content, rules)?;
+    let parsed = parse_endpoints(&content)?;
     log_parsed(path, &parsed);
     Ok(FileRead { parsed, stamp, content })
 }
@@ -123,7 +121,6 @@ fn log_parsed(path: &Path, parsed: &Parsed) {
 /// [`read_once`] gave, if anything: its set is published and that version is not read again.
 pub fn spawn_file_watcher(
     cfg: FileDiscovery,
-    rules: EntryRules,
     first: Option<FileRead>,
     tx: watch::Sender<Arc<Vec<DiscoveredBackend>>>,
     cancel: CancellationToken,
@@ -131,7 +128,6 @@ pub fn spawn_file_watcher(
     let (status, rx) = StatusSender::new();
     let mut poller = Poller {
         path: cfg.path.clone(),
-        rules,
         tx,
         status,
         stamp: first.as_ref().map(|f| f.stamp),
@@ -178,7 +174,6 @@ pub fn spawn_file_watcher(
 /// The watcher's state between polls (moved into the blocking pool for each poll).
 struct Poller {
     path: PathBuf,
-    rules: EntryRules,
     tx: watch::Sender<Arc<Vec<DiscoveredBackend>>>,
     status: StatusSender,
     /// Metadata at the last poll.
@@ -258,7 +253,7 @@ impl Poller {
             return;
         }
         self.pending = None;
-        let result = parse_endpoints(&content, self.rules);
+        let result = parse_endpoints(&content);
         self.evaluated = Some(content);
         self.trouble = None;
         match result {

@@ -85,6 +85,9 @@ fn check_config(file: &Path) -> ExitCode {
     match load(file) {
         Ok(config) => {
             println!("ok: {}", config.summary());
+            for w in config.warnings() {
+                eprintln!("warning: {w}");
+            }
             ExitCode::SUCCESS
         }
         Err(errors) => {
@@ -136,6 +139,9 @@ fn serve_command(
     };
     runtime.block_on(async move {
         tracing::info!(config = %config.summary(), "starting");
+        for w in config.warnings() {
+            tracing::warn!(field = %w.path, "{}", w.reason);
+        }
         tracing::info!(layout = %layout.describe(), "core layout");
         // Memory a burst used goes back to the OS once the burst is over (shim/src/allocator.rs).
         tokio::spawn(flowgate::allocator::collect_every(flowgate::allocator::COLLECT_INTERVAL));

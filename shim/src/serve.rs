@@ -206,8 +206,7 @@ pub async fn start_with(config: ServeConfig, options: ServeOptions) -> Result<Ru
     let mut tasks = Vec::new();
     if let Some(discovery) = &config.discovery {
         // Before the first connection is accepted: the discovery file's backends are in the set.
-        let detector = config.engine.saturation.detector;
-        match crate::discovery_feed::start(discovery, detector, backends.clone(), stop_tasks.clone()).await {
+        match crate::discovery_feed::start(discovery, backends.clone(), stop_tasks.clone()).await {
             Ok(started) => tasks.extend(started),
             Err(e) => {
                 stop_tasks.cancel();

@@ -38,7 +38,7 @@ fn check_config_accepts_the_embedded_default() {
 fn check_config_prints_one_path_and_reason_per_line() {
     let file = config_file(
         "bad-values",
-        "backends:\n  - address: 10.0.0.7:8000\n    max_inflight: 0\nqueue:\n  ttl: 2h\nscoring:\n  rescore_interval: 0s\n",
+        "backends:\n  - address: 10.0.0.7:8000\n    max_inflight: 2000000\nqueue:\n  ttl: 2h\nscoring:\n  rescore_interval: 0s\n",
     );
     let (code, out, err) = run(flowgate().arg("check-config").arg(&file));
     assert_eq!(code, 1);
@@ -48,6 +48,28 @@ fn check_config_prints_one_path_and_reason_per_line() {
     assert!(lines[0].starts_with("backends[0].max_inflight: "), "{err}");
     assert!(lines[1].starts_with("queue.ttl: "), "{err}");
     assert!(lines[2].starts_with("scoring.rescore_interval: "), "{err}");
+}
+
+/// `max_inflight: 0` is no concurrency cap (DESIGN.md), so it is valid under every detector; under
+/// `concurrency` nothing then limits the backend, which `check-config` says as a warning.
+#[test]
+fn check_config_accepts_an_uncapped_backend_and_warns_under_detector_concurrency() {
+    let uncapped = "backends:\n  - address: 10.0.0.7:8000\n    max_inflight: 0\n  - address: 10.0.0.8:8000\n";
+    let (code, out, err) = run(flowgate().arg("check-config").arg(config_file("uncapped", uncapped)));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("ok: "), "{out}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(
+        lines[0].starts_with(
+            "warning: backends[0].max_inflight: 0 (no cap) under saturation.detector concurrency"
+        ),
+        "{err}"
+    );
+    assert!(lines[1].starts_with("warning: backends[1].max_inflight: "), "{err}");
+    let metered = format!("{uncapped}saturation:\n  detector: both\n");
+    let (code, _, err) = run(flowgate().arg("check-config").arg(config_file("uncapped-both", &metered)));
+    assert_eq!((code, err.as_str()), (0, ""));
 }
 
 #[test]

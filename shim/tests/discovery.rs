@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flowgate::discovery::{
-    DiscoveredBackend, DnsDiscovery, EntryRules, FileDiscovery, SourceEvent, SourceHandle, SourceStatus,
+    DiscoveredBackend, DnsDiscovery, FileDiscovery, SourceEvent, SourceHandle, SourceStatus,
 };
 use flowgate::discovery_dns::{spawn_dns_resolver, spawn_dns_resolver_with, Resolve, SystemResolver};
 use flowgate::discovery_file::{FileError, MAX_DISCOVERY_FILE_BYTES};
@@ -25,7 +25,6 @@ const BOUND: Duration = Duration::from_secs(5);
 /// The reaction time the watcher is built for (design target: 1 s; it polls every 250 ms and
 /// applies after two equal reads). Asserted with slack for a loaded 2-core machine.
 const REACTION_LIMIT: Duration = Duration::from_millis(2000);
-const RULES: EntryRules = EntryRules { uncapped_allowed: false };
 
 type Set = watch::Receiver<Arc<Vec<DiscoveredBackend>>>;
 
@@ -99,10 +98,10 @@ async fn until(
 /// A watcher on `path`, already holding the file's first version.
 async fn watch_file(path: &Path) -> (SourceHandle, Set, CancellationToken) {
     let cfg = FileDiscovery { path: path.to_path_buf(), watch: true };
-    let first = read_once(&cfg, RULES).await.expect("first read");
+    let first = read_once(&cfg).await.expect("first read");
     let (tx, mut rx) = watch::channel(Arc::new(Vec::new()));
     let cancel = CancellationToken::new();
-    let mut h = spawn_file_watcher(cfg, RULES, Some(first), tx, cancel.clone());
+    let mut h = spawn_file_watcher(cfg, Some(first), tx, cancel.clone());
     rx.mark_unchanged();
     h.status.mark_unchanged();
     (h, rx, cancel)
@@ -124,9 +123,9 @@ async fn read_once_gives_the_first_set_and_reports_a_missing_file() {
     let dir = Dir::new("read-once");
     let path = dir.path("endpoints.yaml");
     let cfg = FileDiscovery { path: path.clone(), watch: true };
-    assert_eq!(read_once(&cfg, RULES).await.unwrap_err(), FileError::Missing);
+    assert_eq!(read_once(&cfg).await.unwrap_err(), FileError::Missing);
     std::fs::write(&path, endpoints(&[2, 1])).unwrap();
-    let first = read_once(&cfg, RULES).await.unwrap();
+    let first = read_once(&cfg).await.unwrap();
     let got: Vec<_> = first.parsed.backends.iter().map(|b| b.address.clone()).collect();
     assert_eq!(got, addresses(&[1, 2]));
     assert_eq!(first.parsed.backends[0].name.as_deref(), Some("vllm-1"));
@@ -140,10 +139,10 @@ async fn the_first_set_is_published_when_the_watcher_starts() {
     let path = dir.path("endpoints.yaml");
     std::fs::write(&path, endpoints(&[1])).unwrap();
     let cfg = FileDiscovery { path: path.clone(), watch: true };
-    let first = read_once(&cfg, RULES).await.unwrap();
+    let first = read_once(&cfg).await.unwrap();
     let (tx, rx) = watch::channel(Arc::new(Vec::new()));
     let cancel = CancellationToken::new();
-    let h = spawn_file_watcher(cfg, RULES, Some(first), tx, cancel.clone());
+    let h = spawn_file_watcher(cfg, Some(first), tx, cancel.clone());
     assert_eq!(current(&rx), addresses(&[1]));
     stop(h, cancel).await;
 }
@@ -282,9 +281,9 @@ async fn without_watch_the_task_ends_after_the_first_set() {
     let path = dir.path("endpoints.yaml");
     std::fs::write(&path, endpoints(&[1])).unwrap();
     let cfg = FileDiscovery { path: path.clone(), watch: false };
-    let first = read_once(&cfg, RULES).await.unwrap();
+    let first = read_once(&cfg).await.unwrap();
     let (tx, rx) = watch::channel(Arc::new(Vec::new()));
-    let h = spawn_file_watcher(cfg, RULES, Some(first), tx, CancellationToken::new());
+    let h = spawn_file_watcher(cfg, Some(first), tx, CancellationToken::new());
     tokio::time::timeout(BOUND, h.task).await.expect("ends at once").unwrap();
     assert_eq!(current(&rx), addresses(&[1]));
 }
@@ -296,7 +295,7 @@ async fn a_file_missing_at_start_is_picked_up_when_it_appears() {
     let cfg = FileDiscovery { path: path.clone(), watch: true };
     let (tx, mut rx) = watch::channel(Arc::new(Vec::new()));
     let cancel = CancellationToken::new();
-    let mut h = spawn_file_watcher(cfg, RULES, None, tx, cancel.clone());
+    let mut h = spawn_file_watcher(cfg, None, tx, cancel.clone());
     until(&mut h.status, |e| *e == SourceEvent::Missing).await;
     atomic_write(&path, &endpoints(&[9]));
     assert_eq!(next_set(&mut rx).await, addresses(&[9]));

@@ -130,6 +130,43 @@ async fn a_discovery_file_edit_adds_and_drains_without_losing_a_request() {
     running.shutdown().await;
 }
 
+/// A file in llm-d's own schema (no `max_inflight`) under the default detector: its backends are
+/// served uncapped (0 = no concurrency cap), not skipped into a pool with no endpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_llm_d_file_without_our_fields_serves_its_backends_uncapped() {
+    let dir = temp_dir("llm-d");
+    let file = dir.join("endpoints.yaml");
+    let llm_d = "endpoints:\n  - name: pod-a\n    address: 10.2.0.1\n    port: \"8000\"\n    labels: { app: vllm }\n";
+    std::fs::write(&file, llm_d).unwrap();
+    let config = dir.join("flowgate.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:0\nmetrics_listen: 127.0.0.1:0\nshards: 1\nbackends: []\ndiscovery:\n  file: {{ path: {}, watch: false }}\n",
+            file.display()
+        ),
+    )
+    .unwrap();
+    let running = start_file(&config).await;
+    let b = backends(&running).await;
+    assert_eq!(b.len(), 1, "{b:#?}");
+    assert_eq!((b[0]["address"].as_str(), b[0]["max_inflight"].as_u64()), (Some("10.2.0.1:8000"), Some(0)));
+    // Nothing limits it: three requests at once are all dispatched, none waits.
+    let mut client = connect(running.grpc_addr()).await;
+    let mut held = Vec::new();
+    for id in ["u1", "u2", "u3"] {
+        let (s, to) = dispatched(&mut client, id).await;
+        assert_eq!(to, "10.2.0.1:8000");
+        held.push(s);
+    }
+    let b = backends(&running).await;
+    assert_eq!(b[0]["inflight"].as_u64(), Some(3), "{b:#?}");
+    let (_, text) = http_get(running.metrics_addr(), "/metrics", DEADLINE).await;
+    assert_eq!(metric(&text, r#"flowgate_requests_total{outcome="dispatched"}"#), 3.0);
+    drop(held);
+    running.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_changes_the_next_decisions_and_a_bad_file_is_refused() {
     let dir = temp_dir("reload");

@@ -2,7 +2,9 @@
 //! requests are queued and in flight (added backends take requests at once, removed ones drain
 //! and then leave), config reloads that change caps for the next decisions, a bad file refused
 //! with serving going on, restart-only fields kept, and 100 reloads under load with every request
-//! answered exactly once and no slot leaked. A held stream is a request in flight (its slot is
+//! answered exactly once and no slot leaked; an llm-d endpoints file without our fields served
+//! uncapped, an empty pool answering 503 `no-endpoints` until a backend arrives, and DNS
+//! backends listed with their source. A held stream is a request in flight (its slot is
 //! released when the stream closes). Waits are on answers and on the JSON APIs, with deadlines.
 
 mod common;
@@ -136,7 +138,8 @@ async fn a_discovery_file_edit_adds_and_drains_without_losing_a_request() {
 async fn an_llm_d_file_without_our_fields_serves_its_backends_uncapped() {
     let dir = temp_dir("llm-d");
     let file = dir.join("endpoints.yaml");
-    let llm_d = "endpoints:\n  - name: pod-a\n    address: 10.2.0.1\n    port: \"8000\"\n    labels: { app: vllm }\n";
+    let llm_d =
+        "endpoints:\n  - name: pod-a\n    address: 10.2.0.1\n    port: \"8000\"\n    labels: { app: vllm }\n";
     std::fs::write(&file, llm_d).unwrap();
     let config = dir.join("flowgate.yaml");
     std::fs::write(
@@ -164,6 +167,64 @@ async fn an_llm_d_file_without_our_fields_serves_its_backends_uncapped() {
     let (_, text) = http_get(running.metrics_addr(), "/metrics", DEADLINE).await;
     assert_eq!(metric(&text, r#"flowgate_requests_total{outcome="dispatched"}"#), 3.0);
     drop(held);
+    running.shutdown().await;
+}
+
+/// A pool with no backend answers at once with 503 `no-endpoints` (nothing to wait for), and a
+/// backend added to the file then takes the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_pool_answers_503_no_endpoints_until_a_backend_arrives() {
+    let dir = temp_dir("empty-pool");
+    let file = dir.join("endpoints.yaml");
+    std::fs::write(&file, endpoints(&[])).unwrap();
+    let config = dir.join("flowgate.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:0\nmetrics_listen: 127.0.0.1:0\nshards: 1\nbackends: []\nqueue:\n  ttl: 20s\ndiscovery:\n  file: {{ path: {}, watch: true }}\n",
+            file.display()
+        ),
+    )
+    .unwrap();
+    let running = start_file(&config).await;
+    assert!(backends(&running).await.is_empty());
+    let mut client = connect(running.grpc_addr()).await;
+    let started = Instant::now();
+    let mut s = Stream::open(&mut client, vec![context("lonely", 3)], DEADLINE).await;
+    let answer = s.next().await;
+    assert_eq!(immediate(&answer), Some((503, "no-endpoints".into(), "20".into())), "{answer:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "answered only after {:?}", started.elapsed());
+    write_atomically(&file, &endpoints(&[("10.3.0.1:8000", 1)]));
+    wait_backends(&running, "the new backend", |b| find(b, "10.3.0.1:8000").is_some()).await;
+    let (held, to) = dispatched(&mut client, "lonely").await;
+    assert_eq!(to, "10.3.0.1:8000");
+    let (_, text) = http_get(running.metrics_addr(), "/metrics", DEADLINE).await;
+    assert_eq!(metric(&text, r#"flowgate_requests_total{outcome="dispatched"}"#), 1.0);
+    drop((s, held));
+    running.shutdown().await;
+}
+
+/// `discovery.dns` through the server: every record of the name is a backend listed with
+/// `source` dns and the block's `max_inflight`, beside a static one listed as static.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_backends_are_listed_with_source_dns() {
+    let dir = temp_dir("dns");
+    let config = dir.join("flowgate.yaml");
+    std::fs::write(
+        &config,
+        "listen: 127.0.0.1:0\nmetrics_listen: 127.0.0.1:0\nshards: 1\nbackends:\n  - address: 10.4.0.1:8000\n    max_inflight: 1\ndiscovery:\n  dns: { name: localhost, port: 8001, refresh: 1s, max_inflight: 3 }\n",
+    )
+    .unwrap();
+    let running = start_file(&config).await;
+    let b = wait_backends(&running, "localhost's records", |b| b.iter().any(|v| v["source"] == "dns")).await;
+    let statics: Vec<&Value> = b.iter().filter(|v| v["source"] == "static").collect();
+    assert_eq!(statics.len(), 1, "{b:#?}");
+    assert_eq!(statics[0]["address"], "10.4.0.1:8000");
+    for v in b.iter().filter(|v| v["source"] == "dns") {
+        let addr: std::net::SocketAddr = v["address"].as_str().unwrap().parse().unwrap();
+        assert!(addr.ip().is_loopback() && addr.port() == 8001, "{v}");
+        assert_eq!(v["max_inflight"].as_u64(), Some(3), "{v}");
+    }
     running.shutdown().await;
 }
 

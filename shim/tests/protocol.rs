@@ -366,6 +366,14 @@ async fn context_may_come_as_a_string_value_and_fairness_id_is_accepted() {
     s.finish().await;
     assert_eq!(workload(&h, "ctx-wins").await, Some((1, 2)));
     assert_eq!(workload(&h, "tenant-b").await, None);
+    // Only when no context header is present: an unusable one is the workload `default`, and
+    // the fairness id beside it is not read.
+    let garbled = header("x-workload-context", b"{not json");
+    let mut s = h.open(vec![garbled, header("x-gateway-inference-fairness-id", b"tenant-c")]).await;
+    assert_eq!(destination(&s.next().await).as_deref(), Some(BACKEND));
+    s.finish().await;
+    assert_eq!(workload(&h, "default").await, Some((1, 3)));
+    assert_eq!(workload(&h, "tenant-c").await, None);
     h.shutdown().await;
 }
 

@@ -2,7 +2,8 @@
 //! `flowgate serve` processes sharing one `flowgate-sim` backend: the backend's peak concurrency
 //! stays within its `max_inflight` while Redis is reachable (standalone replicas oversubscribe
 //! it), a workload flooding replica A is seen on replica B, Redis killed under load → local mode
-//! (`⌊max_inflight / 3⌋` each) → back, a killed replica's slots go to the others; every request
+//! (`⌊max_inflight / 3⌋` each) → back, a killed replica's slots go to the others, a Redis that is
+//! not there from the start (local state, the whole cap); every request
 //! gets exactly one outcome on every replica throughout. Every wait polls a real signal (metrics,
 //! the backend and workload APIs) with a deadline.
 
@@ -293,6 +294,34 @@ async fn a_frozen_redis_times_syncs_out_and_nothing_stalls() {
         assert_eq!(t.errors, 0, "{}: {t:?}", r.name);
         r.assert_conserved(t.sent).await;
     }
+}
+
+/// A store that is not there from the start: the replica serves on local state (connected 0,
+/// the whole `max_inflight` as its share, it is the only replica it has seen), counts its failed
+/// syncs, and answers every request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_redis_from_the_start_serves_on_local_state() {
+    const MAX: u32 = 3;
+    const DISPATCHED: &str = "flowgate_requests_total{outcome=\"dispatched\"}";
+    let backend = sim().await;
+    // A port nothing listens on: every connection attempt is refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cluster = format!(
+        "redis: redis://127.0.0.1:{closed}\npool: gone\nreplica_id: alone\nsync_interval: {SYNC_MS}ms"
+    );
+    let r = Replica::spawn("alone", &replica_yaml(backend.addr(), MAX, &cluster)).await;
+    r.wait_metric("flowgate_cluster_syncs_total{result=\"error\"}", |v| v >= 2.0).await;
+    assert_eq!(r.metric("flowgate_cluster_connected").await, Some(0.0));
+    // No good sync ever: its age counts from the start.
+    r.wait_metric("flowgate_cluster_sync_age_seconds", |v| v >= 0.2).await;
+    r.wait_backend("the whole cap as the local share", |b| b["lease"] == MAX).await;
+    let load = Load::start(r.grpc, backend.addr(), "chat", 4, TOKENS).await;
+    r.wait_metric(DISPATCHED, |v| v >= 20.0).await;
+    let t = load.stop().await;
+    assert_eq!((t.errors, t.refused), (0, 0), "{t:?}");
+    assert!(backend.stats().max_in_system_seen <= u64::from(MAX), "peak above max_inflight");
+    r.assert_conserved(t.sent).await;
+    assert_eq!(r.metric("flowgate_cluster_connected").await, Some(0.0));
 }
 
 /// Open `n` ext_proc streams of workload `chat` on `replica`, request headers sent, answers

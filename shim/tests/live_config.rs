@@ -262,6 +262,20 @@ async fn a_reload_changes_the_next_decisions_and_a_bad_file_is_refused() {
     write_atomically(&config, &yaml(2).replace("shards: 1", "shards: 2"));
     assert_eq!(running.reload(), Some(ReloadOutcome::Applied { restart_only: vec!["shards".into()] }));
     assert_eq!(running.engine().shards(), 1);
+    let (grpc, metrics_addr) = (running.grpc_addr(), running.metrics_addr());
+    let moved = yaml(2).replace(
+        "listen: 127.0.0.1:0\nmetrics_listen: 127.0.0.1:0\n",
+        "listen: 127.0.0.1:1\nmetrics_listen: 127.0.0.1:2\nring_capacity: 64\n",
+    );
+    write_atomically(&config, &moved);
+    let Some(ReloadOutcome::Applied { mut restart_only }) = running.reload() else { panic!("refused") };
+    restart_only.sort();
+    assert_eq!(restart_only, ["listen", "metrics_listen", "ring_capacity"]);
+    // Both listeners stay where they were and keep serving.
+    assert_eq!((running.grpc_addr(), running.metrics_addr()), (grpc, metrics_addr));
+    assert_eq!(http_get(metrics_addr, "/healthz", DEADLINE).await.0, 200);
+    write_atomically(&config, &yaml(2));
+    assert!(matches!(running.reload(), Some(ReloadOutcome::Applied { .. })));
 
     // Caps by reload: `batch-*` may not claim criticality 5 any more (capped count goes up).
     write_atomically(

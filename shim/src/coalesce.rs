@@ -26,6 +26,9 @@ use tonic::transport::server::Connected;
 /// answers, far below a socket's send buffer. A write that would overflow it first writes the
 /// held bytes out; a write as large as this bypasses the buffer.
 pub const COALESCE_BUF_MAX: usize = 64 * 1024;
+/// Most buffer capacity a connection keeps once its bytes are written out: a larger buffer (a
+/// burst's) is given back, so an idle connection holds at most this much.
+pub const COALESCE_KEEP_BYTES: usize = 16 * 1024;
 
 /// A byte stream whose writes are gathered until a flush, and whose first flush after new bytes
 /// yields once (see the module docs). Reads pass through.
@@ -50,7 +53,8 @@ pub struct Coalesced<T> {
     /// The socket.
     inner: T,
     /// Bytes accepted from the writer and not yet written to `inner`, from `written` on.
-    /// Invariant: `buf.len() ≤ COALESCE_BUF_MAX` and `written ≤ buf.len()`; empty once drained.
+    /// Invariant: `buf.len() ≤ COALESCE_BUF_MAX` and `written ≤ buf.len()`; empty once drained,
+    /// and then its capacity at most [`COALESCE_KEEP_BYTES`].
     buf: Vec<u8>,
     /// How much of `buf` `inner` has taken (a partial write leaves the rest for later).
     written: usize,
@@ -81,7 +85,11 @@ impl<T: AsyncWrite + Unpin> Coalesced<T> {
             self.written += n;
         }
         debug_assert_eq!(self.written, self.buf.len());
-        self.buf.clear();
+        if self.buf.capacity() > COALESCE_KEEP_BYTES {
+            self.buf = Vec::new(); // a burst's buffer goes back; the next write sizes a new one
+        } else {
+            self.buf.clear();
+        }
         self.written = 0;
         Poll::Ready(Ok(()))
     }

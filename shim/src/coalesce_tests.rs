@@ -115,7 +115,25 @@ fn a_write_past_the_bound_drains_first_and_keeps_the_order() {
     assert_eq!(c.held(), 0);
     let want: Vec<u8> = [small, vec![2u8; 20], big].concat();
     assert_eq!(c.inner.bytes(), want);
-    assert!(c.buf.capacity() <= 2 * COALESCE_BUF_MAX);
+    // Drained, the burst's buffer is given back.
+    assert!(c.buf.capacity() <= COALESCE_KEEP_BYTES, "{}", c.buf.capacity());
+}
+
+#[test]
+fn a_drained_connection_keeps_a_small_buffer_and_gives_a_burst_s_back() {
+    let waker = Waker::noop();
+    let mut cx = Context::from_waker(waker);
+    let mut c = Coalesced::new(Socket::default());
+    for (len, kept) in [(1000, true), (COALESCE_KEEP_BYTES + 1, false)] {
+        assert!(write(&mut c, &mut cx, &vec![7u8; len]).is_ready());
+        assert!(flush(&mut c, &mut cx).is_pending());
+        assert!(flush(&mut c, &mut cx).is_ready());
+        assert_eq!(c.held(), 0);
+        let cap = c.buf.capacity();
+        assert_eq!(cap > 0, kept, "after {len} bytes: capacity {cap}");
+        assert!(cap <= COALESCE_KEEP_BYTES);
+    }
+    assert_eq!(c.inner.bytes().len(), 1000 + COALESCE_KEEP_BYTES + 1);
 }
 
 #[test]

@@ -173,3 +173,81 @@ async fn a_flush_on_an_idle_runtime_completes_without_outside_help() {
     b.read_exact(&mut got).await.unwrap();
     assert!(got.iter().enumerate().all(|(i, &x)| x == i as u8));
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One step of a writer and its socket.
+    #[derive(Clone, Debug)]
+    enum Step {
+        /// The writer writes this many bytes (vectored when `vectored`).
+        Write { len: usize, vectored: bool },
+        /// The writer flushes (h2 at the end of its poll), polling again while the flush yields.
+        Flush,
+        /// The socket takes at most this many bytes per call from now on (0: it is full).
+        Socket(usize),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            4 => (0usize..3 * COALESCE_BUF_MAX / 2, any::<bool>())
+                .prop_map(|(len, vectored)| Step::Write { len, vectored }),
+            2 => Just(Step::Flush),
+            1 => prop_oneof![Just(0usize), 1usize..100, Just(usize::MAX)].prop_map(Step::Socket),
+        ]
+    }
+
+    proptest! {
+        /// Whatever the writes, flushes and socket: bytes reach the socket in order, none twice,
+        /// the buffer never passes its bound, a flush completes only with nothing held, and a
+        /// flush yields at most once before it writes.
+        #[test]
+        fn bytes_arrive_in_order_within_the_bound(steps in proptest::collection::vec(step(), 1..40)) {
+            let waker = Waker::noop();
+            let mut cx = Context::from_waker(waker);
+            let mut c = Coalesced::new(Socket::default());
+            let (mut sent, mut next) = (Vec::new(), 0u8);
+            for s in steps {
+                match s {
+                    Step::Write { len, vectored } => {
+                        let data: Vec<u8> = (0..len).map(|i| next.wrapping_add(i as u8)).collect();
+                        let r = if vectored && len > 1 {
+                            let (a, b) = data.split_at(len / 2);
+                            Pin::new(&mut c).poll_write_vectored(&mut cx, &[IoSlice::new(a), IoSlice::new(b)])
+                        } else {
+                            write(&mut c, &mut cx, &data)
+                        };
+                        if let Poll::Ready(Ok(n)) = r {
+                            prop_assert!(n <= len);
+                            sent.extend_from_slice(&data[..n]);
+                            next = next.wrapping_add(n as u8);
+                        }
+                    }
+                    Step::Flush => {
+                        let mut pending = 0;
+                        while flush(&mut c, &mut cx).is_pending() {
+                            pending += 1;
+                            if c.inner.full || c.inner.per_call == Some(0) {
+                                break; // the socket takes nothing: a real task would wait
+                            }
+                            prop_assert!(pending <= 1, "yielded {pending} times with a socket that takes bytes");
+                        }
+                        if !c.inner.full && c.inner.per_call != Some(0) {
+                            prop_assert_eq!(c.held(), 0);
+                        }
+                    }
+                    Step::Socket(0) => c.inner.full = true,
+                    Step::Socket(k) => {
+                        c.inner.full = false;
+                        c.inner.per_call = (k != usize::MAX).then_some(k);
+                    }
+                }
+                prop_assert!(c.buf.len() <= COALESCE_BUF_MAX);
+                let got = c.inner.bytes();
+                prop_assert_eq!(&got[..], &sent[..got.len()], "the socket's bytes are a prefix of what was written");
+                prop_assert_eq!(got.len() + c.held(), sent.len());
+            }
+        }
+    }
+}

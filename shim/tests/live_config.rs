@@ -53,6 +53,24 @@ async fn start_file(config: &Path) -> Running {
     serve::start_with(parsed, options).await.expect("server starts")
 }
 
+/// A server whose only backends come from a watched endpoints file holding `endpoints_yaml`
+/// (config lines `extra` added); the server and the file's path.
+async fn serve_discovering(tag: &str, endpoints_yaml: &str, extra: &str) -> (Running, PathBuf) {
+    let dir = temp_dir(tag);
+    let file = dir.join("endpoints.yaml");
+    std::fs::write(&file, endpoints_yaml).unwrap();
+    let config = dir.join("flowgate.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:0\nmetrics_listen: 127.0.0.1:0\nshards: 1\nbackends: []\n{extra}discovery:\n  file: {{ path: {}, watch: true }}\n",
+            file.display()
+        ),
+    )
+    .unwrap();
+    (start_file(&config).await, file)
+}
+
 async fn backends(running: &Running) -> Vec<Value> {
     common::backends(running, DEADLINE).await
 }
@@ -77,21 +95,16 @@ fn metric(text: &str, series: &str) -> f64 {
     flowgate::metrics::sample(text, series).unwrap_or_else(|| panic!("{series} missing"))
 }
 
+/// `flowgate_requests_total{outcome="dispatched"}` now.
+async fn dispatched_total(running: &Running) -> f64 {
+    let (_, text) = http_get(running.metrics_addr(), "/metrics", DEADLINE).await;
+    metric(&text, r#"flowgate_requests_total{outcome="dispatched"}"#)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_discovery_file_edit_adds_and_drains_without_losing_a_request() {
-    let dir = temp_dir("discovery");
-    let file = dir.join("endpoints.yaml");
-    std::fs::write(&file, endpoints(&[("10.1.0.1:8000", 1), ("10.1.0.2:8000", 1)])).unwrap();
-    let config = dir.join("flowgate.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen: 127.0.0.1:0\nmetrics_listen: 127.0.0.1:0\nshards: 1\nbackends: []\ndiscovery:\n  file: {{ path: {}, watch: true }}\n",
-            file.display()
-        ),
-    )
-    .unwrap();
-    let running = start_file(&config).await;
+    let (running, file) =
+        serve_discovering("discovery", &endpoints(&[("10.1.0.1:8000", 1), ("10.1.0.2:8000", 1)]), "").await;
     let b = backends(&running).await;
     assert_eq!(b.len(), 2, "the file was read before serving: {b:#?}");
     assert!(b.iter().all(|v| v["source"] == "file"), "{b:#?}");
@@ -126,8 +139,7 @@ async fn a_discovery_file_edit_adds_and_drains_without_losing_a_request() {
     assert_eq!(destination(&waiting.next().await).as_deref(), Some("10.1.0.2:8000"));
 
     // Exactly one outcome each: 4 dispatched, nothing else, nothing queued.
-    let (_, text) = http_get(running.metrics_addr(), "/metrics", DEADLINE).await;
-    assert_eq!(metric(&text, r#"flowgate_requests_total{outcome="dispatched"}"#), 4.0);
+    assert_eq!(dispatched_total(&running).await, 4.0);
     drop((queued, waiting));
     running.shutdown().await;
 }
@@ -136,21 +148,9 @@ async fn a_discovery_file_edit_adds_and_drains_without_losing_a_request() {
 /// served uncapped (0 = no concurrency cap), not skipped into a pool with no endpoints.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_llm_d_file_without_our_fields_serves_its_backends_uncapped() {
-    let dir = temp_dir("llm-d");
-    let file = dir.join("endpoints.yaml");
     let llm_d =
         "endpoints:\n  - name: pod-a\n    address: 10.2.0.1\n    port: \"8000\"\n    labels: { app: vllm }\n";
-    std::fs::write(&file, llm_d).unwrap();
-    let config = dir.join("flowgate.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen: 127.0.0.1:0\nmetrics_listen: 127.0.0.1:0\nshards: 1\nbackends: []\ndiscovery:\n  file: {{ path: {}, watch: false }}\n",
-            file.display()
-        ),
-    )
-    .unwrap();
-    let running = start_file(&config).await;
+    let (running, _) = serve_discovering("llm-d", llm_d, "").await;
     let b = backends(&running).await;
     assert_eq!(b.len(), 1, "{b:#?}");
     assert_eq!((b[0]["address"].as_str(), b[0]["max_inflight"].as_u64()), (Some("10.2.0.1:8000"), Some(0)));
@@ -164,8 +164,7 @@ async fn an_llm_d_file_without_our_fields_serves_its_backends_uncapped() {
     }
     let b = backends(&running).await;
     assert_eq!(b[0]["inflight"].as_u64(), Some(3), "{b:#?}");
-    let (_, text) = http_get(running.metrics_addr(), "/metrics", DEADLINE).await;
-    assert_eq!(metric(&text, r#"flowgate_requests_total{outcome="dispatched"}"#), 3.0);
+    assert_eq!(dispatched_total(&running).await, 3.0);
     drop(held);
     running.shutdown().await;
 }
@@ -174,19 +173,7 @@ async fn an_llm_d_file_without_our_fields_serves_its_backends_uncapped() {
 /// backend added to the file then takes the next request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_pool_answers_503_no_endpoints_until_a_backend_arrives() {
-    let dir = temp_dir("empty-pool");
-    let file = dir.join("endpoints.yaml");
-    std::fs::write(&file, endpoints(&[])).unwrap();
-    let config = dir.join("flowgate.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen: 127.0.0.1:0\nmetrics_listen: 127.0.0.1:0\nshards: 1\nbackends: []\nqueue:\n  ttl: 20s\ndiscovery:\n  file: {{ path: {}, watch: true }}\n",
-            file.display()
-        ),
-    )
-    .unwrap();
-    let running = start_file(&config).await;
+    let (running, file) = serve_discovering("empty-pool", &endpoints(&[]), "queue:\n  ttl: 20s\n").await;
     assert!(backends(&running).await.is_empty());
     let mut client = connect(running.grpc_addr()).await;
     let started = Instant::now();
@@ -198,8 +185,7 @@ async fn an_empty_pool_answers_503_no_endpoints_until_a_backend_arrives() {
     wait_backends(&running, "the new backend", |b| find(b, "10.3.0.1:8000").is_some()).await;
     let (held, to) = dispatched(&mut client, "lonely").await;
     assert_eq!(to, "10.3.0.1:8000");
-    let (_, text) = http_get(running.metrics_addr(), "/metrics", DEADLINE).await;
-    assert_eq!(metric(&text, r#"flowgate_requests_total{outcome="dispatched"}"#), 1.0);
+    assert_eq!(dispatched_total(&running).await, 1.0);
     drop((s, held));
     running.shutdown().await;
 }

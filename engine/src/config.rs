@@ -557,8 +557,8 @@ impl EngineConfig {
     }
 
     /// The fields that differ from `running`'s but cannot change while the engine runs (a
-    /// reload keeps `running`'s value of each): shard count, ring sizes, table bounds, the rate
-    /// window's geometry.
+    /// reload keeps `running`'s value of each): shard count, ring sizes, the backend table's size,
+    /// the rate window's geometry.
     ///
     /// ```
     /// let running = flowgate_engine::EngineConfig::default();
@@ -580,7 +580,6 @@ impl EngineConfig {
         check("max_backends", self.max_backends != running.max_backends);
         check("spin_before_park", self.spin_before_park != running.spin_before_park);
         check("scoring.rate_window", self.scoring.rate_window != running.scoring.rate_window);
-        check("workloads.max_tracked", self.workloads.max_tracked != running.workloads.max_tracked);
         changed
     }
 
@@ -592,7 +591,6 @@ impl EngineConfig {
         self.max_backends = running.max_backends;
         self.spin_before_park = running.spin_before_park;
         self.scoring.rate_window = running.scoring.rate_window;
-        self.workloads.max_tracked = running.workloads.max_tracked;
         self
     }
 

@@ -444,6 +444,13 @@ impl WorkloadTable {
         self.penalty
     }
 
+    /// A new `max_tracked` (a reload): new ids are tracked while fewer than `max_tracked` are;
+    /// lowered below the count, every new id goes to the overflow entry until idle ones leave.
+    pub fn set_max_tracked(&mut self, max_tracked: usize) {
+        assert!(max_tracked > 0, "max_tracked is validated to be at least 1");
+        self.max_tracked = max_tracked;
+    }
+
     /// A new idle timeout (a reload); the next sweep uses it.
     pub fn set_idle_timeout(&mut self, idle_timeout: std::time::Duration) {
         self.idle_timeout_ns = idle_timeout.as_nanos().min(u64::MAX as u128) as u64;

@@ -153,6 +153,7 @@ impl<C> Shard<C> {
         self.default_ttl_ns = duration_ns(config.queue.ttl.min(MAX_TTL));
         self.sweep_interval_ns = duration_ns(config.workloads.idle_timeout / 4).max(1_000_000);
         self.table.set_idle_timeout(config.workloads.idle_timeout);
+        self.table.set_max_tracked(config.workloads.max_tracked);
     }
 
     /// Queued requests in this shard.

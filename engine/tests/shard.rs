@@ -305,6 +305,28 @@ fn beyond_max_tracked_ids_share_the_overflow_entry() {
     assert_eq!(overflow.active(), 2);
 }
 
+/// `max_tracked` is live: lowered by a reload, new ids overflow while the tracked ones stay;
+/// raised again, new ids are tracked.
+#[test]
+fn a_reloaded_max_tracked_applies_to_the_next_new_ids() {
+    let mut c = EngineConfig::default();
+    c.workloads.max_tracked = 10;
+    let mut h = Harness::new(&c);
+    for w in ["a", "b", "c"] {
+        h.submit(w, 3, 0);
+    }
+    c.workloads.max_tracked = 2;
+    h.shard.reconfigure(&c);
+    h.submit("d", 3, 0);
+    assert_eq!(h.shard.table().len(), 3, "the tracked ones stay");
+    assert!(h.shard.table().get("d").is_none(), "d went to the overflow entry");
+    c.workloads.max_tracked = 5;
+    h.shard.reconfigure(&c);
+    h.submit("e", 3, 0);
+    assert!(h.shard.table().get("e").is_some());
+    assert_eq!(h.shard.table().len(), 4);
+}
+
 /// One random step for the conservation property.
 #[derive(Clone, Debug)]
 enum Op {

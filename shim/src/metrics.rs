@@ -276,6 +276,12 @@ impl Metrics {
         }
     }
 
+    /// A new bound on per-workload label values (a reload of `workloads.max_tracked`): labels
+    /// already admitted stay; new workloads are admitted while fewer than `max_tracked` are.
+    pub fn set_max_tracked(&self, max_tracked: usize) {
+        self.admission().max = max_tracked;
+    }
+
     fn admission(&self) -> std::sync::MutexGuard<'_, Admission> {
         self.admission.lock().unwrap_or_else(|p| p.into_inner())
     }

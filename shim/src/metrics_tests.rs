@@ -121,6 +121,18 @@ fn labels_beyond_max_tracked_share_the_overflow_label() {
 }
 
 #[test]
+fn a_reloaded_label_bound_applies_to_new_workloads() {
+    let m = Arc::new(Metrics::new(3, 3));
+    let _held: Vec<Queued> = ["a", "b"].iter().map(|id| m.enqueue(&Arc::from(*id), 3)).collect();
+    m.set_max_tracked(1);
+    let _c = m.enqueue(&Arc::from("c"), 3);
+    assert_eq!(m.admitted(), 2, "a and b keep their labels; c overflows");
+    m.set_max_tracked(4);
+    let _d = m.enqueue(&Arc::from("d"), 3);
+    assert_eq!(m.admitted(), 3);
+}
+
+#[test]
 fn sweep_forgets_idle_workloads_the_engine_forgot() {
     let m = Arc::new(Metrics::new(2, 3));
     m.enqueue(&Arc::from("gone"), 2).finish(Outcome::Dispatched, Duration::ZERO);

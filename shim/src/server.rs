@@ -124,9 +124,10 @@ impl FlowControl {
     }
 
     /// Take a reloaded configuration's caps, default criticality and default TTL (for requests
-    /// arriving from now on).
+    /// arriving from now on), and its bound on per-workload metric labels.
     pub fn apply(&self, config: &EngineConfig) {
         self.shared.rules.store(Rules::of(config));
+        self.shared.metrics.set_max_tracked(config.workloads.max_tracked);
     }
 }
 

@@ -22,7 +22,7 @@
 //! for it) or when a bucket refills ([`Shard::quota_recheck_ns`]).
 
 use crate::budget::QueueBudget;
-use crate::config::{EngineConfig, MAX_TTL};
+use crate::config::{effective_ttl, EngineConfig, MAX_TTL};
 use crate::fairness::VtcFloors;
 use crate::gate::CROSS_SHARD_SLACK;
 use crate::heap::{Handle, MaxMinHeap};
@@ -69,7 +69,8 @@ pub struct Shard<C> {
     next_seq: u64,
     /// Shards number their arrivals `index, index + stride, …` so sequence numbers never collide.
     seq_stride: u64,
-    default_ttl_ns: u64,
+    /// `queue.ttl` (at most `MAX_TTL`): the longest a request may wait.
+    queue_ttl: Duration,
     /// A lower bound on the earliest queued deadline (`u64::MAX` when empty).
     earliest_deadline_ns: u64,
     /// Last time idle workloads were swept.
@@ -124,7 +125,7 @@ impl<C> Shard<C> {
             scorer: Scorer::new(&config.scoring),
             next_seq: index as u64,
             seq_stride: count as u64,
-            default_ttl_ns: duration_ns(config.queue.ttl.min(MAX_TTL)),
+            queue_ttl: config.queue.ttl.min(MAX_TTL),
             earliest_deadline_ns: u64::MAX,
             last_sweep_ns: 0,
             sweep_interval_ns: duration_ns(config.workloads.idle_timeout / 4).max(1_000_000),
@@ -150,7 +151,7 @@ impl<C> Shard<C> {
         self.table.set_quotas(&config.workloads.quotas);
         // New rules may let parked workloads go: look at them at the next chance.
         self.quota_recheck_ns = if self.parked.is_empty() { u64::MAX } else { 0 };
-        self.default_ttl_ns = duration_ns(config.queue.ttl.min(MAX_TTL));
+        self.queue_ttl = config.queue.ttl.min(MAX_TTL);
         self.sweep_interval_ns = duration_ns(config.workloads.idle_timeout / 4).max(1_000_000);
         self.table.set_idle_timeout(config.workloads.idle_timeout);
         self.table.set_max_tracked(config.workloads.max_tracked);
@@ -243,8 +244,7 @@ impl<C> Shard<C> {
         assert!((1..=5).contains(&criticality), "criticality {criticality} reached a shard");
         // 1. Count the arrival; the key uses the workload's rate including this request.
         let workload = self.table.arrive(&workload_id, hash, criticality, now_ns);
-        // Its own ttl can only shorten the queue's (`config::effective_ttl`, here in ns).
-        let ttl_ns = ttl.map_or(self.default_ttl_ns, |t| duration_ns(t).min(self.default_ttl_ns));
+        let ttl_ns = duration_ns(effective_ttl(ttl, self.queue_ttl));
         let deadline_ns = arrived_ns.saturating_add(ttl_ns);
         let refuse = |outcome, completion, quota_retry_ns| Done {
             completion,

@@ -14,6 +14,7 @@ pub mod backends;
 pub mod budget;
 pub mod clock;
 pub mod config;
+mod config_check;
 pub mod config_error;
 pub mod context;
 pub mod doorbell;

@@ -196,10 +196,24 @@ impl BackendSet {
             }
         }
         inner.origin = origin;
+        // Valid, but worth a line: nothing limits a backend without a cap under detector
+        // `concurrency`. Said as it arrives, and for all of them when the scrape rules change (the
+        // static backends at start are in the config's warnings).
+        let unlimited = |s: &BackendState| !inner.saturation.detector.uses_metrics() && s.max_inflight == 0;
         for id in &changes.added {
-            let address = states.iter().find(|s| s.id == *id).map(|s| s.address.as_str());
+            let state = states.iter().find(|s| s.id == *id);
+            let address = state.map(|s| s.address.as_str());
             let source = address.and_then(|a| inner.origin.get(a)).map_or("?", |s| s.name());
             tracing::info!(backend = address.unwrap_or("?"), source, "backend added");
+            if state.is_some_and(unlimited) && !restart_scrapers {
+                tracing::warn!(backend = address.unwrap_or("?"), source, "max_inflight {UNCAPPED_WARNING}");
+            }
+        }
+        if restart_scrapers {
+            for s in states.iter().filter(|s| !s.draining && unlimited(s)) {
+                let source = inner.origin.get(&s.address).map_or("?", |o| o.name());
+                tracing::warn!(backend = %s.address, source, "max_inflight {UNCAPPED_WARNING}");
+            }
         }
         for address in &changes.drained {
             tracing::info!(backend = %address, "backend removed: draining (no new requests; in-flight ones finish)");
@@ -209,17 +223,6 @@ impl BackendSet {
                 backend = %address,
                 "backend refused: the backend table is full (max_backends slots, draining ones included)"
             );
-        }
-        // Valid, but worth a line: nothing limits a backend without a cap under detector
-        // `concurrency`. Said as it arrives, and again when the scrape rules change (the static
-        // backends at start are in the config's warnings).
-        if !inner.saturation.detector.uses_metrics() {
-            for (m, source) in merged.iter().filter(|(m, _)| m.max_inflight == 0) {
-                let added = states.iter().any(|s| s.address == m.address && changes.added.contains(&s.id));
-                if added || restart_scrapers {
-                    tracing::warn!(backend = %m.address, source = source.name(), "max_inflight {UNCAPPED_WARNING}");
-                }
-            }
         }
         self.reconcile_scrapers(inner, merged, states, restart_scrapers);
     }

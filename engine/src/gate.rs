@@ -378,14 +378,24 @@ impl Gate {
         }
     }
 
-    /// Does a shard other than `except` hold queued requests but offer none of them (its offered
-    /// tails all claimed by displacements it has not carried out yet)? Then a newcomer that needs a
-    /// victim cannot tell whether the engine's lowest request is there.
-    pub fn offers_exhausted_elsewhere(&self, except: usize) -> bool {
+    /// A shard other than `except` that holds queued requests but offers none of them: its offered
+    /// tails all claimed by displacements it has not carried out yet, or not yet published for
+    /// requests it admitted in its current pass (see [`announce_queued`](Self::announce_queued)).
+    /// Then a newcomer that needs a victim cannot tell whether the engine's lowest request is there.
+    pub fn offers_exhausted_elsewhere(&self, except: usize) -> Option<usize> {
         self.shards
             .iter()
             .enumerate()
-            .any(|(i, s)| i != except && s.tails.offer().is_none() && s.queued.load(Ordering::Relaxed) > 0)
+            .find(|(i, s)| *i != except && s.tails.offer().is_none() && s.queued.load(Ordering::Relaxed) > 0)
+            .map(|(i, _)| i)
+    }
+
+    /// Shard side: `queued` requests are (or are about to be) queued in `shard`, before its tails
+    /// show them. Announced before a newcomer reserves queue room (the budget's release-acquire
+    /// then carries it to any shard that finds the queue full because of that reservation), so
+    /// such a shard never reads "nothing queued there" while its victim may be there unpublished.
+    pub fn announce_queued(&self, shard: usize, queued: u64) {
+        self.shards[shard].queued.store(queued, Ordering::Relaxed);
     }
 
     /// The shard (other than `except`) whose published head is best, if any has one.

@@ -224,12 +224,21 @@ impl Worker {
 
     /// Should the next arrival wait in its ring? Yes while the queue is full (it must displace
     /// someone), another shard has queued requests but offers none (all claimed by displacements
-    /// it has yet to carry out), and we have not waited [`VICTIM_WAIT_NS`] already: admitted now, it
-    /// could only displace our own tail or be refused, though the lowest request may be there.
+    /// it has yet to carry out, or admitted in a pass that has not published them yet), and we have
+    /// not waited [`VICTIM_WAIT_NS`] for it already: admitted now, it could only displace our own
+    /// tail or be refused, though the lowest request may be there.
     fn must_wait_for_victims(&mut self, now: u64) -> bool {
-        if !self.shared.budget.is_full() || !self.shared.gate.offers_exhausted_elsewhere(self.index) {
+        let gate = &self.shared.gate;
+        let Some(other) =
+            gate.offers_exhausted_elsewhere(self.index).filter(|_| self.shared.budget.is_full())
+        else {
+            // Nothing to wait for, or the shard we waited for has run and offers again: the next
+            // wait starts afresh (the bound is per wait, not per burst of them).
+            self.waiting_for_victims_ns = None;
             return false;
-        }
+        };
+        // Its next pass publishes what it holds; if it is asleep, that pass starts now.
+        gate.shard(other).doorbell.ring();
         let since = *self.waiting_for_victims_ns.get_or_insert(now);
         now.saturating_sub(since) < VICTIM_WAIT_NS
     }
@@ -247,6 +256,10 @@ impl Worker {
             return;
         }
         let slot = arrival.completion.clone();
+        // Announce the newcomer before it takes queue room: below nearly full our tails are
+        // published once a pass, so a shard that fills the queue meanwhile must read that we hold
+        // requests we have not offered, and hold back for our publication instead of refusing.
+        self.shared.gate.announce_queued(self.index, self.shard.len() as u64 + 1);
         let mut refused = Vec::new();
         let (index, shared) = (self.index, &self.shared);
         // When the queue is full, the engine's lowest request makes room; if that is in another
@@ -278,6 +291,8 @@ impl Worker {
             // A (nearly) full queue: other shards' newcomers pick their victims from what we
             // offer, so offer our tails as they are now, not at the end of this pass.
             self.publish_tails();
+        } else {
+            self.shared.gate.announce_queued(self.index, self.shard.len() as u64);
         }
     }
 

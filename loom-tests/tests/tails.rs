@@ -2,8 +2,9 @@
 //! queued requests for cross-shard displacement while the shard republishes them.
 #![cfg(flowgate_loom)]
 
+use flowgate_engine::budget::QueueBudget;
 use flowgate_engine::tails::Tails;
-use flowgate_loom_tests::model;
+use flowgate_loom_tests::{gate, model};
 use loom::thread;
 use std::sync::Arc;
 
@@ -67,5 +68,36 @@ fn a_pending_displacement_hides_the_lowest_request() {
         tails.publish([Some(1.0), Some(2.0)], 1);
         let second = claimant.join().unwrap();
         assert_ne!(second, Some(1.0), "the request already claimed was claimed again");
+    });
+}
+
+/// A shard admits a newcomer (announcing it, then reserving its queue room) while the other shard's
+/// newcomer finds the queue full. The full shard must then read that the first holds a request it
+/// offers nothing for, so it holds back for that shard's publication instead of refusing a request
+/// that may outrank the one it cannot see. An announcement made after the reservation, or none (the
+/// queue length published once a pass), is caught here: "full, nothing queued anywhere else".
+#[test]
+fn a_full_queue_sees_the_other_shards_unpublished_admission() {
+    model(|| {
+        let gate = gate(&[1], 2);
+        let budget = Arc::new(QueueBudget::new(1, 0));
+        let admitting = {
+            let (gate, budget) = (gate.clone(), budget.clone());
+            thread::spawn(move || {
+                // Worker::admit on shard 0: announce, reserve, then the exact length.
+                gate.announce_queued(0, 1);
+                let queued = budget.try_reserve(0);
+                gate.announce_queued(0, u64::from(queued));
+                queued
+            })
+        };
+        // Shard 1's newcomer: the queue of one is full only through shard 0's reservation.
+        let full = !budget.try_reserve(0);
+        if full {
+            assert_eq!(gate.offers_exhausted_elsewhere(1), Some(0), "full, yet nothing queued elsewhere");
+        }
+        let admitted = admitting.join().unwrap();
+        assert!(admitted || !full, "shard 0 was refused, yet shard 1 found the queue full");
+        assert!(!(admitted && !full), "two reservations of the one place");
     });
 }

@@ -8,8 +8,10 @@
 //! - **metrics** (`utilization`, `both`): a backend has room while its last scrape is fresh, its
 //!   KV-cache use is below `kv_cache_threshold`, and `waiting + sent < queue_depth_threshold`, where
 //!   `waiting` is the scraped queue and `sent` counts what flowgate dispatched to it since that
-//!   scrape. A scrape resets `sent` to 0, so one fresh scrape showing `waiting = w` lets at most
-//!   `queue_depth_threshold − w` requests through before the next one: never a burst.
+//!   scrape was requested. A scrape's `sent` starts from what was dispatched while it was on its
+//!   way (those requests may have reached the server after it answered), so one fresh scrape
+//!   showing `waiting = w` lets at most `queue_depth_threshold − w` requests through after it was
+//!   requested, until the next one: never a burst, even from an answer that comes late.
 //!
 //! The backend set changes while requests are dispatched ([`BackendTable::set`], called by one
 //! controller at a time): a new backend is written into a `Free` slot and published `Active`; a
@@ -411,10 +413,30 @@ impl BackendTable {
         after.state() == SlotState::Free
     }
 
-    /// Scraper side: publish a good scrape of backend `id` taken at `now_ns` (`sent` restarts at
-    /// 0); `false` (nothing published) if the slot holds another backend by now. The caller wakes
-    /// whoever may now dispatch.
-    pub fn publish_scrape(&self, id: BackendId, reading: ScrapeReading, now_ns: u64) -> bool {
+    /// Scraper side: what backend `id` was sent since its last scrape, read just before a scrape is
+    /// requested and given back to [`publish_scrape`](Self::publish_scrape) (`u32::MAX` if the
+    /// slot holds another backend by now).
+    pub fn sent_since_scrape(&self, id: BackendId) -> u32 {
+        match self.backends.get(id.index as usize).map(|b| b.load()) {
+            Some(load) if load.generation() == id.generation => load.sent(),
+            _ => u32::MAX,
+        }
+    }
+
+    /// Scraper side: publish a good scrape of backend `id` taken at `now_ns`, requested when
+    /// `sent_before` had been sent since the previous one ([`sent_since_scrape`]; `u32::MAX`: the
+    /// scrape saw every send). `sent` restarts from the sends after the request. `false` (nothing
+    /// published) if the slot holds another backend by now. The caller wakes whoever may now
+    /// dispatch.
+    ///
+    /// [`sent_since_scrape`]: Self::sent_since_scrape
+    pub fn publish_scrape(
+        &self,
+        id: BackendId,
+        reading: ScrapeReading,
+        sent_before: u32,
+        now_ns: u64,
+    ) -> bool {
         let Some(b) = self.backends.get(id.index as usize) else { return false };
         if b.load().generation() != id.generation {
             return false;
@@ -436,7 +458,11 @@ impl BackendTable {
             let scaled = waiting_for_share(waiting, share, self.rules.threshold.load(Ordering::Relaxed));
             let fresh = Load::scraped(scaled, kv_full, id.generation);
             let published = b.load.fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
-                (Load::from_bits(bits).generation() == id.generation).then_some(fresh.bits())
+                let current = Load::from_bits(bits);
+                // `sent` only grew since `sent_before` was read (only this scraper restarts it):
+                // what is above it went out after the request, possibly unseen by the server.
+                let after = current.sent().saturating_sub(sent_before);
+                (current.generation() == id.generation).then_some(fresh.with_sent(u64::from(after)).bits())
             });
             if published.is_err() {
                 return false;

@@ -294,7 +294,14 @@ impl Gate {
     /// if the scrape made room (fence, as [`release`](Self::release) does). `false` if the slot
     /// holds another backend by now (nothing published).
     pub fn publish_scrape(&self, id: BackendId, reading: ScrapeReading) -> bool {
-        if !self.backends.publish_scrape(id, reading, self.clock.now_ns()) {
+        self.publish_scrape_since(id, reading, u32::MAX)
+    }
+
+    /// [`publish_scrape`](Self::publish_scrape) of a scrape requested when `sent_before` had been
+    /// sent to the backend since its previous one ([`BackendTable::sent_since_scrape`]): what was
+    /// sent after the request still counts.
+    pub fn publish_scrape_since(&self, id: BackendId, reading: ScrapeReading, sent_before: u32) -> bool {
+        if !self.backends.publish_scrape(id, reading, sent_before, self.clock.now_ns()) {
             return false;
         }
         fence(Ordering::SeqCst);

@@ -103,6 +103,18 @@ impl Load {
         Load((self.0 & !(COUNT_MAX << COUNT_BITS)) | (waiting.min(COUNT_MAX) << COUNT_BITS))
     }
 
+    /// The same view with `sent` replaced (clamped): a scrape carries over what was sent after it
+    /// was requested.
+    ///
+    /// ```
+    /// use flowgate_engine::load::Load;
+    /// let l = Load::scraped(2, false, 3).with_sent(4);
+    /// assert_eq!((l.waiting(), l.sent(), l.generation(), l.room(8)), (2, 4, 3, 2));
+    /// ```
+    pub fn with_sent(self, sent: u64) -> Load {
+        Load((self.0 & !COUNT_MAX) | sent.min(COUNT_MAX))
+    }
+
     /// The same view, marked stale.
     pub fn into_stale(self) -> Load {
         Load(self.0 | STALE)

@@ -307,10 +307,24 @@ impl Engine {
         self.shared.gate.backends().queue_depth_threshold()
     }
 
-    /// Scraper side: publish a good scrape of backend `id` (wakes a shard if it made room);
-    /// `false` if that backend has left the table.
+    /// Scraper side: publish a good scrape of backend `id` that saw every request sent to it
+    /// (wakes a shard if it made room); `false` if that backend has left the table.
     pub fn publish_scrape(&self, id: BackendId, reading: ScrapeReading) -> bool {
         self.shared.gate.publish_scrape(id, reading)
+    }
+
+    /// Scraper side: requests sent to backend `id` since its last scrape, read just before the
+    /// next scrape is requested and handed to [`publish_scrape_since`](Self::publish_scrape_since).
+    pub fn sent_since_scrape(&self, id: BackendId) -> u32 {
+        self.shared.gate.backends().sent_since_scrape(id)
+    }
+
+    /// Scraper side: publish a good scrape requested when [`sent_since_scrape`](Self::sent_since_scrape)
+    /// read `sent_before`: the requests sent while it was on its way still count against the
+    /// backend's room (the server may not have seen them), so an answer that arrives late never
+    /// lets a second burst through.
+    pub fn publish_scrape_since(&self, id: BackendId, reading: ScrapeReading, sent_before: u32) -> bool {
+        self.shared.gate.publish_scrape_since(id, reading, sent_before)
     }
 
     /// Scraper side: backend `id` had no good scrape within `saturation.staleness`.

@@ -60,6 +60,31 @@ fn one_scrape_lets_at_most_threshold_minus_waiting_through() {
     assert_eq!(take(&g, 3), Err(Refusal::NoRoom));
 }
 
+/// A scrape whose answer comes after more requests went out (the server answered before they
+/// reached it): those still count, so the late answer does not open a second burst.
+#[test]
+fn a_late_scrape_answer_keeps_what_was_sent_after_its_request() {
+    let g = gate(&[0], Detector::Utilization, 5);
+    g.publish_scrape(id(&g, 0), scrape(0.0, 0.0));
+    assert_eq!((take(&g, 3), take(&g, 3)), (Ok(0), Ok(0)));
+    // The next scrape is requested now, with 2 sent; 3 more go while it is on its way.
+    let before = g.backends().sent_since_scrape(id(&g, 0));
+    assert_eq!(before, 2);
+    for _ in 0..3 {
+        assert_eq!(take(&g, 3), Ok(0));
+    }
+    assert_eq!(take(&g, 3), Err(Refusal::NoRoom));
+    // It answers "nothing waiting": the 2 sent before it are taken as seen, the 3 after are not.
+    assert!(g.publish_scrape_since(id(&g, 0), scrape(0.0, 0.0), before));
+    assert_eq!(g.backend_states()[0].sent_since_scrape, 3);
+    assert_eq!((take(&g, 3), take(&g, 3)), (Ok(0), Ok(0)));
+    assert_eq!(take(&g, 3), Err(Refusal::NoRoom), "5 in all since the request, not 5 more");
+    // A backend that left: nothing to read, nothing published.
+    let gone = BackendId { generation: id(&g, 0).generation + 1, ..id(&g, 0) };
+    assert_eq!(g.backends().sent_since_scrape(gone), u32::MAX);
+    assert!(!g.publish_scrape_since(gone, scrape(0.0, 0.0), 0));
+}
+
 #[test]
 fn releases_do_not_make_metric_room_only_scrapes_do() {
     let g = gate(&[0], Detector::Utilization, 1);

@@ -70,6 +70,44 @@ fn scrape_and_dispatch_never_exceed_the_burst_bound() {
     });
 }
 
+/// A scrape requested (its `sent_before` read) while two dispatchers take places, then answered
+/// "nothing waiting". The answer may only forgive what was sent before its request: in all, at
+/// most `threshold` requests go after the request, however late the answer lands, and two more
+/// dispatches after everything find no room beyond that. Resetting `sent` to 0 at the answer (as
+/// a scrape that saw every send does) lets a third and fourth through, which this model catches.
+#[test]
+fn a_late_scrape_answer_never_opens_a_second_burst() {
+    model(|| {
+        let gate = gate_with(&[0], 1, utilization(2));
+        let id = gate.backend_states()[0].id;
+        gate.publish_scrape(id, reading(0.0));
+        let workload = workload();
+        let dispatchers: Vec<_> = (0..2)
+            .map(|_| {
+                let (gate, workload) = (gate.clone(), workload.clone());
+                thread::spawn(move || dispatch(&gate, &workload))
+            })
+            .collect();
+        let scraper = {
+            let gate = gate.clone();
+            thread::spawn(move || {
+                let before = gate.backends().sent_since_scrape(id);
+                assert!(gate.publish_scrape_since(id, reading(0.0), before));
+                before
+            })
+        };
+        let mut permits: Vec<_> = dispatchers.into_iter().filter_map(|t| t.join().unwrap()).collect();
+        let before = scraper.join().unwrap() as usize;
+        permits.extend(dispatch(&gate, &workload));
+        permits.extend(dispatch(&gate, &workload));
+        let granted = permits.len();
+        assert!(granted <= 2 + before, "{granted} went, {before} of them before the scrape's request");
+        assert_conserved(&gate, granted as u64);
+        drop(permits);
+        assert_conserved(&gate, 0);
+    });
+}
+
 /// A shard whose head waits on a backend that was never scraped (no room) publishes and sleeps, as
 /// `worker.rs` does, while the scraper publishes the first good scrape. The shard must end up
 /// dispatching: a lost wake-up parks it forever, which loom reports as a deadlock.

@@ -139,6 +139,9 @@ impl BackendScraper {
         let mut connection: Option<Connection> = None;
         loop {
             self.watching_staleness(tick.tick()).await;
+            // What was sent before the request is what the server may have seen; the rest still
+            // counts after the answer.
+            let sent_before = self.engine.sent_since_scrape(self.id);
             let fetch =
                 tokio::time::timeout(self.saturation.scrape_timeout, fetch(&mut connection, uri.as_ref()));
             let result = match self.watching_staleness(fetch).await {
@@ -151,7 +154,7 @@ impl BackendScraper {
                             running: page.running,
                             kv_cache_usage: page.kv_cache_usage,
                         };
-                        self.engine.publish_scrape(self.id, reading);
+                        self.engine.publish_scrape_since(self.id, reading, sent_before);
                         self.last_good = Instant::now();
                         if self.stale {
                             tracing::info!(backend = %self.backend, "metrics fresh again");

@@ -44,7 +44,8 @@ pub struct ScoringConfig {
     pub wait_cap: Duration,
     /// Request rate (requests/s) at which the rate penalty is full; > 0.
     pub rate_cap_per_s: f64,
-    /// Length of the sliding window the rate is measured over; ≥ [`RATE_BUCKETS`] ms.
+    /// Length of the sliding window the rate is measured over; ≥ [`RATE_BUCKETS`] ms. Live: a
+    /// reload re-bases every workload's windows ([`crate::rate_window`]).
     pub rate_window: Duration,
     /// How often each shard refreshes cached keys (rates and the wait cap); > 0.
     pub rescore_interval: Duration,
@@ -380,13 +381,14 @@ impl EngineConfig {
 
     /// The fields that differ from `running`'s but cannot change while the engine runs (a
     /// reload keeps `running`'s value of each): shard count, ring sizes, the backend table's size,
-    /// the rate window's geometry.
+    /// the spin window. Everything under `scoring` is live, `rate_window` included.
     ///
     /// ```
     /// let running = flowgate_engine::EngineConfig::default();
     /// let mut next = running.clone();
     /// next.shards = 7;
     /// next.scoring.wait_weight = 0.1; // live
+    /// next.scoring.rate_window = std::time::Duration::from_secs(5); // live
     /// assert_eq!(next.restart_only_changes(&running), vec!["shards"]);
     /// ```
     pub fn restart_only_changes(&self, running: &EngineConfig) -> Vec<&'static str> {
@@ -401,7 +403,6 @@ impl EngineConfig {
         check("max_submitters", self.max_submitters != running.max_submitters);
         check("max_backends", self.max_backends != running.max_backends);
         check("spin_before_park", self.spin_before_park != running.spin_before_park);
-        check("scoring.rate_window", self.scoring.rate_window != running.scoring.rate_window);
         changed
     }
 
@@ -412,7 +413,6 @@ impl EngineConfig {
         self.max_submitters = running.max_submitters;
         self.max_backends = running.max_backends;
         self.spin_before_park = running.spin_before_park;
-        self.scoring.rate_window = running.scoring.rate_window;
         self
     }
 

@@ -32,6 +32,7 @@ pub mod permit;
 pub mod queued;
 pub mod quota;
 pub mod quota_rule;
+pub mod rate_window;
 pub mod registry;
 pub mod registry_view;
 #[cfg(not(flowgate_loom))]

@@ -12,7 +12,8 @@
 //! the rate is the sum of the last [`RATE_BUCKETS`] buckets (the current, partial one included),
 //! divided by the window. So it covers between `window − bucket` and `window` of history: it may
 //! miss up to one bucket's worth of the oldest arrivals (a twelfth of the window: 5 s with the 60 s
-//! default) and never counts one older than the window. Reads are O(1) (12 loads).
+//! default) and never counts one older than the window. Reads are O(1) (12 loads). A reload that
+//! changes `rate_window` re-bases both windows on the owning shard ([`crate::rate_window`]).
 //!
 //! **Tokens.** A dispatched request's usage is charged by its permit, from whatever thread learns
 //! it ([`WorkloadEntry::charge`]): totals of prompt and completion tokens, a [`TokenWindow`] of
@@ -28,6 +29,8 @@ use crate::config::{ScoringConfig, WorkloadConfig, RATE_BUCKETS};
 use crate::fairness::Penalty;
 use crate::quota::QuotaState;
 use crate::quota_rule::{first_match, Quota};
+pub use crate::rate_window::RateWindow;
+use crate::rate_window::{seed_share, slot_bucket, WindowCell};
 use crate::sync::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Mutex, Ordering};
 use crate::tokens::{TokenPrices, TokenWindow};
 use hashbrown::HashTable;
@@ -80,8 +83,8 @@ pub struct WorkloadEntry {
     served: AtomicU64,
     /// Prices of prompt and completion tokens: the owning table's, swapped live.
     prices: Arc<TokenPrices>,
-    /// The rate window's geometry, for charges from other threads.
-    window: RateWindow,
+    /// The geometry both windows (arrivals, tokens) are in: the table's, re-based at a reload.
+    window: WindowCell,
     /// Its quota's binding and buckets.
     quota: QuotaState,
     /// Cluster mode: this workload's arrival rate on the other replicas (f64 bits, requests/s),
@@ -121,23 +124,6 @@ pub struct WorkloadSnapshot {
     pub remote_token_rate_per_s: f64,
 }
 
-/// Bucket geometry of the sliding rate window.
-#[derive(Clone, Copy, Debug)]
-pub struct RateWindow {
-    /// Width of one bucket, ns (> 0).
-    bucket_ns: u64,
-    /// Whole window, seconds (> 0).
-    window_s: f64,
-}
-
-impl RateWindow {
-    /// The window for `rate_window` split into [`RATE_BUCKETS`] buckets.
-    pub fn new(rate_window: std::time::Duration) -> Self {
-        let window_ns = (rate_window.as_nanos() as u64).max(RATE_BUCKETS as u64);
-        Self { bucket_ns: window_ns / RATE_BUCKETS as u64, window_s: window_ns as f64 / 1e9 }
-    }
-}
-
 impl WorkloadEntry {
     fn new(id: Arc<str>, hash: u64, now_ns: u64, prices: Arc<TokenPrices>, window: RateWindow) -> Self {
         Self {
@@ -155,7 +141,7 @@ impl WorkloadEntry {
             tokens: TokenWindow::default(),
             served: AtomicU64::new(0),
             prices,
-            window,
+            window: WindowCell::new(window),
             quota: QuotaState::default(),
             remote_rate: AtomicU64::new(0f64.to_bits()),
             remote_token_rate: AtomicU64::new(0f64.to_bits()),
@@ -209,7 +195,7 @@ impl WorkloadEntry {
     /// let mut t = WorkloadTable::new(&WorkloadConfig::default(), RateWindow::new(std::time::Duration::from_secs(60)), Arc::new(AtomicUsize::new(0)));
     /// let e = t.arrive("chat", hash_workload_id("chat"), 3, 1_000);
     /// assert_eq!(e.charge(2_000, 100, 10), 120); // input weight 1, output weight 2
-    /// let s = e.snapshot(2_000, t.window());
+    /// let s = e.snapshot(2_000);
     /// assert_eq!((s.prompt_tokens, s.completion_tokens), (100, 10));
     /// assert_eq!(s.token_rate_per_s, 2.0); // 120 weighted tokens over the 60 s window
     /// ```
@@ -229,15 +215,21 @@ impl WorkloadEntry {
         let cost = self.prices.weigh(prompt_tokens, completion_tokens);
         self.prompt_tokens.fetch_add(prompt_tokens, Ordering::Relaxed);
         self.completion_tokens.fetch_add(completion_tokens, Ordering::Relaxed);
-        self.tokens.charge(now_ns / self.window.bucket_ns, cost);
+        self.tokens.charge(self.window.get().bucket_of(now_ns), cost);
         self.served.fetch_add(cost, Ordering::Relaxed);
         self.quota.settle(reserved_tokens, cost, now_ns);
         cost
     }
 
+    /// The rate window's geometry this workload is measured in now.
+    pub fn window(&self) -> RateWindow {
+        self.window.get()
+    }
+
     /// Weighted tokens charged per second over the window ending at `now_ns`.
     pub fn token_rate_per_s(&self, now_ns: u64) -> f64 {
-        self.tokens.sum(now_ns / self.window.bucket_ns) as f64 / self.window.window_s
+        let window = self.window.get();
+        self.tokens.sum(window.bucket_of(now_ns)) as f64 / window.window_s()
     }
 
     /// VTC's counter: weighted tokens served (plus lifts).
@@ -246,8 +238,8 @@ impl WorkloadEntry {
     }
 
     /// Count an arrival at `now_ns` (owning shard only).
-    fn record_arrival(&self, now_ns: u64, criticality: u8, window: RateWindow) {
-        let bucket = now_ns / window.bucket_ns;
+    fn record_arrival(&self, now_ns: u64, criticality: u8) {
+        let bucket = self.window.get().bucket_of(now_ns);
         let head = self.head_bucket.load(Ordering::Relaxed);
         if bucket > head {
             // Zero the buckets the window has slid past, at most one full lap.
@@ -269,7 +261,7 @@ impl WorkloadEntry {
     /// `floor` is the VTC floor, used by [`Penalty::VtcLag`] only.
     fn refresh_pressure(&self, now_ns: u64, penalty: Penalty, floor: u64) -> f64 {
         let pressure = match penalty {
-            Penalty::RequestRate => self.rate_per_s(now_ns, self.window) + self.remote_rates().0,
+            Penalty::RequestRate => self.rate_per_s(now_ns) + self.remote_rates().0,
             Penalty::TokenRate => self.token_rate_per_s(now_ns) + self.remote_rates().1,
             Penalty::VtcLag => self.served().saturating_sub(floor) as f64,
         };
@@ -285,19 +277,43 @@ impl WorkloadEntry {
     }
 
     /// Arrivals per second over the window ending at `now_ns`.
-    pub fn rate_per_s(&self, now_ns: u64, window: RateWindow) -> f64 {
-        let now_bucket = now_ns / window.bucket_ns;
+    pub fn rate_per_s(&self, now_ns: u64) -> f64 {
+        let window = self.window.get();
+        self.arrivals_in(window, now_ns) as f64 / window.window_s()
+    }
+
+    /// Arrivals counted in `window`'s buckets ending at `now_ns`.
+    fn arrivals_in(&self, window: RateWindow, now_ns: u64) -> u64 {
+        let now_bucket = window.bucket_of(now_ns);
         let head = self.head_bucket.load(Ordering::Acquire);
         let mut sum = 0u64;
         for (i, count) in self.buckets.iter().enumerate() {
-            // Absolute index of what slot i holds: the latest b ≤ head with b % N == i.
-            let lag = (head % RATE_BUCKETS as u64 + RATE_BUCKETS as u64 - i as u64) % RATE_BUCKETS as u64;
-            let Some(abs) = head.checked_sub(lag) else { continue };
+            let Some(abs) = slot_bucket(head, i) else { continue };
             if abs + (RATE_BUCKETS as u64) > now_bucket {
                 sum += u64::from(count.load(Ordering::Relaxed));
             }
         }
-        sum as f64 / window.window_s
+        sum
+    }
+
+    /// Owning shard, at a reload that changed `scoring.rate_window`: move both windows to `to`
+    /// as of `now_ns`, keeping their rates (see [`crate::rate_window`]).
+    fn rebase_window(&self, to: RateWindow, now_ns: u64) {
+        let from = self.window.get();
+        if from == to {
+            return;
+        }
+        let arrivals = to.rescale(self.arrivals_in(from, now_ns), from);
+        let tokens = to.rescale(self.tokens.sum(from.bucket_of(now_ns)), from);
+        let head = to.bucket_of(now_ns);
+        for (i, slot) in self.buckets.iter().enumerate() {
+            let share = slot_bucket(head, i).map_or(0, |b| seed_share(arrivals, head, b));
+            slot.store(share.min(u64::from(u32::MAX)) as u32, Ordering::Relaxed);
+        }
+        self.head_bucket.store(head, Ordering::Release);
+        self.tokens.reseed(head, tokens);
+        // Last: a charge that reads the new width (acquire) adds to the seeded buckets.
+        self.window.set(to);
     }
 
     /// One more request is active (owning shard, at admission).
@@ -320,13 +336,13 @@ impl WorkloadEntry {
     }
 
     /// A copy of the counters as of `now_ns`.
-    pub fn snapshot(&self, now_ns: u64, window: RateWindow) -> WorkloadSnapshot {
+    pub fn snapshot(&self, now_ns: u64) -> WorkloadSnapshot {
         WorkloadSnapshot {
             workload_id: self.id.clone(),
             criticality: self.criticality.load(Ordering::Relaxed),
             active: self.active(),
             total: self.total(),
-            rate_per_s: self.rate_per_s(now_ns, window),
+            rate_per_s: self.rate_per_s(now_ns),
             idle_ns: now_ns.saturating_sub(self.last_activity_ns.load(Ordering::Relaxed)),
             prompt_tokens: self.prompt_tokens.load(Ordering::Relaxed),
             completion_tokens: self.completion_tokens.load(Ordering::Relaxed),
@@ -444,6 +460,18 @@ impl WorkloadTable {
         self.penalty
     }
 
+    /// A new `scoring.rate_window` (a reload) as of `now_ns`: every workload's windows move to it,
+    /// keeping their rates; new workloads start in it.
+    pub fn set_window(&mut self, window: RateWindow, now_ns: u64) {
+        if window == self.window {
+            return;
+        }
+        self.window = window;
+        for e in self.map.iter().chain(std::iter::once(&self.overflow)) {
+            e.rebase_window(window, now_ns);
+        }
+    }
+
     /// A new `max_tracked` (a reload): new ids are tracked while fewer than `max_tracked` are;
     /// lowered below the count, every new id goes to the overflow entry until idle ones leave.
     pub fn set_max_tracked(&mut self, max_tracked: usize) {
@@ -487,7 +515,7 @@ impl WorkloadTable {
             // Becoming active: idle time banks no credit (VTC's lift to the active floor).
             entry.served.fetch_max(self.vtc_floor, Ordering::Relaxed);
         }
-        entry.record_arrival(now_ns, criticality, self.window);
+        entry.record_arrival(now_ns, criticality);
         entry.refresh_pressure(now_ns, self.penalty, self.vtc_floor);
         entry
     }

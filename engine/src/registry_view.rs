@@ -1,7 +1,7 @@
 //! The readers' side of the workload tables: a read-only, thread-safe view over every shard's
 //! directory, for metrics, the workload API and cluster mode's rate exchange.
 
-use crate::registry::{Directory, RateWindow, WorkloadEntry, WorkloadSnapshot, OVERFLOW_WORKLOAD_ID};
+use crate::registry::{Directory, WorkloadEntry, WorkloadSnapshot, OVERFLOW_WORKLOAD_ID};
 use crate::sync::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -10,19 +10,13 @@ use std::sync::Arc;
 pub struct RegistryView {
     directories: Vec<Directory>,
     tracked: Arc<AtomicUsize>,
-    window: RateWindow,
     clock: crate::clock::Clock,
 }
 
 impl RegistryView {
     /// A view over `directories`.
-    pub fn new(
-        directories: Vec<Directory>,
-        tracked: Arc<AtomicUsize>,
-        window: RateWindow,
-        clock: crate::clock::Clock,
-    ) -> Self {
-        Self { directories, tracked, window, clock }
+    pub fn new(directories: Vec<Directory>, tracked: Arc<AtomicUsize>, clock: crate::clock::Clock) -> Self {
+        Self { directories, tracked, clock }
     }
 
     /// Workloads tracked across all shards (the overflow entries not counted).
@@ -36,7 +30,7 @@ impl RegistryView {
         let mut all: Vec<WorkloadSnapshot> = Vec::new();
         for dir in &self.directories {
             let entries: Vec<Arc<WorkloadEntry>> = dir.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            all.extend(entries.iter().map(|e| e.snapshot(now_ns, self.window)));
+            all.extend(entries.iter().map(|e| e.snapshot(now_ns)));
         }
         all.sort_by(|a, b| a.workload_id.cmp(&b.workload_id));
         merge_overflow(all)
@@ -62,7 +56,7 @@ impl RegistryView {
         let now_ns = self.clock.now_ns();
         self.directories.iter().find_map(|dir| {
             let dir = dir.lock().unwrap_or_else(|p| p.into_inner());
-            dir.iter().find(|e| &**e.id() == id).map(|e| e.snapshot(now_ns, self.window))
+            dir.iter().find(|e| &**e.id() == id).map(|e| e.snapshot(now_ns))
         })
     }
 }

@@ -15,7 +15,7 @@ use crate::gate::Gate;
 use crate::layout::Layout;
 use crate::load::ScrapeReading;
 use crate::outcome::Outcome;
-use crate::registry::{Directory, RateWindow};
+use crate::registry::Directory;
 use crate::registry_view::RegistryView;
 use crate::shard::Shard;
 use crate::shared::{OutcomeCounters, Shared};
@@ -161,8 +161,7 @@ impl Engine {
                 }
             }
         }
-        let registry =
-            RegistryView::new(directories, tracked, RateWindow::new(config.scoring.rate_window), clock);
+        let registry = RegistryView::new(directories, tracked, clock);
         Ok(Engine { shared, registry, executors: Mutex::new(executors) })
     }
 
@@ -418,10 +417,5 @@ impl std::fmt::Debug for Engine {
 }
 
 fn empty_view(clock: Clock) -> RegistryView {
-    RegistryView::new(
-        Vec::new(),
-        Arc::new(AtomicUsize::new(0)),
-        RateWindow::new(std::time::Duration::from_secs(60)),
-        clock,
-    )
+    RegistryView::new(Vec::new(), Arc::new(AtomicUsize::new(0)), clock)
 }

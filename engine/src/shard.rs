@@ -142,12 +142,14 @@ impl<C> Shard<C> {
         self
     }
 
-    /// Take the live part of a new configuration (a reload): the scoring rule, the default TTL
+    /// Take the live part of a new configuration (a reload) at `now_ns`: the scoring rule (a new
+    /// `rate_window` re-bases every workload's windows, keeping their rates), the default TTL
     /// (for requests queued from now on), the idle timeout. Queued requests keep their place and
     /// deadline until the caller's next [`rescore`](Self::rescore) rekeys them by the new rule.
-    pub fn reconfigure(&mut self, config: &EngineConfig) {
+    pub fn reconfigure(&mut self, config: &EngineConfig, now_ns: u64) {
         self.scorer = Scorer::new(&config.scoring);
         self.table.set_scoring(&config.scoring);
+        self.table.set_window(RateWindow::new(config.scoring.rate_window), now_ns);
         self.table.set_quotas(&config.workloads.quotas);
         // New rules may let parked workloads go: look at them at the next chance.
         self.quota_recheck_ns = if self.parked.is_empty() { u64::MAX } else { 0 };

@@ -9,6 +9,7 @@
 //! the same CAS, and nobody ever has to zero anything.
 
 use crate::config::{ScoringConfig, RATE_BUCKETS};
+use crate::rate_window::{seed_share, slot_bucket};
 use crate::sync::{AtomicU64, Ordering};
 
 /// Most weighted tokens one bucket can hold; charges beyond it saturate (4.3 G: no pool serves
@@ -101,6 +102,29 @@ impl TokenWindow {
                 Ok(_) => return,
                 Err(seen) => current = seen,
             }
+        }
+    }
+
+    /// A re-base to a new geometry (see [`crate::rate_window`]): the window ending at bucket
+    /// `head` holds `total`, spread by [`seed_share`]; every other slot holds nothing. Plain
+    /// stores: a charge racing this (it read the old width) may be lost, and so may the share of
+    /// the one slot it restarts; one that reads the new width after the re-base adds to it.
+    ///
+    /// ```
+    /// use flowgate_engine::tokens::TokenWindow;
+    /// let w = TokenWindow::default();
+    /// w.charge(7, 500); // an index of the old geometry
+    /// w.reseed(40, 24);
+    /// assert_eq!(w.sum(40), 24);
+    /// assert_eq!(w.sum(40 + 11), 2, "one twelfth left in the newest bucket of the window");
+    /// ```
+    pub fn reseed(&self, head: u64, total: u64) {
+        for (i, slot) in self.slots.iter().enumerate() {
+            let value = match slot_bucket(head, i) {
+                Some(b) => (u64::from(b as u32) << 32) | seed_share(total, head, b).min(MAX_BUCKET_TOKENS),
+                None => 0,
+            };
+            slot.store(value, Ordering::Relaxed);
         }
     }
 

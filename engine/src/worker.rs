@@ -132,7 +132,7 @@ impl Worker {
         if generation != self.config_generation {
             self.config_generation = generation;
             let config = self.shared.live.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            self.shard.reconfigure(&config);
+            self.shard.reconfigure(&config, now);
             self.rescore_ns = config.scoring.rescore_interval.as_nanos() as u64;
             self.next_rescore_ns = now;
             worked = true;

@@ -191,13 +191,13 @@ fn remote_rates_add_to_the_penalty_and_show_in_snapshots() {
     let window = RateWindow::new(std::time::Duration::from_secs(60));
     let mut t = WorkloadTable::new(&WorkloadConfig::default(), window, Arc::new(AtomicUsize::new(0)));
     let e = t.arrive("flood", hash_workload_id("flood"), 3, 1_000);
-    let local = e.snapshot(1_000, window).rate_per_s;
+    let local = e.snapshot(1_000).rate_per_s;
     assert!(local > 0.0);
     e.set_remote_rates(50.0, f64::NAN);
     assert_eq!(e.remote_rates(), (50.0, 0.0), "NaN reads as 0");
     t.refresh_pressures(2_000, None);
     assert!((e.cached_pressure() - (local + 50.0)).abs() < 1e-9, "{}", e.cached_pressure());
-    let s = e.snapshot(2_000, window);
+    let s = e.snapshot(2_000);
     assert_eq!(s.remote_rate_per_s, 50.0);
     e.set_remote_rates(-3.0, 7.0);
     assert_eq!(e.remote_rates(), (0.0, 7.0));

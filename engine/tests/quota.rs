@@ -169,7 +169,7 @@ fn time_parked_on_its_own_quota_does_not_age_a_request() {
     c.workloads.quotas = vec![quota("a", Some(1), None, None, OnExceed::Queue)];
     c.queue.ttl = Duration::from_secs(600);
     c.scoring.rate_weight = 0.0;
-    h.shard.reconfigure(&c);
+    h.shard.reconfigure(&c, 0);
     let (a1, _) = h.submit("a", 3, 0);
     let (a2, _) = h.submit("a", 3, 0);
     let (b0, _) = h.submit("b", 3, 0);
@@ -243,7 +243,7 @@ fn a_reload_that_lifts_the_quota_lets_parked_requests_go() {
     let (a2, _) = h.submit("a", 3, 0);
     assert_eq!(h.dispatch(8, 0).len(), 1);
     c.workloads.quotas.clear();
-    h.shard.reconfigure(&c);
+    h.shard.reconfigure(&c, 0);
     assert_eq!(h.shard.quota_recheck_ns(), 0, "a recheck is due at once");
     h.shard.wake_quotas(MS);
     assert_eq!(h.dispatch(8, MS), [a2]);

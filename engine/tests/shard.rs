@@ -130,7 +130,7 @@ fn rate_penalty_busy_workload_yields_to_quiet_one() {
     let (busy, _) = h.submit("busy", 4, now);
     let (quiet, _) = h.submit("quiet", 4, now);
     assert_eq!(h.dispatch_all(now), vec![quiet, busy]);
-    let rate = h.shard.table().get("busy").unwrap().rate_per_s(now, h.shard.table().window());
+    let rate = h.shard.table().get("busy").unwrap().rate_per_s(now);
     // The window holds between 55 s and 60 s of history (one 5 s bucket of slack).
     assert!((91.0..=101.0).contains(&rate), "busy rate {rate}");
 }
@@ -316,12 +316,12 @@ fn a_reloaded_max_tracked_applies_to_the_next_new_ids() {
         h.submit(w, 3, 0);
     }
     c.workloads.max_tracked = 2;
-    h.shard.reconfigure(&c);
+    h.shard.reconfigure(&c, 0);
     h.submit("d", 3, 0);
     assert_eq!(h.shard.table().len(), 3, "the tracked ones stay");
     assert!(h.shard.table().get("d").is_none(), "d went to the overflow entry");
     c.workloads.max_tracked = 5;
-    h.shard.reconfigure(&c);
+    h.shard.reconfigure(&c, 0);
     h.submit("e", 3, 0);
     assert!(h.shard.table().get("e").is_some());
     assert_eq!(h.shard.table().len(), 4);
@@ -404,4 +404,50 @@ proptest! {
             if let Some(e) = h.shard.table().get(&format!("w{w}")) { prop_assert_eq!(e.active(), 0); }
         }
     }
+}
+
+/// `scoring.rate_window` is live: a reload re-bases each workload's windows so its rate reads the
+/// same at once, then follows the new window (5 s here: 6 s without arrivals empty it, where the
+/// old 60 s window would still count them). Token rates move the same way.
+#[test]
+fn a_reloaded_rate_window_keeps_the_rate_then_follows_the_new_window() {
+    let mut c = EngineConfig::default();
+    let mut h = Harness::new(&c);
+    // 10 req/s for 60 s, and 120 weighted tokens charged per second.
+    for i in 0..600u64 {
+        h.submit("busy", 3, i * 100 * MS);
+        h.dispatch_all(i * 100 * MS);
+        if i % 10 == 0 {
+            h.shard.table().get("busy").unwrap().charge(i * 100 * MS, 100, 10);
+        }
+    }
+    let now = 60 * S;
+    let busy = h.shard.table().get("busy").unwrap().clone();
+    let (before, tokens_before) = (busy.rate_per_s(now), busy.token_rate_per_s(now));
+    assert!((9.0..=10.1).contains(&before), "rate before {before}");
+    assert!((108.0..=121.0).contains(&tokens_before), "token rate before {tokens_before}");
+    c.scoring.rate_window = Duration::from_secs(5);
+    h.shard.reconfigure(&c, now);
+    let (after, tokens_after) = (busy.rate_per_s(now), busy.token_rate_per_s(now));
+    assert!((after - before).abs() <= 0.2 + before * 0.02, "rate {before} → {after}");
+    assert!(
+        (tokens_after - tokens_before).abs() <= 1.0 + tokens_before * 0.02,
+        "{tokens_before} → {tokens_after}"
+    );
+    // Arrivals go on at 10/s for 2 s: measured over the 5 s window now.
+    for i in 0..20u64 {
+        h.submit("busy", 3, now + i * 100 * MS);
+        h.dispatch_all(now + i * 100 * MS);
+    }
+    let later = now + 2 * S;
+    assert!((8.0..=10.5).contains(&busy.rate_per_s(later)), "rate {}", busy.rate_per_s(later));
+    // 6 s of silence: the 5 s window is empty; the 60 s one would still read about 10/s.
+    assert_eq!(busy.rate_per_s(later + 6 * S), 0.0);
+    assert_eq!(busy.token_rate_per_s(later + 6 * S), 0.0);
+    // A new workload starts in the new window; reloading the same window changes nothing.
+    h.submit("new", 3, later);
+    let fresh = h.shard.table().get("new").unwrap().clone();
+    assert!((fresh.rate_per_s(later) - 1.0 / 5.0).abs() < 1e-9, "one arrival over 5 s");
+    h.shard.reconfigure(&c, later);
+    assert!((fresh.rate_per_s(later) - 1.0 / 5.0).abs() < 1e-9);
 }

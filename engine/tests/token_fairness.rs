@@ -131,7 +131,7 @@ fn usage_shows_in_the_workload_snapshot() {
     let done = s.dispatch_next(MS).unwrap();
     assert_eq!(done.workload.charge(2 * MS, 30, 7), 44);
     done.workload.release(2 * MS);
-    let snap = s.table().get("chat").unwrap().snapshot(3 * MS, s.table().window());
+    let snap = s.table().get("chat").unwrap().snapshot(3 * MS);
     assert_eq!((snap.prompt_tokens, snap.completion_tokens), (30, 7));
     // 44 weighted tokens over the default 60 s window.
     assert!((snap.token_rate_per_s - 44.0 / 60.0).abs() < 1e-9, "{}", snap.token_rate_per_s);
@@ -143,6 +143,6 @@ fn a_reload_switches_the_penalty_and_rescores() {
     let mut s = shard(&c);
     assert_eq!(s.table().penalty(), flowgate_engine::fairness::Penalty::RequestRate);
     c.scoring.fairness = Fairness::Vtc;
-    s.reconfigure(&c);
+    s.reconfigure(&c, 0);
     assert_eq!(s.table().penalty(), flowgate_engine::fairness::Penalty::VtcLag);
 }

@@ -24,7 +24,7 @@ async fn start(ids: &[&str]) -> Running {
     let tracked = Arc::new(AtomicUsize::new(0));
     let window = RateWindow::new(Duration::from_secs(60));
     let (registry, table) = if ids.is_empty() {
-        (RegistryView::new(vec![], tracked, window, Clock::new()), None)
+        (RegistryView::new(vec![], tracked, Clock::new()), None)
     } else {
         let mut table = WorkloadTable::new(&WorkloadConfig::default(), window, tracked.clone());
         for (i, id) in ids.iter().enumerate() {
@@ -32,7 +32,7 @@ async fn start(ids: &[&str]) -> Running {
                 table.arrive(id, hash_workload_id(id), 4, 1);
             }
         }
-        (RegistryView::new(vec![table.directory()], tracked, window, Clock::new()), Some(table))
+        (RegistryView::new(vec![table.directory()], tracked, Clock::new()), Some(table))
     };
     let view = StaticView {
         registry,

@@ -11,12 +11,7 @@ use std::sync::atomic::AtomicUsize;
 
 fn empty_view() -> StaticView {
     StaticView {
-        registry: RegistryView::new(
-            vec![],
-            Arc::new(AtomicUsize::new(0)),
-            RateWindow::new(Duration::from_secs(60)),
-            Clock::new(),
-        ),
+        registry: RegistryView::new(vec![], Arc::new(AtomicUsize::new(0)), Clock::new()),
         stats: EngineStats { queued: 7, queued_bytes: 0, inflight: 3, capacity: 16 },
         backends: vec![("10.0.0.1:8000".into(), 3), ("10.0.0.2:8000".into(), 0)],
         shard_parks: vec![5, 0],
@@ -32,7 +27,7 @@ fn view_tracking(ids: &[&str]) -> (StaticView, WorkloadTable) {
         table.arrive(id, hash_workload_id(id), 3, 1);
     }
     let mut view = empty_view();
-    view.registry = RegistryView::new(vec![table.directory()], tracked, window, Clock::new());
+    view.registry = RegistryView::new(vec![table.directory()], tracked, Clock::new());
     (view, table)
 }
 

@@ -6,7 +6,7 @@
 //! running config keeps serving. A good file is applied live ([`BackendSet::reload`], which calls
 //! `Engine::reconfigure`, then the ext_proc service's per-request rules); fields that need a
 //! restart (`listen`, `metrics_listen`, `tls`, `discovery`, and the engine's own: `shards`, ring
-//! and table sizes, the rate window) are logged as such and keep their running values. Queued
+//! and table sizes, the spin window) are logged as such and keep their running values. Queued
 //! requests are never dropped: each shard rescores them by the new rules at its next pass.
 //! `flowgate_config_reloads_total{result}` counts reloads.
 //!

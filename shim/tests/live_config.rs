@@ -214,6 +214,55 @@ async fn dns_backends_are_listed_with_source_dns() {
     running.shutdown().await;
 }
 
+/// `scoring.rate_window` is live (DESIGN.md: "scoring" is applied live): the reload reports no
+/// restart-only field, the workload's rate reads the same at once (re-based to the new window),
+/// and then follows the 2 s window: it falls to 0 within seconds, where the old 60 s window
+/// would have kept it above 0 for a minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_rate_window_applies_live() {
+    let dir = temp_dir("rate-window");
+    let config = dir.join("flowgate.yaml");
+    let yaml = |window: &str| {
+        format!("listen: 127.0.0.1:0\nmetrics_listen: 127.0.0.1:0\nshards: 1\nbackends:\n  - address: 10.5.0.1:8000\n    max_inflight: 4\nscoring:\n  rate_window: {window}\n")
+    };
+    std::fs::write(&config, yaml("60s")).unwrap();
+    let running = start_file(&config).await;
+    let mut client = connect(running.grpc_addr()).await;
+    // 30 arrivals in 60 s (0.5/s): one in the 2 s window keeps that rate exactly.
+    for _ in 0..30 {
+        drop(dispatched(&mut client, "w").await);
+    }
+    let rate = |running: &Running| {
+        let addr = running.metrics_addr();
+        async move {
+            let (status, body) = http_get(addr, "/api/v1/workloads", DEADLINE).await;
+            assert_eq!(status, 200, "{body}");
+            let all: Vec<Value> = serde_json::from_str(&body).unwrap();
+            let w = all.iter().find(|v| v["workload_id"] == "w").unwrap_or_else(|| panic!("{body}"));
+            w["rate_per_s"].as_f64().unwrap()
+        }
+    };
+    let before = rate(&running).await;
+    assert!((before - 0.5).abs() < 1e-6, "30 requests over 60 s: {before}");
+    write_atomically(&config, &yaml("2s"));
+    assert_eq!(running.reload(), Some(ReloadOutcome::Applied { restart_only: vec![] }));
+    // The shard re-bases at its next pass; until then the old window still reads the same.
+    let after = rate(&running).await;
+    assert!((after - before).abs() < 1e-6, "re-based to the same rate: {before} → {after}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rate(&running).await > 0.0 {
+        assert!(Instant::now() < deadline, "the rate still counts arrivals over 10 s old: a 60 s window");
+        tokio::time::sleep(Duration::from_millis(50)).await; // the poll interval, not a wait for an event
+    }
+    // New arrivals are measured over the 2 s window: 3 of them read 1.5/s.
+    for _ in 0..3 {
+        drop(dispatched(&mut client, "w").await);
+    }
+    let now = rate(&running).await;
+    assert!((now - 1.5).abs() < 1e-6, "3 arrivals over a 2 s window: {now}");
+    running.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_changes_the_next_decisions_and_a_bad_file_is_refused() {
     let dir = temp_dir("reload");

@@ -397,10 +397,12 @@ impl Gate {
             .map(|(i, _)| i)
     }
 
-    /// Shard side: `queued` requests are (or are about to be) queued in `shard`, before its tails
-    /// show them. Announced before a newcomer reserves queue room (the budget's release-acquire
-    /// then carries it to any shard that finds the queue full because of that reservation), so
-    /// such a shard never reads "nothing queued there" while its victim may be there unpublished.
+    /// Shard side: at most `queued` requests will be queued in `shard` by the end of the batch of
+    /// arrivals it is taking, before its tails show them. Announced before the batch reserves
+    /// queue room (the budget's release-acquire then carries it to any shard that finds the queue
+    /// full because of such a reservation), so that shard never reads "nothing queued there" while
+    /// its victim may be there unpublished. Too high until the shard's next publication: harmless
+    /// (a newcomer elsewhere holds back until then).
     pub fn announce_queued(&self, shard: usize, queued: u64) {
         self.shards[shard].queued.store(queued, Ordering::Relaxed);
     }

@@ -84,7 +84,7 @@ fn a_full_queue_sees_the_other_shards_unpublished_admission() {
         let admitting = {
             let (gate, budget) = (gate.clone(), budget.clone());
             thread::spawn(move || {
-                // Worker::admit on shard 0: announce, reserve, then the exact length.
+                // Worker::pass on shard 0: announce (length + batch), reserve, then the exact length.
                 gate.announce_queued(0, 1);
                 let queued = budget.try_reserve(0);
                 gate.announce_queued(0, u64::from(queued));

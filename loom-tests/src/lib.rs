@@ -129,6 +129,21 @@ pub fn dispatch(gate: &Arc<Gate>, workload: &Arc<WorkloadEntry>) -> Option<Permi
     Some(Permit::new(gate.clone(), place, workload.clone(), 0))
 }
 
+/// `n` threads, each dispatching one request of `workload` as a shard would; join them for the
+/// permits they got (`None` where no slot was free).
+pub fn spawn_dispatchers(
+    gate: &Arc<Gate>,
+    workload: &Arc<WorkloadEntry>,
+    n: usize,
+) -> Vec<loom::thread::JoinHandle<Option<Permit>>> {
+    (0..n)
+        .map(|_| {
+            let (gate, workload) = (gate.clone(), workload.clone());
+            loom::thread::spawn(move || dispatch(&gate, &workload))
+        })
+        .collect()
+}
+
 /// A shard with one request queued (head score `head`) as `worker.rs` runs it on its own thread:
 /// dispatch if it can, publish, sleep unless the head became dispatchable, and again, until it
 /// holds a permit. A lost wake-up parks it forever, which loom reports as a deadlock.

@@ -8,7 +8,7 @@ use flowgate_engine::backends::ScrapeReading;
 use flowgate_engine::config::{Detector, SaturationConfig};
 use flowgate_engine::sync::{AtomicUsize, Ordering};
 use flowgate_loom_tests::{
-    assert_conserved, dispatch, gate_with, model, shard_dispatches_when_room, workload,
+    assert_conserved, dispatch, gate_with, model, shard_dispatches_when_room, spawn_dispatchers, workload,
 };
 use loom::thread;
 use std::sync::Arc;
@@ -82,12 +82,7 @@ fn a_late_scrape_answer_never_opens_a_second_burst() {
         let id = gate.backend_states()[0].id;
         gate.publish_scrape(id, reading(0.0));
         let workload = workload();
-        let dispatchers: Vec<_> = (0..2)
-            .map(|_| {
-                let (gate, workload) = (gate.clone(), workload.clone());
-                thread::spawn(move || dispatch(&gate, &workload))
-            })
-            .collect();
+        let dispatchers = spawn_dispatchers(&gate, &workload, 2);
         let scraper = {
             let gate = gate.clone();
             thread::spawn(move || {

@@ -6,7 +6,7 @@
 
 use flowgate_engine::backends::Grants;
 use flowgate_engine::sync::{fence, Ordering};
-use flowgate_loom_tests::{dispatch, gate, model, shard_dispatches_when_room, workload};
+use flowgate_loom_tests::{gate, model, shard_dispatches_when_room, spawn_dispatchers, workload};
 use loom::thread;
 
 /// `max_inflight` 2, leased 2; two dispatchers take a place each while the sync task lowers the
@@ -20,12 +20,7 @@ fn a_lowered_lease_is_never_exceeded_by_later_places() {
         let id = gate.backend_states()[0].id;
         gate.backends().grant_leases(Grants { slots: &[(id, 2)], ..Grants::default() }, u64::MAX);
         let workload = workload();
-        let dispatchers: Vec<_> = (0..2)
-            .map(|_| {
-                let (gate, workload) = (gate.clone(), workload.clone());
-                thread::spawn(move || dispatch(&gate, &workload))
-            })
-            .collect();
+        let dispatchers = spawn_dispatchers(&gate, &workload, 2);
         let sync = {
             let gate = gate.clone();
             thread::spawn(move || {

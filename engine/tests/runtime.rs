@@ -2,6 +2,7 @@
 //! displacement and shutdown. Waits are on real signals (tickets, engine counters) with deadlines.
 
 use flowgate_engine::config::{BackendConfig, EngineConfig};
+use flowgate_engine::gate::NO_HEAD;
 use flowgate_engine::outcome::{OtherReason, Outcome};
 use flowgate_engine::registry::hash_workload_id;
 use flowgate_engine::ring::shard_of;
@@ -50,11 +51,12 @@ fn priority_is_global_across_shards() {
     let high = id_on_shard("high", 1, 2);
     let lows: Vec<_> = (0..5).map(|_| engine.submit(request(&low, 1, None)).unwrap()).collect();
     let high_ticket = engine.submit(request(&high, 5, None)).unwrap();
-    // Admitted is not yet published: wait until both shards have published what they hold, or
-    // the released slot could reach shard 0 before shard 1's head is visible.
-    until("6 queued and published", || {
+    // Admitted is not yet published: wait until both shards have published their heads, or the
+    // released slot could reach shard 0 before shard 1's head is visible. (A shard's `queued`
+    // is announced before its batch is even in the heap, so it is no sign of publication.)
+    until("6 queued and both heads published", || {
         let s = engine.shard_states();
-        engine.stats().queued == 6 && s[0].queued == 5 && s[1].queued == 1
+        engine.stats().queued == 6 && s[0].head != NO_HEAD && s[1].head > s[0].head
     });
     drop(holder);
     // The one free slot must go to the crit-5 request on the other shard.

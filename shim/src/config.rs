@@ -169,9 +169,6 @@ impl ServeConfig {
         if self.tls != next.tls {
             changed.push("tls");
         }
-        if self.discovery != next.discovery {
-            changed.push("discovery");
-        }
         if self.io_threads != next.io_threads {
             changed.push("io_threads");
         }

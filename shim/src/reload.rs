@@ -4,9 +4,11 @@
 //! A reload reads the file (at most [`MAX_CONFIG_BYTES`]), validates it whole with the same
 //! `path: reason` errors as `check-config`, and refuses it whole when anything is wrong: the
 //! running config keeps serving. A good file is applied live ([`BackendSet::reload`], which calls
-//! `Engine::reconfigure`, then the ext_proc service's per-request rules); fields that need a
-//! restart (`listen`, `metrics_listen`, `tls`, `discovery`, and the engine's own: `shards`, ring
-//! and table sizes, the spin window) are logged as such and keep their running values. Queued
+//! `Engine::reconfigure`, then the discovery sources that changed ([`LiveDiscovery`]: a new
+//! discovery file is read while the reload is validated, so an unreadable one refuses it), then
+//! the ext_proc service's per-request rules); fields that need a restart (`listen`,
+//! `metrics_listen`, `tls`, `io_threads`, `cluster`, and the engine's own: `shards`, ring and
+//! table sizes, the spin window) are logged as such and keep their running values. Queued
 //! requests are never dropped: each shard rescores them by the new rules at its next pass.
 //! `flowgate_config_reloads_total{result}` counts reloads.
 //!
@@ -24,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend_set::{BackendSet, Member};
 use crate::config::ServeConfig;
+use crate::discovery_feed::LiveDiscovery;
 use crate::metrics::Metrics;
 use crate::server::FlowControl;
 
@@ -52,6 +55,8 @@ pub struct Reloader {
     backends: Arc<BackendSet>,
     service: FlowControl,
     metrics: Arc<Metrics>,
+    /// The discovery sources a reload replaces (`None`: a reload leaves discovery alone).
+    discovery: Option<Arc<LiveDiscovery>>,
     /// Command-line `--listen` / `--metrics-listen`, applied over every file read.
     overrides: (Option<std::net::SocketAddr>, Option<std::net::SocketAddr>),
 }
@@ -96,7 +101,21 @@ impl Reloader {
         service: FlowControl,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self { path, running: Mutex::new(running), backends, service, metrics, overrides: (None, None) }
+        Self {
+            path,
+            running: Mutex::new(running),
+            backends,
+            service,
+            metrics,
+            discovery: None,
+            overrides: (None, None),
+        }
+    }
+
+    /// Let reloads replace `discovery`'s sources (`discovery:` is applied live).
+    pub fn with_discovery(mut self, discovery: Arc<LiveDiscovery>) -> Self {
+        self.discovery = Some(discovery);
+        self
     }
 
     /// Apply the command line's listen addresses over every file read.
@@ -146,12 +165,32 @@ impl Reloader {
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         let mut restart_only: Vec<String> =
             running.restart_only_changes(&next).into_iter().map(str::to_string).collect();
+        // Read before anything is applied: a new discovery file that cannot be read refuses all.
+        let discovery = match &self.discovery {
+            Some(live) => match live.prepare(next.discovery.as_ref()) {
+                Ok(prepared) => Some((live, prepared)),
+                Err(reason) => {
+                    let (path, reason) = reason.split_once(": ").unwrap_or(("discovery", &reason));
+                    return ReloadOutcome::Refused(vec![ConfigError {
+                        path: path.to_string(),
+                        reason: reason.to_string(),
+                    }]);
+                }
+            },
+            None => None,
+        };
         let statics = static_members(&next);
         let done = match self.backends.reload(next.engine.clone(), statics) {
             Ok(done) => done,
             Err(errors) => return ReloadOutcome::Refused(errors),
         };
         restart_only.extend(done.restart_only.iter().map(|f| f.to_string()));
+        if let Some((live, prepared)) = discovery {
+            if live.apply(prepared) {
+                tracing::info!(discovery = ?live.running(), "config reload: discovery sources replaced");
+            }
+            running.discovery = next.discovery.clone();
+        }
         self.service.apply(&next.engine);
         running.engine = next.engine.keeping_restart_only(&running.engine);
         running.scrape = next.scrape;

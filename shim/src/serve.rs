@@ -27,6 +27,7 @@ use tonic_health::ServingStatus;
 use crate::backend_set::BackendSet;
 use crate::coalesce::Coalesced;
 use crate::config::ServeConfig;
+use crate::discovery_feed::LiveDiscovery;
 use crate::ext_proc_service::ExtProcServer;
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
@@ -118,6 +119,8 @@ pub struct Running {
     backends: Arc<BackendSet>,
     /// Reloads the config file (when serving one).
     reloader: Option<Arc<Reloader>>,
+    /// The discovery sources (a reload may replace them).
+    discovery: Arc<LiveDiscovery>,
     /// Stops the reload and discovery tasks.
     stop_tasks: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -204,10 +207,10 @@ pub async fn start_with(config: ServeConfig, options: ServeOptions) -> Result<Ru
     );
     let stop_tasks = CancellationToken::new();
     let mut tasks = Vec::new();
-    if let Some(discovery) = &config.discovery {
-        // Before the first connection is accepted: the discovery file's backends are in the set.
-        match crate::discovery_feed::start(discovery, backends.clone(), stop_tasks.clone()).await {
-            Ok(started) => tasks.extend(started),
+    // Before the first connection is accepted: the discovery file's backends are in the set.
+    let discovery =
+        match LiveDiscovery::start(config.discovery.as_ref(), backends.clone(), stop_tasks.clone()).await {
+            Ok(live) => Arc::new(live),
             Err(e) => {
                 stop_tasks.cancel();
                 backends.shutdown().await;
@@ -215,8 +218,7 @@ pub async fn start_with(config: ServeConfig, options: ServeOptions) -> Result<Ru
                 let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
                 return Err(ServeError::Discovery(e));
             }
-        }
-    }
+        };
     if let (Some(cluster), Some(cluster_metrics)) = (&config.cluster, cluster_metrics) {
         // Before the first connection: leases of 0 until the first sync (cluster/sync.rs).
         tasks.extend(crate::cluster::sync::start(
@@ -260,7 +262,8 @@ pub async fn start_with(config: ServeConfig, options: ServeOptions) -> Result<Ru
 
     let overrides = (options.listen_override, options.metrics_listen_override);
     let reloader = options.config_path.map(|path| {
-        let r = Reloader::new(path, config.clone(), backends.clone(), reload_service, metrics.clone());
+        let r = Reloader::new(path, config.clone(), backends.clone(), reload_service, metrics.clone())
+            .with_discovery(discovery.clone());
         Arc::new(r.with_overrides(overrides.0, overrides.1))
     });
     tasks.push(tokio::spawn(reload::on_sighup(reload::hangups(), reloader.clone(), stop_tasks.clone())));
@@ -305,6 +308,7 @@ pub async fn start_with(config: ServeConfig, options: ServeOptions) -> Result<Ru
         sweeper,
         backends,
         reloader,
+        discovery,
         stop_tasks,
         tasks,
     })
@@ -368,6 +372,7 @@ impl Running {
         for t in self.tasks {
             let _ = t.await;
         }
+        self.discovery.join().await;
         self.backends.shutdown().await;
         // The engine is already shut down; its last handle may drop anywhere.
         tracing::info!("shut down");

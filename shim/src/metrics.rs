@@ -219,9 +219,16 @@ impl Metrics {
         for reason in DefaultReason::ALL {
             let _ = defaults.get_or_create(&ReasonLabels { reason: reason.label() });
         }
+        // The GIE families exist from the first scrape, before any request (as the default
+        // workload's series; a family with no series renders nothing at all).
         let _ = queue_size.get_or_create(&QueueLabels {
             fairness_id: Arc::from(DEFAULT_WORKLOAD_ID),
             priority: default_criticality,
+        });
+        let _ = queue_duration.get_or_create(&DurationLabels {
+            fairness_id: Arc::from(DEFAULT_WORKLOAD_ID),
+            priority: default_criticality,
+            outcome: Outcome::Dispatched.label(),
         });
         let reloads = Family::<ResultLabels, Counter>::default();
         registry.register(

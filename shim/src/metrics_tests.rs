@@ -36,6 +36,22 @@ fn queue_series(id: &str, priority: &str) -> String {
 }
 
 #[test]
+fn the_gie_families_are_scraped_before_any_request() {
+    let m = Metrics::new(10, 3);
+    let view = empty_view();
+    for openmetrics in [true, false] {
+        let text = m.render(&view, openmetrics);
+        let duration = series(
+            &format!("{QUEUE_DURATION}_count"),
+            &[("fairness_id", "default"), ("priority", "3"), ("outcome", "dispatched")],
+        );
+        for want in [format!("{} 0", queue_series("default", "3")), format!("{duration} 0")] {
+            assert!(text.lines().any(|l| l == want), "{want} missing (openmetrics {openmetrics}):\n{text}");
+        }
+    }
+}
+
+#[test]
 fn every_metric_is_exported_in_both_formats() {
     let m = Arc::new(Metrics::new(10, 3));
     m.enqueue(&Arc::from("chat"), 4).finish(Outcome::Dispatched, Duration::from_millis(3));

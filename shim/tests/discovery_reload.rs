@@ -7,30 +7,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{connect, context, destination, Stream};
+use common::{connect, context, destination, temp_dir, write_atomically, Stream};
 use flowgate::discovery_watch::FILE_POLL_INTERVAL;
 use flowgate::reload::ReloadOutcome;
 use flowgate::serve::{self, Running, ServeOptions};
 use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(10);
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("flowgate-discovery-reload-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Replace `path`'s contents at once (write aside, rename).
-fn write_atomically(path: &Path, text: &str) {
-    let aside = path.with_extension("tmp");
-    std::fs::write(&aside, text).unwrap();
-    std::fs::rename(&aside, path).unwrap();
-}
 
 /// An endpoints file naming `ip:8000` for each of `ips`, one slot each.
 fn endpoints(ips: &[&str]) -> String {

@@ -12,27 +12,12 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{connect, context, destination, http_get, immediate, Stream};
+use common::{connect, context, destination, http_get, immediate, temp_dir, write_atomically, Stream};
 use flowgate::reload::ReloadOutcome;
 use flowgate::serve::{self, Running, ServeOptions};
 use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(10);
-
-/// A fresh directory for one test's files.
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("flowgate-live-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Replace `path`'s contents at once (write aside, rename), as an operator's tooling does.
-fn write_atomically(path: &Path, text: &str) {
-    let aside = path.with_extension("tmp");
-    std::fs::write(&aside, text).unwrap();
-    std::fs::rename(&aside, path).unwrap();
-}
 
 fn endpoints(list: &[(&str, u32)]) -> String {
     let mut yaml = String::from("endpoints:\n");

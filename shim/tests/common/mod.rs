@@ -243,3 +243,18 @@ impl Server {
         }
     }
 }
+
+/// A fresh directory for one test's files (`tag` names the test; the process id keeps runs apart).
+pub fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("flowgate-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Replace `path`'s contents at once (write aside, rename), as an operator's tooling does.
+pub fn write_atomically(path: &std::path::Path, text: &str) {
+    let aside = path.with_extension("tmp");
+    std::fs::write(&aside, text).unwrap();
+    std::fs::rename(&aside, path).unwrap();
+}

@@ -236,9 +236,10 @@ impl Worker {
     /// tail or be refused, though the lowest request may be there.
     fn must_wait_for_victims(&mut self, now: u64) -> bool {
         let gate = &self.shared.gate;
-        let Some(other) =
-            gate.offers_exhausted_elsewhere(self.index).filter(|_| self.shared.budget.is_full())
-        else {
+        // The budget first: below full (nearly always) no shard's tails need reading.
+        let other =
+            if self.shared.budget.is_full() { gate.offers_exhausted_elsewhere(self.index) } else { None };
+        let Some(other) = other else {
             // Nothing to wait for, or the shard we waited for has run and offers again: the next
             // wait starts afresh (the bound is per wait, not per burst of them).
             self.waiting_for_victims_ns = None;

@@ -489,11 +489,6 @@ impl WorkloadTable {
         self.directory.clone()
     }
 
-    /// The rate window geometry.
-    pub fn window(&self) -> RateWindow {
-        self.window
-    }
-
     /// Workloads in this table (the overflow entry not counted).
     pub fn len(&self) -> usize {
         self.map.len()

@@ -22,6 +22,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use flowgate_engine::config::ConfigError;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -91,7 +92,7 @@ impl LiveDiscovery {
         };
         let next = discovery.cloned().unwrap_or_default();
         let first_file = match &next.file {
-            Some(file) => Some(read_once(file).await.map_err(|e| file_error(file, e))?),
+            Some(file) => Some(read_once(file).await.map_err(|e| file_error(file, e).to_string())?),
             None => None,
         };
         live.apply(Prepared { next, first_file });
@@ -108,8 +109,8 @@ impl LiveDiscovery {
     }
 
     /// Reload, step 1 (blocking I/O: call it off the async workers): read what `next` needs before
-    /// anything is applied. `Err` (`discovery.file: path: reason`) refuses the reload.
-    pub fn prepare(&self, next: Option<&Discovery>) -> Result<Prepared, String> {
+    /// anything is applied. `Err` (`discovery.file`: the file and why) refuses the reload.
+    pub fn prepare(&self, next: Option<&Discovery>) -> Result<Prepared, ConfigError> {
         let next = next.cloned().unwrap_or_default();
         let file_changed = self.lock_sources().file.as_ref().map(|f| &f.config) != next.file.as_ref();
         let first_file = match &next.file {
@@ -199,8 +200,9 @@ impl LiveDiscovery {
     }
 }
 
-fn file_error(file: &FileDiscovery, e: impl std::fmt::Display) -> String {
-    format!("discovery.file: {}: {e}", file.path.display())
+/// Why the file source cannot start: `discovery.file: path: reason` once displayed.
+fn file_error(file: &FileDiscovery, e: impl std::fmt::Display) -> ConfigError {
+    ConfigError { path: "discovery.file".into(), reason: format!("{}: {e}", file.path.display()) }
 }
 
 fn apply(set: &BackendSet, source: Source, found: &[DiscoveredBackend]) {

@@ -169,13 +169,7 @@ impl Reloader {
         let discovery = match &self.discovery {
             Some(live) => match live.prepare(next.discovery.as_ref()) {
                 Ok(prepared) => Some((live, prepared)),
-                Err(reason) => {
-                    let (path, reason) = reason.split_once(": ").unwrap_or(("discovery", &reason));
-                    return ReloadOutcome::Refused(vec![ConfigError {
-                        path: path.to_string(),
-                        reason: reason.to_string(),
-                    }]);
-                }
+                Err(error) => return ReloadOutcome::Refused(vec![error]),
             },
             None => None,
         };

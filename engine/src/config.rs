@@ -4,8 +4,7 @@
 //! [`EngineConfig::validate`] (in `config_check.rs`) refuses impossible values instead of silently
 //! defaulting them.
 
-pub use crate::config_check::UNCAPPED_WARNING;
-pub use crate::config_error::ConfigError;
+pub use crate::config_error::{ConfigError, UNCAPPED_WARNING};
 use crate::quota_rule::{first_match, Quota};
 use std::time::Duration;
 

@@ -5,11 +5,6 @@ use crate::config::*;
 use crate::quota_rule::MAX_QUOTAS;
 use std::time::Duration;
 
-/// Why a backend without a cap (`max_inflight: 0`) under detector `concurrency` is worth a
-/// warning: valid (0 = no concurrency cap), but nothing then limits it.
-pub const UNCAPPED_WARNING: &str = "0 (no cap) under saturation.detector concurrency: nothing limits this \
-     backend, it takes every request at once (set max_inflight, or use detector utilization or both)";
-
 impl EngineConfig {
     /// What is valid but likely not meant, `path: reason` like [`validate`](Self::validate)'s
     /// errors: each backend without a cap ([`UNCAPPED_WARNING`]) under detector `concurrency`.

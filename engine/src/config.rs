@@ -203,7 +203,7 @@ pub struct WorkloadConfig {
     pub max_tracked: usize,
     /// Criticality caps, first match wins.
     pub caps: Vec<CriticalityCap>,
-    /// Quotas, first match wins; at most [`MAX_QUOTAS`].
+    /// Quotas, first match wins; at most [`MAX_QUOTAS`](crate::quota_rule::MAX_QUOTAS).
     pub quotas: Vec<Quota>,
 }
 

@@ -4,9 +4,9 @@
 //! that makes room reaches a shard whose head waits for it).
 #![cfg(flowgate_loom)]
 
-use flowgate_engine::backends::ScrapeReading;
+use flowgate_engine::backends::{BackendId, ScrapeReading};
 use flowgate_engine::config::{Detector, SaturationConfig};
-use flowgate_engine::sync::{AtomicUsize, Ordering};
+use flowgate_engine::gate::Gate;
 use flowgate_loom_tests::{
     assert_conserved, dispatch, gate_with, model, shard_dispatches_when_room, spawn_dispatchers, workload,
 };
@@ -24,6 +24,14 @@ fn utilization(threshold: u32) -> SaturationConfig {
     }
 }
 
+/// A gate of one uncapped backend under `utilization` with `threshold`, scraped showing `waiting`.
+fn scraped_backend(threshold: u32, waiting: f64) -> (Arc<Gate>, BackendId) {
+    let gate = gate_with(&[0], 1, utilization(threshold));
+    let id = gate.backend_states()[0].id;
+    gate.publish_scrape(id, reading(waiting));
+    (gate, id)
+}
+
 fn reading(waiting: f64) -> ScrapeReading {
     ScrapeReading { waiting, running: 0.0, kv_cache_usage: 0.1 }
 }
@@ -35,23 +43,9 @@ fn reading(waiting: f64) -> ScrapeReading {
 #[test]
 fn scrape_and_dispatch_never_exceed_the_burst_bound() {
     model(|| {
-        let gate = gate_with(&[0], 1, utilization(2));
-        let id = gate.backend_states()[0].id;
-        gate.publish_scrape(id, reading(1.0));
+        let (gate, id) = scraped_backend(2, 1.0);
         let workload = workload();
-        let granted = Arc::new(AtomicUsize::new(0));
-        let dispatchers: Vec<_> = (0..2)
-            .map(|_| {
-                let (gate, workload, granted) = (gate.clone(), workload.clone(), granted.clone());
-                thread::spawn(move || {
-                    let permit = dispatch(&gate, &workload);
-                    if permit.is_some() {
-                        granted.fetch_add(1, Ordering::AcqRel);
-                    }
-                    permit
-                })
-            })
-            .collect();
+        let dispatchers = spawn_dispatchers(&gate, &workload, 2);
         let scraper = {
             let gate = gate.clone();
             thread::spawn(move || gate.publish_scrape(id, reading(2.0)))
@@ -78,9 +72,7 @@ fn scrape_and_dispatch_never_exceed_the_burst_bound() {
 #[test]
 fn a_late_scrape_answer_never_opens_a_second_burst() {
     model(|| {
-        let gate = gate_with(&[0], 1, utilization(2));
-        let id = gate.backend_states()[0].id;
-        gate.publish_scrape(id, reading(0.0));
+        let (gate, id) = scraped_backend(2, 0.0);
         let workload = workload();
         let dispatchers = spawn_dispatchers(&gate, &workload, 2);
         let scraper = {
